@@ -1,0 +1,69 @@
+"""Explicit choice of which statistics BN layers use while a model is analysed.
+
+The Hessian of a BN network differs by orders of magnitude between batch statistics (as in
+training) and running statistics (eval) on the same weights (NOTES §4), so every analysis names
+its mode, and nothing it computes may change the model. `bn_mode` guarantees both:
+
+- ``"batch"``: BN layers normalise with each batch's statistics, and their running buffers are
+  neither read nor written (``track_running_stats`` is switched off for the duration). This also
+  makes BN usable inside ``torch.func`` transforms, which reject in-place buffer updates.
+- ``"running"``: the whole model is in eval mode; BN is a fixed affine map.
+
+The previous training flags and ``track_running_stats`` are restored on exit.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+
+from .errors import BnlabError
+from .norms import batch_norm_layers
+
+BN_MODES = ("batch", "running")
+
+
+def has_batch_stats(model: nn.Module) -> bool:
+    """True if some layer of `model` normalises with batch statistics (so a BN mode is a choice)."""
+    return bool(batch_norm_layers(model))
+
+
+def resolve_bn_mode(model: nn.Module, mode: str | None) -> str:
+    """The BN mode an analysis of `model` uses: `mode`, the default "batch", or "none".
+
+    A model without batch-statistics layers (no-BN, frozen BN) has no choice: returns "none",
+    and an explicitly requested mode is refused with a clear error rather than silently ignored.
+    """
+    if not has_batch_stats(model):
+        if mode not in (None, "none"):
+            raise BnlabError(f"--bn-mode {mode} is impossible: this model has no batch-norm layers "
+                             "(no-BN or frozen BN); leave --bn-mode out")
+        return "none"
+    if mode is None:
+        return "batch"
+    if mode not in BN_MODES:
+        raise BnlabError(f"unknown BN mode {mode!r}; choose one of {', '.join(BN_MODES)}")
+    return mode
+
+
+@contextmanager
+def bn_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """Put `model` in BN mode `mode` ("batch", "running" or "none") for the duration."""
+    if mode not in (*BN_MODES, "none"):
+        raise BnlabError(f"unknown BN mode {mode!r}; choose one of {', '.join(BN_MODES)}")
+    training = {m: m.training for m in model.modules()}
+    tracking = {m: m.track_running_stats for _, m in batch_norm_layers(model)}
+    try:
+        if mode == "batch":
+            model.train()
+            for m in tracking:
+                m.track_running_stats = False
+        else:
+            model.eval()
+        yield model
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+        for m, flag in tracking.items():
+            m.track_running_stats = flag

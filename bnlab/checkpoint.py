@@ -1,0 +1,101 @@
+"""Checkpoints: one self-describing file per snapshot, written atomically, loadable with
+``torch.load(weights_only=True)``, and `load_checkpoint` for notebooks and analyses."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .config import TrainConfig
+from .errors import BnlabError
+from .models import build_model
+
+FORMAT = "bnlab-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    config: TrainConfig
+    meta: dict[str, Any]  # everything else stored: epoch, step, metrics, status, versions, ...
+    path: Path
+
+    @property
+    def has_batch_stats(self) -> bool:
+        from .bnmode import has_batch_stats
+        return has_batch_stats(self.model)
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write payload (already holding model/config/...) to path atomically: tmp file + rename."""
+    path = Path(path)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
+               "versions": {"bnlab": __version__, "torch": torch.__version__}, **payload}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict, after checking that it is a complete bnlab checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise BnlabError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, pickle garbage, unsupported globals, ...
+        raise BnlabError(f"{path} is not a readable checkpoint (truncated or corrupt: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise BnlabError(f"{path} is not a bnlab checkpoint (foreign file: no '{FORMAT}' marker)")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise BnlabError(f"{path} was written by a newer bnlab (format {payload['format_version']}); upgrade bnlab")
+    for key in ("config", "model"):
+        if key not in payload:
+            raise BnlabError(f"{path} is an incomplete bnlab checkpoint (no {key!r})")
+    return payload
+
+
+def model_from_payload(payload: dict[str, Any], path: Path) -> tuple[nn.Module, TrainConfig]:
+    config = TrainConfig.from_dict(payload["config"])
+    model = build_model(config.model)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as e:
+        raise BnlabError(f"{path}: weights do not fit the recorded model ({str(e).splitlines()[0]})") from None
+    return model, config
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a bnlab checkpoint: the model (on `device`, in eval mode), its config and metadata."""
+    path = Path(path)
+    payload = read_checkpoint(path)
+    model, config = model_from_payload(payload, path)
+    model.to(device).eval()
+    meta = {k: v for k, v in payload.items() if k not in ("model", "optimizer", "config")}
+    return Checkpoint(model=model, config=config, meta=meta, path=path)
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file, for recording which checkpoint an analysis read."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

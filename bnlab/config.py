@@ -1,0 +1,160 @@
+"""Run configuration: what a training run does, as plain JSON-able dataclasses.
+
+A `TrainConfig` is stored in `config.json` of every run and inside every checkpoint; the
+analyses rebuild the model and find the data from it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import BnlabError
+from .models import ModelSpec
+
+# --variant presets: the normalisation each one means (the first is the default). Other options
+# stay free. The simple net of the batch-norm post keeps BN's affine frozen (gamma=1, beta=0).
+VARIANTS = {"bn": ("bn", "bn_fixed_affine"), "no_bn": ("none",), "frozen_bn": ("frozen",),
+            "ghost_bn": ("ghost",)}
+DATASETS = ("cifar10", "synthetic")
+SCHEDULES = ("piecewise", "exp", "const")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str = "cifar10"
+    data_dir: str | None = None  # None: $BNLAB_DATA or ~/.cache/bnlab (downloaded if missing)
+    subset: int | None = None  # class-balanced training subset size
+    test_subset: int | None = None  # class-balanced test subset size
+    crop: bool = True  # reflect-pad 4 + random 32x32 crop
+    flip: bool = True  # random horizontal flip
+    cutout: int = 8  # Cutout box size (0: off)
+    synthetic_train: int = 5000  # sizes of the synthetic task
+    synthetic_test: int = 1000
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise BnlabError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        for name in ("subset", "test_subset"):
+            n = getattr(self, name)
+            if n is not None and (n < 10 or n % 10):
+                raise BnlabError(f"--{name.replace('_', '-')} must be a positive multiple of 10 "
+                                 f"(class-balanced), got {n}")
+        if not 0 <= self.cutout <= 32:
+            raise BnlabError(f"--cutout must be between 0 and 32 pixels, got {self.cutout}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    variant: str = "bn"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    epochs: int = 24
+    batch_size: int = 512
+    lr: float = 0.4  # peak lr (piecewise), lr0 (exp), or the lr (const)
+    lr_schedule: str = "piecewise"
+    lr_knots: tuple[float, ...] | None = None  # epochs; None: (0, 5, epochs)
+    lr_mults: tuple[float, ...] | None = None  # multiples of lr at the knots; None: (0, 1, 0)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    seed: int = 0
+    log_every: int = 1  # dynamics log every k steps
+    log_channels: bool = False  # also log per-output-channel norms
+    save_every: int = 0  # ckpt_epoch_NNN.pt every k epochs (0: only last.pt and final.pt)
+    amp: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; "off" forces fp32
+
+    def knots(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        knots = self.lr_knots if self.lr_knots is not None else (0.0, 5.0, float(self.epochs))
+        mults = self.lr_mults if self.lr_mults is not None else (0.0, 1.0, 0.0)
+        return tuple(float(k) for k in knots), tuple(float(m) for m in mults)
+
+    def validate(self) -> None:
+        if self.variant not in (*VARIANTS, "custom"):
+            raise BnlabError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if self.variant in VARIANTS and self.model.norm not in VARIANTS[self.variant]:
+            raise BnlabError(f"variant {self.variant} means norm {' or '.join(VARIANTS[self.variant])}, "
+                             f"but norm {self.model.norm!r} was asked for; drop one of the two")
+        self.model.validate()
+        self.data.validate()
+        if self.epochs < 1:
+            raise BnlabError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise BnlabError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.model.norm == "ghost" and self.batch_size % self.model.ghost_splits:
+            raise BnlabError(f"ghost BN with {self.model.ghost_splits} splits needs a batch size divisible "
+                             f"by it, got {self.batch_size}")
+        if self.lr_schedule not in SCHEDULES:
+            raise BnlabError(f"unknown lr schedule {self.lr_schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.lr <= 0:
+            raise BnlabError(f"--lr must be positive, got {self.lr}")
+        knots, mults = self.knots()
+        if len(knots) != len(mults) or len(knots) < 2:
+            raise BnlabError("--lr-knots and --lr-mults need the same number (>= 2) of values")
+        if any(b <= a for a, b in zip(knots, knots[1:])):
+            raise BnlabError(f"--lr-knots must increase strictly, got {list(knots)}")
+        if not 0 <= self.momentum < 1:
+            raise BnlabError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            raise BnlabError("Nesterov needs momentum > 0; pass --no-nesterov for plain SGD")
+        if self.weight_decay < 0:
+            raise BnlabError(f"--wd must be non-negative, got {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise BnlabError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.log_every < 0 or self.save_every < 0:
+            raise BnlabError("--log-every and --save-every must be non-negative")
+        if self.amp not in ("auto", "off", "bf16"):
+            raise BnlabError(f"--amp must be auto, off or bf16, got {self.amp!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        try:
+            d["model"] = ModelSpec(**d.get("model", {}))
+            d["data"] = DataSpec(**d.get("data", {}))
+            for k in ("lr_knots", "lr_mults"):
+                if d.get(k) is not None:
+                    d[k] = tuple(d[k])
+            known = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except TypeError as e:
+            raise BnlabError(f"not a bnlab run configuration ({e})") from None
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def make_config(variant: str | None = None, **options: Any) -> TrainConfig:
+    """A validated TrainConfig from a variant preset plus flat options.
+
+    Model options (`width`, `norm`, `act`, ...) and data options (`dataset`, `subset`, ...) may be
+    given flat; anything else is a TrainConfig field. None values mean "default".
+    """
+    options = {k: v for k, v in options.items() if v is not None}
+    model_keys = {f.name for f in dataclasses.fields(ModelSpec)}
+    data_keys = {f.name for f in dataclasses.fields(DataSpec)}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "data"}
+    unknown = set(options) - model_keys - data_keys - train_keys
+    if unknown:
+        raise BnlabError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    model = {k: v for k, v in options.items() if k in model_keys}
+    data = {k: v for k, v in options.items() if k in data_keys}
+    train = {k: v for k, v in options.items() if k in train_keys}
+    if variant is None:
+        variant = "custom" if "norm" in model else "bn"
+    simple = model.get("model") == "simple"
+    if variant in VARIANTS and "norm" not in model:
+        model["norm"] = "bn_fixed_affine" if simple and variant == "bn" else VARIANTS[variant][0]
+    if simple and model["norm"] in ("ghost", "frozen"):
+        model.setdefault("affine", False)
+    cfg = TrainConfig(variant=variant, model=ModelSpec(**model), data=DataSpec(**data), **train)
+    cfg.validate()
+    return cfg
