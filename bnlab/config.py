@@ -115,7 +115,7 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
         try:
             d["model"] = ModelSpec(**d.get("model", {}))
@@ -128,7 +128,7 @@ class TrainConfig:
         except TypeError as e:
             raise BnlabError(f"not a bnlab run configuration ({e})") from None
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
