@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write payload (already holding model/config/...) to path atomically: tmp file + rename."""
     path = Path(path)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
-               "versions": {"bnlab": __version__, "torch": torch.__version__}, **payload}
+               "versions": {"bnlab": __version__, "torch": str(torch.__version__)}, **payload}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -59,9 +60,13 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise BnlabError(f"no checkpoint at {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, pickle garbage, unsupported globals, ...
+    except pickle.UnpicklingError:
+        raise BnlabError(f"{path} is not a bnlab checkpoint (holds objects beyond tensors and plain "
+                         "containers; foreign file?)") from None
+    except Exception as e:  # truncated zip, garbage bytes, ...
+        first = str(e).splitlines()[0] if str(e) else ""
         raise BnlabError(f"{path} is not a readable checkpoint (truncated or corrupt: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                         f"{type(e).__name__}: {first[:160]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise BnlabError(f"{path} is not a bnlab checkpoint (foreign file: no '{FORMAT}' marker)")
     if payload.get("format_version", 0) > FORMAT_VERSION:

@@ -54,7 +54,7 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 0.4  # peak lr (piecewise), lr0 (exp), or the lr (const)
     lr_schedule: str = "piecewise"
-    lr_knots: tuple[float, ...] | None = None  # epochs; None: (0, 5, epochs)
+    lr_knots: tuple[float, ...] | None = None  # epochs; None: (0, 5/24 * epochs, epochs)
     lr_mults: tuple[float, ...] | None = None  # multiples of lr at the knots; None: (0, 1, 0)
     momentum: float = 0.9
     nesterov: bool = True
@@ -67,7 +67,9 @@ class TrainConfig:
     amp: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; "off" forces fp32
 
     def knots(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        knots = self.lr_knots if self.lr_knots is not None else (0.0, 5.0, float(self.epochs))
+        # Default: DavidNet's [0, 5, 24] shape, stretched to the run's length.
+        default = (0.0, 5.0 * self.epochs / 24.0, float(self.epochs))
+        knots = self.lr_knots if self.lr_knots is not None else default
         mults = self.lr_mults if self.lr_mults is not None else (0.0, 1.0, 0.0)
         return tuple(float(k) for k in knots), tuple(float(m) for m in mults)
 

@@ -14,14 +14,27 @@ COMMANDS = ("train", "info", "freeze")
 
 
 class BnlabGroup(click.Group):
-    """Turns BnlabError (bad input, missing data, ...) into one line on stderr and exit code 2."""
+    """Every user error (BnlabError, bad option) becomes one line on stderr and exit code 2."""
 
-    def invoke(self, ctx: click.Context) -> object:
+    def main(self, args: list[str] | None = None, prog_name: str | None = None, **extra: object) -> None:
+        extra.pop("standalone_mode", None)
         try:
-            return super().invoke(ctx)
+            rv = super().main(args, prog_name or "bnlab", standalone_mode=False, **extra)  # type: ignore[arg-type]
         except BnlabError as e:
-            click.echo(f"bnlab: error: {e}", err=True)
-            sys.exit(2)
+            _fail(str(e))
+        except click.UsageError as e:
+            _fail(f"{e.format_message()} (see --help)")
+        except click.ClickException as e:
+            _fail(e.format_message(), e.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"bnlab: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
 
 
 @click.group(cls=BnlabGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,39 +1,12 @@
 """Options and helpers shared by several subcommands."""
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 import click
 
-from ..errors import BnlabError
+from ..rundir import prepare_out_dir  # noqa: F401  (re-exported for subcommands)
 
 device_option = click.option("--device", default="auto", show_default=True,
                              help="cpu, cuda, cuda:N or auto (cuda if available).")
 data_dir_option = click.option("--data-dir", type=click.Path(), default=None,
                                help="CIFAR-10 folder or tarball; default: as the checkpoint's run found it.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-
-
-def prepare_out_dir(out: str | os.PathLike, *, force: bool = False, resume: bool = False) -> Path:
-    """Create the output directory; refuse a non-empty one unless force/resume, or an unwritable one.
-
-    With force, an existing non-empty directory is emptied only after every check passed.
-    """
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise BnlabError(f"output path {p} exists and is not a directory")
-    if p.exists() and any(p.iterdir()) and not (force or resume):
-        raise BnlabError(f"output directory {p} is not empty; pass --force to overwrite"
-                         + (" or --resume to continue" if resume is not None else ""))
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BnlabError(f"cannot create output directory {p} ({e.strerror})") from None
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise BnlabError(f"output directory {p} is not writable")
-    if force and not resume:
-        for child in p.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-    return p

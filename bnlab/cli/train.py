@@ -1,0 +1,81 @@
+"""`bnlab train`: train a DavidNet variant into a run directory."""
+from __future__ import annotations
+
+import click
+
+from ..config import DATASETS, SCHEDULES, VARIANTS, make_config
+from ..models import ACTS, MODELS
+from ..norms import NORMS
+from ..train import train
+from .common import device_option, quiet_option
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+
+@click.command("train")
+@click.option("--variant", type=click.Choice(sorted(VARIANTS)), default=None,
+              help="Preset normalisation: bn (default), no_bn, frozen_bn, ghost_bn.")
+@click.option("--model", type=click.Choice(MODELS), default=None, help="davidnet (default) or simple (post 7).")
+@click.option("--width", type=int, default=None, help="Channels of the prep layer (64 = published).")
+@click.option("--norm", type=click.Choice(NORMS), default=None, help="Normalisation layer (overrides the preset).")
+@click.option("--affine/--no-affine", default=None, help="Learnable norm affine (default per norm).")
+@click.option("--act", type=click.Choice(ACTS), default=None, help="Activation.")
+@click.option("--act-param", type=float, default=None, help="celu alpha (0.3) / softplus beta (10).")
+@click.option("--ghost-splits", type=int, default=None, help="Ghost BN splits (16).")
+@click.option("--classifier-scale", type=float, default=None, help="Logit scale (0.125 DavidNet).")
+@click.option("--dataset", type=click.Choice(DATASETS), default=None, help="cifar10 (default) or synthetic.")
+@click.option("--data-dir", type=click.Path(), default=None, help="CIFAR-10 folder or tarball.")
+@click.option("--subset", type=int, default=None, help="Class-balanced training subset size.")
+@click.option("--test-subset", type=int, default=None, help="Class-balanced test subset size.")
+@click.option("--crop/--no-crop", default=None, help="Reflect-pad 4 + random crop.")
+@click.option("--flip/--no-flip", default=None, help="Random horizontal flip.")
+@click.option("--cutout", type=int, default=None, help="Cutout box size, 0 = off (8).")
+@click.option("--epochs", type=int, default=None, help="Epochs (24).")
+@click.option("--batch-size", type=int, default=None, help="Batch size (512).")
+@click.option("--lr", type=float, default=None, help="Peak lr / lr0 (exp) / constant lr (0.4).")
+@click.option("--lr-schedule", type=click.Choice(SCHEDULES), default=None, help="piecewise (default), exp, const.")
+@click.option("--lr-knots", default=None, help="Piecewise knots in epochs, e.g. 0,5,24.")
+@click.option("--lr-mults", default=None, help="lr multiples at the knots, e.g. 0,1,0.")
+@click.option("--momentum", type=float, default=None, help="Momentum (0.9).")
+@click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum (on).")
+@click.option("--wd", "weight_decay", type=float, default=None, help="Weight decay (5e-4).")
+@click.option("--label-smoothing", type=float, default=None, help="Label smoothing (0).")
+@click.option("--seed", type=int, default=None, help="Seed of init, data order, augmentation (0).")
+@click.option("--log-every", type=int, default=None, help="Dynamics log every k steps, 0 = off (1).")
+@click.option("--log-channels", is_flag=True, default=None, help="Also log per-output-channel dynamics.")
+@click.option("--save-every", type=int, default=None, help="ckpt_epoch_NNN.pt every k epochs (0 = off).")
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16"]), default=None,
+              help="auto: bf16 autocast on CUDA only.")
+@click.option("--out", "out_dir", type=click.Path(), default=None, help="Run directory (required unless --resume).")
+@click.option("--resume", "resume_dir", type=click.Path(), default=None,
+              help="Continue the run in this directory with its own config.")
+@click.option("--force", is_flag=True, help="Empty a non-empty --out directory first.")
+@device_option
+@quiet_option
+@click.pass_context
+def command(ctx: click.Context, variant: str | None, out_dir: str | None, resume_dir: str | None, force: bool,
+            device: str, quiet: bool, lr_knots: str | None, lr_mults: str | None, **options: object) -> None:
+    """Train DavidNet (or the simple net) and write checkpoints plus a per-step dynamics log."""
+    if resume_dir is not None:
+        cmdline = click.core.ParameterSource.COMMANDLINE
+        given = [k for k in ("variant", *options) if ctx.get_parameter_source(k) == cmdline]
+        if given or out_dir is not None or lr_knots or lr_mults:
+            raise click.UsageError("--resume continues with the run's own config; drop the other training options")
+        result = train(None, resume_dir, device=device, resume=True, quiet=quiet)  # type: ignore[arg-type]
+    else:
+        if out_dir is None:
+            raise click.UsageError("--out RUN_DIR is required (or --resume RUN_DIR)")
+        config = make_config(variant, lr_knots=_floats(lr_knots), lr_mults=_floats(lr_mults), **options)
+        result = train(config, out_dir, device=device, force=force, quiet=quiet)
+    m = result.metrics
+    summary = f"{result.status}: {result.run_dir}"
+    if m:
+        summary += f" (epoch {m.get('epoch')}, test acc {m.get('test_acc', float('nan')):.4f})"
+    click.echo(summary)

@@ -1,0 +1,220 @@
+"""The Hessian of a model's loss over a fixed set of batches, as a linear operator.
+
+    L(θ) = c · [ Σ_b (n_b / N) · loss_fn(model_θ(x_b), y_b)  +  (wd / 2) · ‖θ_decayed‖² ]
+
+where loss_fn returns the *mean* loss of a batch, N = Σ n_b, and c = 1 for ``loss_scale="mean"``
+(mean loss over the N examples) or c = batch_size for ``"batch-sum"`` (the loss summed over a
+batch of `batch_size`, the batch-norm post's units; exact when all batches have that size).
+
+Vectors are flat float64 tensors over the selected parameters (`param_names` order). `matvec` and
+`matmat` accept them on any device and return float64 on the same device; the products are
+computed in the model's dtype on the model's device. Batches are streamed: memory is O(batch)
+unless ``cache_graphs=True`` keeps every batch's gradient graph between calls (O(N), faster).
+
+The model is never changed: BN runs inside `bnlab.bnmode.bn_mode`, which leaves running stats and
+``num_batches_tracked`` alone, and ``requires_grad`` flags are restored after each product.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator
+from torch import nn
+
+from ..bnmode import bn_mode as bn_mode_ctx
+from ..errors import BnlabError
+from .hvp import HVP_METHODS, LossFn, batch_gradient, double_backward_block, func_block
+from .params import FlatLayout, select_parameters
+
+LOSS_SCALES = ("mean", "batch-sum")
+Batches = Sequence[tuple[torch.Tensor, torch.Tensor]] | Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+class HessianOperator:
+    """H = ∇²L(θ) over the selected parameters (see module docstring for L and conventions).
+
+    Args:
+        model: the network (not modified).
+        batches: a sequence of (x, y) batches, or a zero-argument callable returning a fresh
+            iterable of them (streamed: e.g. normalised on the fly from uint8 images).
+        loss_fn: (logits, y) -> mean loss of the batch.
+        bn_mode: "batch", "running" or "none" (as from `bnlab.bnmode.resolve_bn_mode`).
+        params: glob patterns selecting parameters (see `params.select_parameters`); None = all.
+        loss_scale: "mean" or "batch-sum" (then `batch_size` is the batch of the units).
+        weight_decay: adds weight_decay·I (times c) on the decayed parameters.
+        decayed: name -> bool, which parameters carry weight decay (default: all, as in training).
+        method: "double_backward" (default; measured fastest on CPU) or "func".
+        cache_graphs: keep the per-batch gradient graphs between products (double_backward only).
+        block_size: max vectors per pass in `matmat` (bounds the memory of a batched pass).
+    """
+
+    def __init__(self, model: nn.Module, batches: Batches, *, loss_fn: LossFn, bn_mode: str,
+                 params: Sequence[str] | None = None, loss_scale: str = "mean", batch_size: int | None = None,
+                 weight_decay: float = 0.0, decayed: Callable[[str], bool] | None = None,
+                 method: str = "double_backward", cache_graphs: bool = False, block_size: int = 16) -> None:
+        if method not in HVP_METHODS:
+            raise BnlabError(f"unknown HVP method {method!r}; choose one of {', '.join(HVP_METHODS)}")
+        if loss_scale not in LOSS_SCALES:
+            raise BnlabError(f"unknown loss scale {loss_scale!r}; choose one of {', '.join(LOSS_SCALES)}")
+        if cache_graphs and method != "double_backward":
+            raise BnlabError("cache_graphs needs method double_backward")
+        self.model = model
+        self._batches = batches
+        self.loss_fn = loss_fn
+        self.bn_mode = bn_mode
+        self.method = method
+        self.cache_graphs = cache_graphs
+        self.block_size = max(1, int(block_size))
+        named = select_parameters(model, params)
+        self.param_names = [n for n, _ in named]
+        self._params = [p for _, p in named]
+        self.layout = FlatLayout(named)
+        self.dim = self.layout.dim
+        self.sizes = [len(y) for _, y in self.batches()]
+        self.num_samples = sum(self.sizes)
+        if self.num_samples == 0:
+            raise BnlabError("the evaluation set is empty")
+        if loss_scale == "batch-sum" and not batch_size:
+            batch_size = max(self.sizes)
+        self.loss_scale = loss_scale
+        self.batch_size = batch_size or max(self.sizes)
+        self.scale = float(self.batch_size) if loss_scale == "batch-sum" else 1.0
+        self.weight_decay = float(weight_decay)
+        mask = [torch.full((p.numel(),), float(decayed is None or decayed(n))) for n, p in named]
+        self._decay_mask = torch.cat(mask).to(torch.float64)
+        self.hvp_count = 0  # Hessian-vector products done (a matmat of m vectors counts m)
+        self.passes = 0  # passes over the evaluation set
+        self._cache: list[torch.Tensor] | None = None
+        self._cache_key: tuple[int, ...] | None = None
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def device(self) -> torch.device:
+        return self._params[0].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._params[0].dtype
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.dim, self.dim)
+
+    def batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        return self._batches() if callable(self._batches) else self._batches
+
+    def unflatten(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Flat (dim,) or (m, dim) vector -> {parameter name: parameter-shaped tensor}."""
+        return self.layout.unflatten(v)
+
+    def flat_params(self) -> torch.Tensor:
+        return self.layout.flatten([p.detach() for p in self._params]).to(torch.float64)
+
+    def clear_cache(self) -> None:
+        self._cache = None
+        self._cache_key = None
+
+    def describe(self) -> dict[str, Any]:
+        """Everything that defines this operator, for the record."""
+        return {"dim": self.dim, "num_samples": self.num_samples, "num_batches": len(self.sizes),
+                "batch_size": self.batch_size, "bn_mode": self.bn_mode, "loss_scale": self.loss_scale,
+                "scale_factor": self.scale, "weight_decay_term": self.weight_decay, "hvp_method": self.method,
+                "cache_graphs": self.cache_graphs, "dtype": str(self.dtype).replace("torch.", ""),
+                "num_param_tensors": len(self.param_names)}
+
+    # ----------------------------------------------------------------- products
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """H v for a flat (dim,) vector."""
+        return self.matmat(v.reshape(1, -1))[0]
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        """H V for the rows of V (m, dim): one pass over the data per `block_size` rows."""
+        if V.dim() != 2 or V.shape[1] != self.dim:
+            raise BnlabError(f"expected vectors of shape (m, {self.dim}), got {tuple(V.shape)}")
+        out = [self._block(V[i:i + self.block_size]) for i in range(0, V.shape[0], self.block_size)]
+        return torch.cat(out)
+
+    def gradient(self) -> torch.Tensor:
+        """∇L (flat float64), one pass; for cost comparisons and checks."""
+        g = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        with self._session():
+            for (x, y), w in zip(self.batches(), self._weights()):
+                g += batch_gradient(self.model, self._params, x, y, self.loss_fn, w, create_graph=False)
+        g64 = g.to(torch.float64)
+        return g64 + self._decay_term(self.flat_params().to(g64.device))
+
+    def loss(self) -> float:
+        """L (with the same scale and weight-decay term as the Hessian)."""
+        total = 0.0
+        with torch.no_grad(), bn_mode_ctx(self.model, self.bn_mode):
+            for (x, y), w in zip(self.batches(), self._weights()):
+                total += float(self.loss_fn(self.model(x), y)) * w
+        theta = self.flat_params()
+        return total + 0.5 * self.scale * self.weight_decay * float((self._decay_mask * theta ** 2).sum())
+
+    def _weights(self) -> list[float]:
+        return [self.scale * n / self.num_samples for n in self.sizes]
+
+    def _decay_term(self, V: torch.Tensor) -> torch.Tensor:
+        if not self.weight_decay:
+            return torch.zeros_like(V)
+        return (self.scale * self.weight_decay) * self._decay_mask.to(V.device) * V
+
+    def _block(self, V: torch.Tensor) -> torch.Tensor:
+        Vc = V.to(device=self.device, dtype=self.dtype)
+        acc = torch.zeros_like(Vc)
+        with self._session():
+            if self.cache_graphs:
+                for g in self._cached_gradients():
+                    acc += double_backward_block(g, self._params, Vc, retain_last=True)
+            else:
+                for (x, y), w in zip(self.batches(), self._weights()):
+                    if self.method == "func":
+                        acc += func_block(self.model, self.param_names, self._params, self.layout.split,
+                                          x, y, self.loss_fn, w, Vc)
+                    else:
+                        g = batch_gradient(self.model, self._params, x, y, self.loss_fn, w, create_graph=True)
+                        acc += double_backward_block(g, self._params, Vc, retain_last=False)
+                        del g
+        self.hvp_count += V.shape[0]
+        self.passes += 1
+        out = acc.to(torch.float64).to(V.device)
+        return out + self._decay_term(V.to(torch.float64))
+
+    def _cached_gradients(self) -> list[torch.Tensor]:
+        # Rebuild when any parameter was modified in place since the graphs were made.
+        key = tuple(p._version for p in self._params)
+        if self._cache is None or key != self._cache_key:
+            self._cache = [batch_gradient(self.model, self._params, x, y, self.loss_fn, w, create_graph=True)
+                           for (x, y), w in zip(self.batches(), self._weights())]
+            self._cache_key = key
+        return self._cache
+
+    @contextmanager
+    def _session(self):  # noqa: ANN202
+        """BN mode for the forward passes, and grad enabled on the selected parameters only for now."""
+        flags = [p.requires_grad for p in self._params]
+        try:
+            with torch.enable_grad(), bn_mode_ctx(self.model, self.bn_mode):
+                for p in self._params:
+                    p.requires_grad_(True)
+                yield
+        finally:
+            for p, f in zip(self._params, flags):
+                p.requires_grad_(f)
+
+    # ----------------------------------------------------------------- scipy
+    def as_linear_operator(self) -> LinearOperator:
+        """A float64 scipy LinearOperator (numpy in, numpy out) that counts into `hvp_count`."""
+        def mv(x: np.ndarray) -> np.ndarray:
+            return self.matvec(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))).numpy()
+
+        def mm(X: np.ndarray) -> np.ndarray:
+            X = np.ascontiguousarray(X, dtype=np.float64)
+            return self.matmat(torch.from_numpy(X.T.copy())).numpy().T
+
+        return LinearOperator((self.dim, self.dim), matvec=mv, matmat=mm, rmatvec=mv, dtype=np.float64)

@@ -1,0 +1,142 @@
+"""Per-step training dynamics of every parameter tensor, computed on the device.
+
+For each logged step and parameter tensor: ‖w‖ after the step, ‖g‖ (loss gradient, no weight
+decay), ‖Δw‖, ‖Δw‖/‖w_before‖, cos(w_before, g) and the angle between w_before and w_after.
+Values stay on the device until `flush` (once per epoch), so logging every step costs a few
+small reductions and no host syncs.
+
+The angle is computed without cancellation: with a = w_after, b = w_before, Δ = a - b,
+r = 1/‖a‖ - 1/‖b‖, ‖â - b̂‖² = ‖Δ‖²/‖a‖² + 2r(Δ·b)/‖a‖ + r²‖b‖², angle = 2 asin(‖â - b̂‖/2).
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+from torch import nn
+
+COLUMNS = ("step", "epoch", "lr", "loss", "acc", "param", "numel", "w_norm", "g_norm", "dw_norm",
+           "rel_step", "cos_wg", "angle")
+CHANNEL_COLUMNS = ("step", "param", "channel", "w_norm", "g_norm", "dw_norm", "cos_wg", "angle")
+
+
+def _angle(dw2: torch.Tensor, dwb: torch.Tensor, na: torch.Tensor, nb: torch.Tensor) -> torch.Tensor:
+    na = na.double().clamp_min(1e-300)
+    nb = nb.double().clamp_min(1e-300)
+    r = 1 / na - 1 / nb
+    d2 = dw2.double() / na**2 + 2 * r * dwb.double() / na + r**2 * nb**2
+    return 2 * torch.asin((d2.clamp_min(0).sqrt() / 2).clamp(max=1.0))
+
+
+class DynamicsTracker:
+    """Call `before_step` after backward and `after_step` after optimizer.step()."""
+
+    def __init__(self, model: nn.Module, channels: bool = False) -> None:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.numel = [p.numel() for p in self.params]
+        self.prev = [torch.empty_like(p) for p in self.params]
+        self.channels = channels
+        self.ch_idx = [i for i, p in enumerate(self.params) if p.dim() >= 2] if channels else []
+        self.rows: list[tuple[int, float, float, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.ch_rows: list[tuple[int, list[torch.Tensor]]] = []
+        self._before: tuple[torch.Tensor, ...] = ()
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        torch._foreach_copy_(self.prev, [p.detach() for p in self.params])
+        wb = torch.stack(torch._foreach_norm(self.prev))
+        gn = torch.stack(torch._foreach_norm(grads))
+        wg = torch.stack([torch.vdot(w.flatten().float(), g.flatten().float()) for w, g in zip(self.prev, grads)])
+        self._before = (wb, gn, wg)
+        if self.channels:
+            self._ch_before = []
+            for i in self.ch_idx:
+                w = self.prev[i].flatten(1).float()
+                g = grads[i].flatten(1).float()
+                self._ch_before.append((w.norm(dim=1), g.norm(dim=1), (w * g).sum(1)))
+
+    @torch.no_grad()
+    def after_step(self, step: int, epoch: float, lr: float, loss: torch.Tensor, acc: torch.Tensor) -> None:
+        wb, gn, wg = self._before
+        dws = torch._foreach_sub([p.detach() for p in self.params], self.prev)
+        wa = torch.stack(torch._foreach_norm([p.detach() for p in self.params]))
+        dn = torch.stack(torch._foreach_norm(dws))
+        dwb = torch.stack([torch.vdot(d.flatten().float(), b.flatten().float()) for d, b in zip(dws, self.prev)])
+        cos = wg / (wb * gn).clamp_min(1e-30)
+        ang = _angle(dn**2, dwb, wa, wb)
+        stats = torch.stack([wa, gn, dn, dn / wb.clamp_min(1e-30), cos, ang.float()], dim=1)
+        self.rows.append((step, epoch, lr, loss.detach().float(), acc.detach().float(), stats))
+        if self.channels:
+            out = []
+            for i, (cwb, cgn, cwg) in zip(self.ch_idx, self._ch_before):
+                a = self.params[i].detach().flatten(1).float()
+                b = self.prev[i].flatten(1).float()
+                d = a - b
+                cwa, cdn = a.norm(dim=1), d.norm(dim=1)
+                cang = _angle(cdn**2, (d * b).sum(1), cwa, cwb)
+                out.append(torch.stack([cwa, cgn, cdn, cwg / (cwb * cgn).clamp_min(1e-30), cang.float()], 1))
+            self.ch_rows.append((step, out))
+
+    def flush(self, path: Path, channel_path: Path | None = None) -> None:
+        """Append the buffered rows to the CSV file(s) (header on a new file), then clear the buffer."""
+        if self.rows:
+            steps, epochs, lrs, losses, accs, stats = zip(*self.rows)
+            losses = torch.stack(losses).cpu().tolist()
+            accs = torch.stack(accs).cpu().tolist()
+            stats = torch.stack(stats).cpu().tolist()
+            with _append(path, COLUMNS) as w:
+                for s, e, lr, lo, ac, st in zip(steps, epochs, lrs, losses, accs, stats):
+                    for name, n, vals in zip(self.names, self.numel, st):
+                        w.writerow([s, f"{e:.6g}", f"{lr:.8g}", f"{lo:.6g}", f"{ac:.6g}", name, n,
+                                    *(f"{v:.8g}" for v in vals)])
+        if self.ch_rows and channel_path is not None:
+            with _append(channel_path, CHANNEL_COLUMNS) as w:
+                for s, per_param in self.ch_rows:
+                    for i, t in zip(self.ch_idx, per_param):
+                        for c, vals in enumerate(t.cpu().tolist()):
+                            w.writerow([s, self.names[i], c, *(f"{v:.8g}" for v in vals)])
+        self.rows.clear()
+        self.ch_rows.clear()
+
+
+class _append:
+    """Context manager: a csv writer appending to path, writing the header if the file is new."""
+
+    def __init__(self, path: Path, header: tuple[str, ...]) -> None:
+        self.path, self.header = path, header
+
+    def __enter__(self) -> csv._writer:  # type: ignore[name-defined]
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self.f = open(self.path, "a", newline="")
+        w = csv.writer(self.f)
+        if new:
+            w.writerow(self.header)
+        return w
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.flush()
+        self.f.close()
+
+
+def truncate_csv(path: Path, max_step: int) -> None:
+    """Drop rows with step > max_step (and any partial last line): used when resuming a run."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        lines = f.read().splitlines(keepends=True)
+    if not lines:
+        return
+    keep = [lines[0]]
+    for line in lines[1:]:
+        if not line.endswith("\n"):
+            break
+        step = line.split(",", 1)[0]
+        if step.isdigit() and int(step) <= max_step:
+            keep.append(line)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(keep))
+    tmp.replace(path)
