@@ -8,7 +8,8 @@ the model: no `.grad`, no running statistics (`bn_mode` guards BN buffers).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -24,8 +25,23 @@ Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 
 def trainable_parameters(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    """All parameters in model order: the same flat layout as the curvature engine's vectors."""
+    named = list(model.named_parameters())
     return [n for n, _ in named], [p for _, p in named]
+
+
+@contextmanager
+def grads_enabled(params: Sequence[torch.Tensor]) -> Iterator[None]:
+    """requires_grad on every parameter for the duration (a loaded model may have some off)."""
+    flags = [p.requires_grad for p in params]
+    try:
+        with torch.enable_grad():
+            for p in params:
+                p.requires_grad_(True)
+            yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
 
 
 @dataclass
@@ -97,21 +113,20 @@ def stat_gradients(model: nn.Module, batches: Batches, *, stats: Sequence[str] =
     dim = sum(p.numel() for p in params)
     terms_sum = grads = None
     progress = Progress(len(batches), "output-statistic gradients", quiet=quiet)
-    with bn_mode(model, mode):
+    with bn_mode(model, mode), grads_enabled(params):
         shift = _pooled_shift(model, batches, target) if moments == "pooled" else None
         for x, y in batches:
-            with torch.enable_grad():
-                _, out = forward_with_target(model, x, target)
-                terms = batch_terms(out, stats, moments, weight=y.shape[0] / n_total, shift=shift)
-                flat_terms = terms.reshape(-1)
-                if grads is None:
-                    grads = torch.zeros(flat_terms.numel(), dim, dtype=torch.float64, device=out.device)
-                    terms_sum = torch.zeros(terms.shape, dtype=torch.float64, device=out.device)
-                for k in range(flat_terms.numel()):
-                    gs = torch.autograd.grad(flat_terms[k], params, retain_graph=k + 1 < flat_terms.numel(),
-                                             allow_unused=True)
-                    grads[k] += torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                           for g, p in zip(gs, params)]).double()
+            _, out = forward_with_target(model, x, target)
+            terms = batch_terms(out, stats, moments, weight=y.shape[0] / n_total, shift=shift)
+            flat_terms = terms.reshape(-1)
+            if grads is None:
+                grads = torch.zeros(flat_terms.numel(), dim, dtype=torch.float64, device=out.device)
+                terms_sum = torch.zeros(terms.shape, dtype=torch.float64, device=out.device)
+            for k in range(flat_terms.numel()):
+                gs = torch.autograd.grad(flat_terms[k], params, retain_graph=k + 1 < flat_terms.numel(),
+                                         allow_unused=True)
+                grads[k] += torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                                       for g, p in zip(gs, params)]).double()
             terms_sum += terms.detach().double()
             progress.update()
     progress.close()

@@ -10,7 +10,8 @@ _BLOCK_PARTS = ("conv", "norm", "act", "pool")
 
 
 def layer_of(param_name: str) -> str:
-    """'layer1.conv.weight' -> 'layer1', 'layer1_res.a.norm.bias' -> 'layer1_res.a', 'classifier.weight' -> 'classifier'."""
+    """The block a parameter belongs to: 'layer1.conv.weight' -> 'layer1',
+    'layer1_res.a.norm.bias' -> 'layer1_res.a', 'classifier.weight' -> 'classifier'."""
     parts = param_name.split(".")[:-1]
     if len(parts) > 1 and parts[-1] in _BLOCK_PARTS:
         parts = parts[:-1]
