@@ -1,0 +1,355 @@
+"""Per-layer spherical dynamics of a run, measured from its log and compared with `bnlab.theory`.
+
+For every logged parameter tensor: is it scale-invariant (detected, `invariance`), its norm over
+training, its measured angular update per step (and ``rel_step``) against the predicted equilibrium
+at the current lr and against the lagged prediction under the run's lr schedule, their ratio, and
+how long it took to get there. Averages of angles are root-mean-squares (the theory balances
+theta^2), over the *final window* (last `window` fraction of the logged steps).
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import theory
+from ..config import TrainConfig
+from ..errors import BnlabError
+from .invariance import DEFAULT_COS_TOL, DEFAULT_LOSS_TOL, cos_stats
+from .log import RunLog, Table, read_run
+
+
+@dataclass
+class Hyper:
+    wd: float
+    momentum: float
+    nesterov: bool
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> Hyper:
+        nesterov = bool(config.nesterov and config.momentum > 0)
+        return cls(wd=float(config.weight_decay), momentum=float(config.momentum), nesterov=nesterov)
+
+
+@dataclass
+class LayerResult:
+    param: str
+    numel: int
+    scale_invariant: bool
+    median_abs_cos: float
+    p90_abs_cos: float
+    rescale_loss_change: float | None  # relative loss change under per-channel rescaling (checkpoint)
+    logged_steps: int
+    last_step: int
+    w_norm_init: float  # before the first logged step
+    w_norm_final: float
+    lr_final: float
+    angle: float  # RMS angle per step over the final window (radians)
+    rel_step: float  # RMS ||dw|| / ||w|| over the final window
+    angle_pred: float | None  # equilibrium angle at the window's lr (RMS over the window)
+    angle_lagged_pred: float | None  # lagged-equilibrium angle under the schedule, same window
+    ratio: float | None  # angle / angle_pred
+    ratio_lagged: float | None
+    rel_step_pred: float | None
+    rel_step_ratio: float | None
+    grad_scale: float  # L = mean ||g||^2 ||w||^2 over the window
+    norm_pred: float | None  # equilibrium ||w|| for that L at the window's lr
+    norm_lagged_pred: float | None  # lagged ||w|| prediction at the last step
+    norm_ratio: float | None  # w_norm_final / norm_lagged_pred
+    radial_cos: float  # median cos(w, dw): 0 exactly for plain SGD without wd on invariant weights
+    pythagoras_residual: float | None  # median |(|w_a|^2 - |w_b|^2 - |dw|^2) / |dw|^2|, only wd=0, mu=0
+    steps_to_equilibrium: int | None  # first step from which the smoothed ratio stays within eq_tol
+    steps_to_settle: int | None  # first step from which the smoothed angle stays within eq_tol of its end
+    relaxation_steps: float | None  # theory's time constant (1-mu)/(4 eta lambda) at the final lr
+
+
+@dataclass
+class Report:
+    run_dir: str
+    status: str
+    live: bool
+    hyper: Hyper
+    window: float
+    eq_tol: float
+    theory: dict
+    layers: list[LayerResult]
+    aggregate: dict
+    series: dict[str, np.ndarray] = field(repr=False)
+    channels: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    def layer(self, name: str) -> LayerResult:
+        for lr in self.layers:
+            if lr.param == name:
+                return lr
+        raise KeyError(name)
+
+    def summary(self) -> dict:
+        return {"run_dir": self.run_dir, "status": self.status, "live": self.live, "hyper": asdict(self.hyper),
+                "window": self.window, "eq_tol": self.eq_tol, "theory": self.theory,
+                "aggregate": self.aggregate, "layers": [asdict(lr) for lr in self.layers]}
+
+
+def match_layers(params: list[str], patterns: list[str] | None) -> list[str]:
+    """Parameters matching any pattern: exact name, module prefix (`layer1` -> `layer1.*`) or glob."""
+    if not patterns:
+        return params
+    out = [p for p in params if any(p == q or p.startswith(q + ".") or fnmatch.fnmatchcase(p, q) for q in patterns)]
+    if not out:
+        raise BnlabError(f"--layers {' '.join(patterns)} matches no logged parameter; logged: {', '.join(params)}")
+    return out
+
+
+def rolling_rms(x: np.ndarray, k: int) -> np.ndarray:
+    """Trailing root-mean-square over k samples (fewer at the start), via cumulative sums."""
+    c = np.concatenate([[0.0], np.cumsum(x ** 2)])
+    n = np.arange(1, len(x) + 1)
+    lo = np.maximum(n - k, 0)
+    return np.sqrt((c[n] - c[lo]) / (n - lo))
+
+
+def rolling_mean(x: np.ndarray, k: int) -> np.ndarray:
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    n = np.arange(1, len(x) + 1)
+    lo = np.maximum(n - k, 0)
+    return (c[n] - c[lo]) / (n - lo)
+
+
+def first_step_staying_within(steps: np.ndarray, ok: np.ndarray) -> int | None:
+    """First step from which `ok` holds through the end of the series (None if not at the end)."""
+    if len(ok) == 0 or not ok[-1]:
+        return None
+    bad = np.flatnonzero(~ok)
+    return int(steps[0] if len(bad) == 0 else steps[bad[-1] + 1])
+
+
+def _rms(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(np.sqrt(np.mean(x ** 2))) if x.size else float("nan")
+
+
+def _fin(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+@dataclass
+class _Series:
+    step: np.ndarray
+    lr: np.ndarray
+    w_after: np.ndarray
+    w_before: np.ndarray
+    g: np.ndarray
+    dw: np.ndarray
+    angle: np.ndarray
+    rel: np.ndarray
+    cos: np.ndarray
+
+
+def _series(t: Table) -> _Series:
+    w_after, dw, rel = t["w_norm"], t["dw_norm"], t["rel_step"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w_before = np.where(rel > 0, dw / rel, w_after)
+    return _Series(t["step"], t["lr"], w_after, w_before, t["g_norm"], dw, t["angle"], rel, t["cos_wg"])
+
+
+def _predictions(s: _Series, hyper: Hyper, smooth: int) -> dict[str, np.ndarray]:
+    """Instantaneous and lagged theory along the logged steps of one invariant tensor."""
+    L = rolling_mean((s.g * s.w_before) ** 2, smooth)
+    out = {"grad_scale": L}
+    if hyper.wd <= 0:
+        nan = np.full(len(s.step), np.nan)
+        return {**out, "angle_eq": nan, "norm_eq": nan, "angle_lagged": nan, "norm_lagged": nan}
+    out["angle_eq"] = theory.equilibrium_angle(s.lr, hyper.wd, hyper.momentum, hyper.nesterov)
+    out["norm_eq"] = theory.equilibrium_norm(s.lr, hyper.wd, hyper.momentum, L)
+    # Lagged theory needs every optimizer step: lr and L between logged steps are interpolated
+    # (exact for const lr, and the schedules are smooth on the scale of --log-every).
+    first, last = int(s.step[0]), int(s.step[-1])
+    all_steps = np.arange(first, last + 1, dtype=float)
+    lrs = np.interp(all_steps, s.step, s.lr)
+    Ls = np.interp(all_steps, s.step, L)
+    try:
+        v = theory.lagged_norm4(lrs, hyper.wd, hyper.momentum, Ls, s.w_before[0] ** 4)
+    except BnlabError:  # lr*wd beyond the small-step theory: no lagged prediction
+        v = np.full(len(all_steps), np.nan)
+    idx = (s.step - first).astype(int)
+    out["norm_lagged"] = v[idx] ** 0.25
+    # Angle of step t uses ||w_t|| (before the step): the lagged norm after step t-1.
+    v_before = np.concatenate([[s.w_before[0] ** 4], v[:-1]])[idx]
+    out["angle_lagged"] = theory.lagged_angle(s.lr, v_before, L, hyper.momentum, hyper.nesterov)
+    return out
+
+
+def analyse_log(log: RunLog, *, layers: list[str] | None = None, window: float = 0.25, eq_tol: float = 0.15,
+                cos_tol: float = DEFAULT_COS_TOL, rescale: dict[str, float] | None = None,
+                loss_tol: float = DEFAULT_LOSS_TOL, smooth: int | None = None) -> Report:
+    """Analyse a read run log (see module docstring); `rescale` = `rescale_loss_change` of a checkpoint."""
+    if not 0 < window <= 1:
+        raise BnlabError(f"--window must be in (0, 1], got {window}")
+    table = log.dynamics
+    hyper = Hyper.of(log.config)
+    params = match_layers(table.params(), layers)
+    log_every = max(1, log.config.log_every or 1)
+    if smooth is None:  # about one epoch of logged steps, and at least a few momentum memories
+        steps = np.unique(table["step"])
+        per_epoch = steps[-1] / max(table["epoch"].max(), 1e-9) if "epoch" in table else 50
+        smooth = int(np.clip(round(per_epoch / log_every), 5, max(5, len(steps) // 5)))
+    series_cols: dict[str, list[np.ndarray]] = {}
+    results = []
+    for name in params:
+        t = table.select(table["param"] == name)
+        s = _series(t)
+        n = len(s.step)
+        win = slice(n - max(1, int(math.ceil(window * n))), n)
+        cs = cos_stats(s.cos, cos_tol)
+        rc = None if rescale is None else rescale.get(name)
+        invariant = cs.invariant and (rc is None or rc < loss_tol)
+        pred = _predictions(s, hyper, smooth)
+        ang_smooth = rolling_rms(s.angle, smooth)
+        angle, rel = _rms(s.angle[win]), _rms(s.rel[win])
+        L = float(np.nanmean((s.g[win] * s.w_before[win]) ** 2))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            radial = (s.w_after ** 2 - s.w_before ** 2 - s.dw ** 2) / (2 * s.w_before * s.dw)
+        pyth = None
+        if hyper.wd == 0 and hyper.momentum == 0:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                res = (s.w_after ** 2 - s.w_before ** 2 - s.dw ** 2) / s.dw ** 2
+            pyth = _fin(float(np.nanmedian(np.abs(res))))
+        has_theory = invariant and hyper.wd > 0
+        ratio_series = ang_smooth / pred["angle_eq"] if has_theory else np.full(n, np.nan)
+        end = ang_smooth[-1]
+        lr_fin = float(s.lr[-1])
+        ap = _rms(pred["angle_eq"][win]) if has_theory else None
+        alp = _rms(pred["angle_lagged"][win]) if has_theory else None
+        rp = _rms(2 * np.sin(pred["angle_eq"][win] / 2)) if has_theory else None
+        nlag = float(pred["norm_lagged"][-1]) if has_theory else None
+        results.append(LayerResult(
+            param=name, numel=int(t["numel"][0]) if "numel" in t else -1, scale_invariant=bool(invariant),
+            median_abs_cos=cs.median_abs_cos, p90_abs_cos=cs.p90_abs_cos, rescale_loss_change=rc,
+            logged_steps=n, last_step=int(s.step[-1]), w_norm_init=float(s.w_before[0]),
+            w_norm_final=float(s.w_after[-1]), lr_final=lr_fin, angle=angle, rel_step=rel,
+            angle_pred=_fin(ap), angle_lagged_pred=_fin(alp),
+            ratio=_fin(angle / ap) if ap else None, ratio_lagged=_fin(angle / alp) if alp else None,
+            rel_step_pred=_fin(rp), rel_step_ratio=_fin(rel / rp) if rp else None, grad_scale=L,
+            norm_pred=_fin(float(theory.equilibrium_norm(lr_fin, hyper.wd, hyper.momentum, L))) if has_theory
+            else None,
+            norm_lagged_pred=_fin(nlag), norm_ratio=_fin(float(s.w_after[-1]) / nlag) if nlag else None,
+            radial_cos=float(np.nanmedian(radial)), pythagoras_residual=pyth,
+            steps_to_equilibrium=first_step_staying_within(s.step, np.abs(ratio_series - 1) <= eq_tol)
+            if has_theory else None,
+            steps_to_settle=first_step_staying_within(s.step, np.abs(ang_smooth / end - 1) <= eq_tol)
+            if end > 0 else None,
+            relaxation_steps=_fin(float(theory.relaxation_steps(lr_fin, hyper.wd, hyper.momentum)))
+            if hyper.wd > 0 else None,
+        ))
+        cols = {"step": s.step, "epoch": t["epoch"] if "epoch" in t else np.full(n, np.nan), "lr": s.lr,
+                "param": np.full(n, name), "scale_invariant": np.full(n, int(invariant)), "w_norm": s.w_after,
+                "angle": s.angle, "rel_step": s.rel, "cos_wg": s.cos, "angle_smooth": ang_smooth,
+                "grad_scale": pred["grad_scale"], "angle_eq": pred["angle_eq"] if has_theory else np.full(n, np.nan),
+                "angle_lagged": pred["angle_lagged"] if has_theory else np.full(n, np.nan),
+                "norm_eq": pred["norm_eq"] if has_theory else np.full(n, np.nan),
+                "norm_lagged": pred["norm_lagged"] if has_theory else np.full(n, np.nan), "ratio": ratio_series}
+        for k, v in cols.items():
+            series_cols.setdefault(k, []).append(v)
+    series = {k: np.concatenate(v) for k, v in series_cols.items()}
+    lr_fin = float(table["lr"][np.argmax(table["step"])])
+    th = {"noise_gain_S2": theory.noise_gain(hyper.momentum, hyper.nesterov),
+          "nesterov_factor": theory.nesterov_factor(hyper.momentum) if hyper.nesterov else 1.0,
+          "lr_final": lr_fin,
+          "angle_eq_final_lr": _fin(float(theory.equilibrium_angle(lr_fin, hyper.wd, hyper.momentum, hyper.nesterov))),
+          "rel_step_eq_final_lr": _fin(float(theory.equilibrium_rel_step(lr_fin, hyper.wd, hyper.momentum,
+                                                                          hyper.nesterov))),
+          "relaxation_steps_final_lr": _fin(float(theory.relaxation_steps(lr_fin, hyper.wd, hyper.momentum)))
+          if hyper.wd > 0 else None,
+          "smooth_logged_steps": smooth}
+    channels = analyse_channels(log, hyper, params, window, cos_tol) if log.channels is not None else None
+    return Report(run_dir=str(log.run_dir), status=log.status.get("status", "unknown"), live=log.live, hyper=hyper,
+                  window=window, eq_tol=eq_tol, theory=th, layers=results, aggregate=aggregate(results),
+                  series=series, channels=channels)
+
+
+def aggregate(results: list[LayerResult]) -> dict:
+    """Across scale-invariant layers: is the angle the same everywhere while the norms differ?"""
+    inv = [r for r in results if r.scale_invariant]
+    out: dict = {"scale_invariant": [r.param for r in inv],
+                 "not_scale_invariant": [r.param for r in results if not r.scale_invariant]}
+    if not inv:
+        return out
+    ang = np.array([r.angle for r in inv])
+    norms = np.array([r.w_norm_final for r in inv])
+    out.update({"angle_mean": float(ang.mean()), "angle_cv": float(ang.std() / ang.mean()) if ang.mean() else None,
+                "norm_min": float(norms.min()), "norm_max": float(norms.max()),
+                "norm_spread": float(norms.max() / norms.min()) if norms.min() > 0 else None})
+    ratios = np.array([r.ratio for r in inv if r.ratio is not None])
+    if ratios.size:
+        out.update({"ratio_mean": float(ratios.mean()), "ratio_min": float(ratios.min()),
+                    "ratio_max": float(ratios.max()), "angle_pred": inv[0].angle_pred})
+    return out
+
+
+def analyse_channels(log: RunLog, hyper: Hyper, params: list[str], window: float,
+                     cos_tol: float) -> dict[str, np.ndarray]:
+    """Per (param, output channel): median |cos|, final-window RMS angle, its ratio to theory, final norm.
+
+    Vectorised over all rows with group boundaries (rows are sorted by param, channel, step).
+    """
+    c = log.channels
+    assert c is not None
+    c = c.select(np.isin(c["param"], params))
+    if len(c) == 0:
+        raise BnlabError("dynamics_channels.csv has no rows for the selected layers")
+    key_change = np.flatnonzero((c["param"][1:] != c["param"][:-1]) | (c["channel"][1:] != c["channel"][:-1])) + 1
+    starts = np.concatenate([[0], key_change])
+    ends = np.concatenate([key_change, [len(c)]])
+    counts = ends - starts
+    pos = np.arange(len(c)) - np.repeat(starts, counts)  # index within group
+    nwin = np.maximum(1, np.ceil(window * counts).astype(int))
+    in_win = pos >= np.repeat(counts - nwin, counts)
+    group = np.repeat(np.arange(len(starts)), counts)
+    ang2 = np.bincount(group, weights=np.where(in_win, c["angle"] ** 2, 0.0)) / nwin
+    # lr per row from the main log's (step -> lr) map
+    d = log.dynamics
+    steps, first = np.unique(d["step"], return_index=True)
+    lr_rows = np.interp(c["step"], steps, d["lr"][first])
+    if hyper.wd > 0:
+        pred2 = np.bincount(group, weights=np.where(
+            in_win, theory.equilibrium_angle(lr_rows, hyper.wd, hyper.momentum, hyper.nesterov) ** 2, 0.0)) / nwin
+    else:
+        pred2 = np.full(len(starts), np.nan)
+    # median |cos| per group: sort by (group, |cos|) and take the middle element
+    order = np.lexsort((np.abs(c["cos_wg"]), group))
+    med = np.abs(c["cos_wg"])[order][starts + (counts - 1) // 2]
+    return {"param": c["param"][starts], "channel": c["channel"][starts].astype(int),
+            "median_abs_cos": med, "scale_invariant": (med < cos_tol).astype(int),
+            "angle": np.sqrt(ang2), "angle_pred": np.sqrt(pred2),
+            "ratio": np.sqrt(ang2) / np.sqrt(pred2), "w_norm_final": c["w_norm"][ends - 1]}
+
+
+def analyse_run(run_dir: str | Path, *, layers: list[str] | None = None, channels: bool = False,
+                check_checkpoint: bool = True, **options: object) -> Report:
+    """Read and analyse a run directory (finished or still being written); see `analyse_log`.
+
+    With `check_checkpoint`, the invariance detected from the log is confirmed by rescaling the
+    weights of the newest checkpoint (final.pt, else last.pt) when there is one.
+    """
+    log = read_run(run_dir, channels=channels)
+    rescale = None
+    if check_checkpoint:
+        rescale = checkpoint_rescale(Path(run_dir))
+    return analyse_log(log, layers=layers, rescale=rescale, **options)  # type: ignore[arg-type]
+
+
+def checkpoint_rescale(run_dir: Path) -> dict[str, float] | None:
+    from ..checkpoint import load_checkpoint
+    from .invariance import rescale_loss_change
+
+    for name in ("final.pt", "last.pt"):
+        path = run_dir / name
+        if path.is_file():
+            try:
+                ckpt = load_checkpoint(path)
+            except BnlabError:
+                continue  # being replaced right now, or foreign: the log-based test stands alone
+            return rescale_loss_change(ckpt.model)
+    return None

@@ -1,0 +1,96 @@
+"""Writing a dynamics `Report` to disk (JSON + CSV) and as a text table."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .analysis import Report
+
+LAYER_COLUMNS = ("param", "numel", "scale_invariant", "median_abs_cos", "rescale_loss_change", "w_norm_init",
+                 "w_norm_final", "norm_lagged_pred", "norm_ratio", "angle", "angle_pred", "ratio",
+                 "angle_lagged_pred", "ratio_lagged", "rel_step", "rel_step_pred", "rel_step_ratio", "radial_cos",
+                 "pythagoras_residual", "steps_to_equilibrium", "steps_to_settle", "relaxation_steps")
+
+
+def _clean(x: object) -> object:
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_columns(path: Path, cols: dict[str, np.ndarray]) -> None:
+    """Column dict -> CSV, written to a temp file and renamed (readers never see half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        w.writerows(zip(*(np.asarray(v).tolist() for v in cols.values())))
+    os.replace(tmp, path)
+
+
+def write_report(report: Report, out: Path) -> dict[str, Path]:
+    """dynamics_summary.json, dynamics_layers.csv, dynamics_series.csv (+ dynamics_channels_summary.csv)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"summary": out / "dynamics_summary.json", "layers": out / "dynamics_layers.csv",
+             "series": out / "dynamics_series.csv"}
+    tmp = paths["summary"].with_name(".dynamics_summary.json.tmp")
+    tmp.write_text(json.dumps(_clean(report.summary()), indent=2) + "\n")
+    os.replace(tmp, paths["summary"])
+    rows = [asdict(r) for r in report.layers]
+    write_columns(paths["layers"], {c: np.array([_csv(r[c]) for r in rows], dtype=object) for c in LAYER_COLUMNS})
+    write_columns(paths["series"], report.series)
+    if report.channels is not None:
+        paths["channels"] = out / "dynamics_channels_summary.csv"
+        write_columns(paths["channels"], report.channels)
+    return paths
+
+
+def _csv(x: object) -> object:
+    if isinstance(x, bool):
+        return int(x)
+    return "" if x is None else x
+
+
+def _f(x: float | None, fmt: str = ".4g") -> str:
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
+
+
+def format_table(report: Report) -> str:
+    """The per-layer table a person reads: invariance, norms, measured vs predicted angle."""
+    head = (f"{'param':28s} {'inv':>3s} {'|cos|med':>8s} {'|w|0':>7s} {'|w|end':>7s} {'|w|pred':>7s} "
+            f"{'angle':>8s} {'pred':>8s} {'ratio':>6s} {'rel_step':>8s} {'pred':>8s} {'t_eq':>6s}")
+    lines = [head, "-" * len(head)]
+    for r in report.layers:
+        lines.append(f"{r.param:28s} {'yes' if r.scale_invariant else 'no':>3s} {_f(r.median_abs_cos, '.1e'):>8s} "
+                     f"{_f(r.w_norm_init, '.3g'):>7s} {_f(r.w_norm_final, '.3g'):>7s} "
+                     f"{_f(r.norm_lagged_pred, '.3g'):>7s} {_f(r.angle, '.3e'):>8s} {_f(r.angle_pred, '.3e'):>8s} "
+                     f"{_f(r.ratio, '.3f'):>6s} {_f(r.rel_step, '.3e'):>8s} {_f(r.rel_step_pred, '.3e'):>8s} "
+                     f"{_f(r.steps_to_equilibrium, 'd') if r.steps_to_equilibrium is not None else '-':>6s}")
+    a = report.aggregate
+    th = report.theory
+    lines.append("")
+    lines.append(f"theory: angle_eq {_f(th['angle_eq_final_lr'], '.4e')} rad/step at lr {th['lr_final']:g} "
+                 f"(wd {report.hyper.wd:g}, momentum {report.hyper.momentum:g}, nesterov {report.hyper.nesterov}); "
+                 f"relaxation {_f(th['relaxation_steps_final_lr'], '.0f')} steps")
+    if "ratio_mean" in a:
+        lines.append(f"scale-invariant layers: {len(a['scale_invariant'])}, measured/predicted angle "
+                     f"{a['ratio_min']:.3f}..{a['ratio_max']:.3f} (mean {a['ratio_mean']:.3f}), angle CV "
+                     f"{_f(a['angle_cv'], '.3f')}, norms {a['norm_min']:.3g}..{a['norm_max']:.3g} "
+                     f"({_f(a['norm_spread'], '.2f')}x)")
+    lines.append(f"not scale-invariant: {', '.join(a['not_scale_invariant']) or 'none'}")
+    if report.live:
+        lines.append("(run still being written: numbers are as of its last logged step)")
+    return "\n".join(lines)
