@@ -66,9 +66,12 @@ class DynamicsTracker:
         wa = torch.stack(torch._foreach_norm([p.detach() for p in self.params]))
         dn = torch.stack(torch._foreach_norm(dws))
         dwb = torch.stack([torch.vdot(d.flatten().float(), b.flatten().float()) for d, b in zip(dws, self.prev)])
-        cos = wg / (wb * gn).clamp_min(1e-30)
-        ang = _angle(dn**2, dwb, wa, wb)
-        stats = torch.stack([wa, gn, dn, dn / wb.clamp_min(1e-30), cos, ang.float()], dim=1)
+        # Undefined for a zero tensor (BN biases at init): NaN rather than a huge number.
+        nan = torch.tensor(float("nan"), device=wb.device)
+        rel = torch.where(wb > 0, dn / wb, nan)
+        cos = torch.where(wb * gn > 0, wg / (wb * gn), nan)
+        ang = torch.where((wa > 0) & (wb > 0), _angle(dn**2, dwb, wa, wb).float(), nan)
+        stats = torch.stack([wa, gn, dn, rel, cos, ang], dim=1)
         self.rows.append((step, epoch, lr, loss.detach().float(), acc.detach().float(), stats))
         if self.channels:
             out = []
@@ -77,8 +80,9 @@ class DynamicsTracker:
                 b = self.prev[i].flatten(1).float()
                 d = a - b
                 cwa, cdn = a.norm(dim=1), d.norm(dim=1)
-                cang = _angle(cdn**2, (d * b).sum(1), cwa, cwb)
-                out.append(torch.stack([cwa, cgn, cdn, cwg / (cwb * cgn).clamp_min(1e-30), cang.float()], 1))
+                cang = _angle(cdn**2, (d * b).sum(1), cwa, cwb).float()
+                ccos = torch.where(cwb * cgn > 0, cwg / (cwb * cgn), float("nan"))
+                out.append(torch.stack([cwa, cgn, cdn, ccos, cang], 1))
             self.ch_rows.append((step, out))
 
     def flush(self, path: Path, channel_path: Path | None = None) -> None:

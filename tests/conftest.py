@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny CIFAR-10 files in the official format, small synthetic configs."""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bnlab.config import make_config
+
+
+def write_cifar_folder(root: Path, per_batch: int = 40, seed: int = 0) -> Path:
+    """Write data_batch_1..5, test_batch and batches.meta like cifar-10-python.tar.gz unpacks to."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        labels = [int(v) for v in rng.permutation(np.arange(per_batch) % 10)]
+        d = {"batch_label": f"{name} of 6", "labels": labels,
+             "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+             "filenames": [f"img_{i}.png" for i in range(per_batch)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(d, f, protocol=2)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": per_batch,
+                     "num_vis": 3072}, f, protocol=2)
+    return folder
+
+
+@pytest.fixture
+def cifar_folder(tmp_path: Path) -> Path:
+    return write_cifar_folder(tmp_path / "data")
+
+
+@pytest.fixture
+def cifar_tarball(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cifar-10-python.tar.gz of the tiny folder; the expected md5 is patched to its own."""
+    folder = write_cifar_folder(tmp_path / "src")
+    tarball = tmp_path / "dl" / "cifar-10-python.tar.gz"
+    tarball.parent.mkdir()
+    with tarfile.open(tarball, "w:gz") as tf:
+        tf.add(folder, arcname="cifar-10-batches-py")
+    monkeypatch.setattr("bnlab.data.cifar.TARBALL_MD5", hashlib.md5(tarball.read_bytes()).hexdigest())
+    return tarball
+
+
+def tiny_config(variant: str = "bn", **options: object):
+    """A run small enough for a unit test: width 8, 1024 synthetic images, batch 128."""
+    defaults = dict(width=8, dataset="synthetic", synthetic_train=1024, synthetic_test=256, batch_size=128,
+                    epochs=2, lr=0.2)
+    if variant == "ghost_bn":
+        defaults["ghost_splits"] = 4
+    defaults.update(options)
+    return make_config(variant, **defaults)
