@@ -18,7 +18,7 @@ import numpy as np
 from .. import theory
 from ..config import TrainConfig
 from ..errors import BnlabError
-from .invariance import DEFAULT_COS_TOL, DEFAULT_LOSS_TOL, cos_stats
+from .invariance import DEFAULT_COS_TOL, cos_stats
 from .log import RunLog, Table, read_run
 
 
@@ -41,7 +41,7 @@ class LayerResult:
     scale_invariant: bool
     median_abs_cos: float
     p90_abs_cos: float
-    rescale_loss_change: float | None  # relative loss change under per-channel rescaling (checkpoint)
+    checkpoint_abs_cos: float | None  # |cos(w, g)| on the newest checkpoint in float64 (`euler_cos`)
     logged_steps: int
     last_step: int
     w_norm_init: float  # before the first logged step
@@ -182,9 +182,9 @@ def _predictions(s: _Series, hyper: Hyper, smooth: int) -> dict[str, np.ndarray]
 
 
 def analyse_log(log: RunLog, *, layers: list[str] | None = None, window: float = 0.25, eq_tol: float = 0.15,
-                cos_tol: float = DEFAULT_COS_TOL, rescale: dict[str, float] | None = None,
-                loss_tol: float = DEFAULT_LOSS_TOL, smooth: int | None = None) -> Report:
-    """Analyse a read run log (see module docstring); `rescale` = `rescale_loss_change` of a checkpoint."""
+                cos_tol: float = DEFAULT_COS_TOL, checkpoint_cos: dict[str, float] | None = None,
+                smooth: int | None = None) -> Report:
+    """Analyse a read run log (see module docstring); `checkpoint_cos` = `euler_cos` of a checkpoint."""
     if not 0 < window <= 1:
         raise BnlabError(f"--window must be in (0, 1], got {window}")
     table = log.dynamics
@@ -203,8 +203,8 @@ def analyse_log(log: RunLog, *, layers: list[str] | None = None, window: float =
         n = len(s.step)
         win = slice(n - max(1, int(math.ceil(window * n))), n)
         cs = cos_stats(s.cos, cos_tol)
-        rc = None if rescale is None else rescale.get(name)
-        invariant = cs.invariant and (rc is None or rc < loss_tol)
+        ck = None if checkpoint_cos is None else checkpoint_cos.get(name)
+        invariant = cs.invariant
         pred = _predictions(s, hyper, smooth)
         ang_smooth = rolling_rms(s.angle, smooth)
         angle, rel = _rms(s.angle[win]), _rms(s.rel[win])
@@ -226,7 +226,7 @@ def analyse_log(log: RunLog, *, layers: list[str] | None = None, window: float =
         nlag = float(pred["norm_lagged"][-1]) if has_theory else None
         results.append(LayerResult(
             param=name, numel=int(t["numel"][0]) if "numel" in t else -1, scale_invariant=bool(invariant),
-            median_abs_cos=cs.median_abs_cos, p90_abs_cos=cs.p90_abs_cos, rescale_loss_change=rc,
+            median_abs_cos=cs.median_abs_cos, p90_abs_cos=cs.p90_abs_cos, checkpoint_abs_cos=_fin(ck),
             logged_steps=n, last_step=int(s.step[-1]), w_norm_init=float(s.w_before[0]),
             w_norm_final=float(s.w_after[-1]), lr_final=lr_fin, angle=angle, rel_step=rel,
             angle_pred=_fin(ap), angle_lagged_pred=_fin(alp),
@@ -273,7 +273,10 @@ def aggregate(results: list[LayerResult]) -> dict:
     """Across scale-invariant layers: is the angle the same everywhere while the norms differ?"""
     inv = [r for r in results if r.scale_invariant]
     out: dict = {"scale_invariant": [r.param for r in inv],
-                 "not_scale_invariant": [r.param for r in results if not r.scale_invariant]}
+                 "not_scale_invariant": [r.param for r in results if not r.scale_invariant],
+                 # tensors whose checkpoint |cos| disagrees with the log's verdict by the same threshold
+                 "checkpoint_disagrees": [r.param for r in results if r.checkpoint_abs_cos is not None
+                                          and (r.checkpoint_abs_cos < DEFAULT_COS_TOL) != r.scale_invariant]}
     if not inv:
         return out
     ang = np.array([r.angle for r in inv])
@@ -330,19 +333,17 @@ def analyse_run(run_dir: str | Path, *, layers: list[str] | None = None, channel
                 check_checkpoint: bool = True, **options: object) -> Report:
     """Read and analyse a run directory (finished or still being written); see `analyse_log`.
 
-    With `check_checkpoint`, the invariance detected from the log is confirmed by rescaling the
-    weights of the newest checkpoint (final.pt, else last.pt) when there is one.
+    With `check_checkpoint`, the Euler identity is also evaluated on the newest checkpoint (final.pt,
+    else last.pt) when there is one, and reported beside the log's verdict.
     """
     log = read_run(run_dir, channels=channels)
-    rescale = None
-    if check_checkpoint:
-        rescale = checkpoint_rescale(Path(run_dir))
-    return analyse_log(log, layers=layers, rescale=rescale, **options)  # type: ignore[arg-type]
+    ck = checkpoint_cos(Path(run_dir)) if check_checkpoint else None
+    return analyse_log(log, layers=layers, checkpoint_cos=ck, **options)  # type: ignore[arg-type]
 
 
-def checkpoint_rescale(run_dir: Path) -> dict[str, float] | None:
+def checkpoint_cos(run_dir: Path) -> dict[str, float] | None:
     from ..checkpoint import load_checkpoint
-    from .invariance import rescale_loss_change
+    from .invariance import euler_cos
 
     for name in ("final.pt", "last.pt"):
         path = run_dir / name
@@ -351,5 +352,5 @@ def checkpoint_rescale(run_dir: Path) -> dict[str, float] | None:
                 ckpt = load_checkpoint(path)
             except BnlabError:
                 continue  # being replaced right now, or foreign: the log-based test stands alone
-            return rescale_loss_change(ckpt.model)
+            return euler_cos(ckpt.model)
     return None
