@@ -1,0 +1,43 @@
+"""`bnlab dynamics RUN_DIR`: per-layer angular updates and norms vs the weight-decay equilibrium."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..dynamics import analyse_run, format_table, write_report
+from ..dynamics.invariance import DEFAULT_COS_TOL
+
+
+@click.command("dynamics")
+@click.argument("run_dir", type=click.Path())
+@click.option("--layers", multiple=True, help="Parameters to analyse: names, module prefixes or globs "
+              "(repeatable or comma-separated); default all.")
+@click.option("--channels", is_flag=True, help="Also per output channel (needs a run trained with --log-channels).")
+@click.option("--window", type=float, default=0.25, show_default=True,
+              help="Final window (fraction of logged steps) over which angles are averaged (RMS).")
+@click.option("--eq-tol", type=float, default=0.15, show_default=True,
+              help="Relative band around the prediction that counts as 'at equilibrium'.")
+@click.option("--cos-tol", type=float, default=DEFAULT_COS_TOL, show_default=True,
+              help="Median |cos(w, g)| below which a tensor counts as scale-invariant.")
+@click.option("--checkpoint-check/--no-checkpoint-check", default=True, show_default=True,
+              help="Also evaluate the Euler identity on the newest checkpoint (float64).")
+@click.option("--out", "out_dir", type=click.Path(), default=None,
+              help="Where to write the summary JSON and CSVs (default RUN_DIR/analysis/dynamics).")
+@click.option("--quiet", "-q", is_flag=True, help="Do not print the table.")
+def command(run_dir: str, layers: tuple[str, ...], channels: bool, window: float, eq_tol: float, cos_tol: float,
+            checkpoint_check: bool, out_dir: str | None, quiet: bool) -> None:
+    """Measured vs predicted equilibrium angle per layer of RUN_DIR (works while the run is still training).
+
+    Writes dynamics_summary.json, dynamics_layers.csv (one row per parameter), dynamics_series.csv
+    (per logged step: angle, smoothed angle, predicted equilibrium and lagged prediction, norms) and,
+    with --channels, dynamics_channels_summary.csv.
+    """
+    patterns = [p for item in layers for p in item.split(",") if p]
+    report = analyse_run(run_dir, layers=patterns or None, channels=channels, check_checkpoint=checkpoint_check,
+                         window=window, eq_tol=eq_tol, cos_tol=cos_tol)
+    out = Path(out_dir) if out_dir else Path(run_dir) / "analysis" / "dynamics"
+    paths = write_report(report, out)
+    if not quiet:
+        click.echo(format_table(report))
+        click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
