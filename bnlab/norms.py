@@ -52,12 +52,16 @@ class GhostBatchNorm(nn.BatchNorm2d):
         update = self.track_running_stats
         rm = self.running_mean.repeat(s) if update else None
         rv = self.running_var.repeat(s) if update else None
-        y = F.batch_norm(xs, rm, rv, None, None, True, self.momentum, self.eps)
+        factor = 0.0
+        if update:
+            self.num_batches_tracked.add_(1)
+            # momentum None = cumulative average, as in torch's BatchNorm (used by `bnlab freeze`)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        y = F.batch_norm(xs, rm, rv, None, None, True, factor, self.eps)
         if update:
             with torch.no_grad():
                 self.running_mean.copy_(rm.view(s, c).mean(0))
                 self.running_var.copy_(rv.view(s, c).mean(0))
-                self.num_batches_tracked.add_(1)
         y = y.reshape(n // s, s, c, h, w).transpose(0, 1).reshape(n, c, h, w)
         if self.affine:
             y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
