@@ -136,7 +136,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, device: str | torch.devic
     if data is None:
         data = load_data(config.data, dev, seed=config.seed)
     if not resume:
-        prepare_out_dir(out, force=force)
+        prepare_out_dir(out, force=force, resumable=True)
     model = _init_model(config, data, dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
