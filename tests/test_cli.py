@@ -10,7 +10,8 @@ from bnlab.cli import main
 from bnlab.train import train
 from conftest import tiny_config
 
-TINY = ["--width", "8", "--dataset", "synthetic", "--batch-size", "128", "--quiet"]
+TINY = ["--width", "8", "--dataset", "synthetic", "--subset", "1000", "--test-subset", "200", "--batch-size", "128",
+        "--quiet"]
 
 
 def run(*args):

@@ -4,13 +4,13 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config
 
 from bnlab import load_checkpoint
 from bnlab.config import make_config
 from bnlab.norms import FrozenNorm, GhostBatchNorm
 from bnlab.schedule import lr_at
 from bnlab.train import train
+from conftest import tiny_config
 
 
 def read_csv(path):
