@@ -1,0 +1,71 @@
+"""`bnlab outstats` end to end on a tiny synthetic checkpoint."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bnlab.checkpoint import file_hash, load_checkpoint, save_checkpoint
+from bnlab.cli import main
+from bnlab.config import make_config
+from bnlab.models import build_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny nets; see test_outstats.one_thread
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_ckpt(tmp_path: Path, variant: str) -> Path:
+    cfg = make_config(variant, model="simple", width=2, act="softplus", dataset="synthetic",
+                      synthetic_train=200, synthetic_test=50)
+    torch.manual_seed(0)
+    path = tmp_path / f"{variant}.pt"
+    save_checkpoint(path, {"config": cfg.to_dict(), "model": build_model(cfg.model).state_dict()})
+    return path
+
+
+@pytest.mark.parametrize("variant", ["bn", "no_bn"])
+def test_cli_writes_everything_and_leaves_the_model(tmp_path: Path, variant: str) -> None:
+    ckpt = tiny_ckpt(tmp_path, variant)
+    before = load_checkpoint(ckpt).model.state_dict()
+    digest = file_hash(ckpt)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["outstats", str(ckpt), "--num-samples", "40", "--batch-size", "20",
+                                    "--num-eigs", "3", "--project", "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "outstats.json").read_text())
+    assert s["settings"]["bn_mode"] == ("batch" if variant == "bn" else "none")
+    assert s["span"]["means_dim"] == 9 and s["span"]["full_dim"] <= 30
+    assert len(s["perturbation"]["rows"]) == 10
+    overlap = s["eigen"]["overlap_full"]
+    assert len(overlap) == 3 and all(0 <= v <= 1 + 1e-9 for v in overlap)
+    assert len(s["projected"]["eigenvalues"]) == 3
+    # projecting out a subspace cannot raise the top eigenvalue (Cauchy interlacing)
+    assert s["projected"]["eigenvalues"][0] <= s["eigen"]["eigenvalues"][0] * (1 + 1e-2) + 1e-9
+    layer_shares = s["layer_shares"]["mean[0]"]
+    assert len(layer_shares) == len(s["layers"]) and sum(layer_shares) == pytest.approx(1.0)
+    t = torch.load(out / "outstats.pt", weights_only=True)
+    assert t["grads"].shape[0] == 30 and "init" in t["activations"]
+    assert file_hash(ckpt) == digest
+    after = load_checkpoint(ckpt).model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    ckpt = tiny_ckpt(tmp_path, "no_bn")
+    res = CliRunner().invoke(main, ["outstats", str(ckpt), "--module", "nope", "--num-samples", "20",
+                                    "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "bnlab: error: no module 'nope'" in res.output
+    res = CliRunner().invoke(main, ["outstats", str(ckpt), "--bn-mode", "batch", "--num-samples", "20",
+                                    "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 2 and "impossible" in res.output
+    res = CliRunner().invoke(main, ["outstats", str(ckpt), "--stats", "mean,kurt", "--num-samples", "20",
+                                    "--out", str(tmp_path / "o3")])
+    assert res.exit_code == 2 and "--stats" in res.output
