@@ -202,7 +202,7 @@ def analyse_log(log: RunLog, *, layers: list[str] | None = None, window: float =
         s = _series(t)
         n = len(s.step)
         win = slice(n - max(1, int(math.ceil(window * n))), n)
-        cs = cos_stats(s.cos, cos_tol)
+        cs = cos_stats(s.cos, s.rel, cos_tol)
         ck = None if checkpoint_cos is None else checkpoint_cos.get(name)
         invariant = cs.invariant
         pred = _predictions(s, hyper, smooth)

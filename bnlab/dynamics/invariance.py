@@ -22,9 +22,11 @@ from torch import nn
 
 from ..bnmode import bn_mode, resolve_bn_mode
 
-# Median |cos(w, g)| below this counts as zero: fp32 rounding gives ~1e-7..1e-5, bf16 autocast ~1e-3
-# at worst, a non-invariant tensor at its weight-decay equilibrium lambda ||w|| / ||g|| ~ 1e-2.
-DEFAULT_COS_TOL = 2e-3
+# Median |cos(w, g)| below this counts as zero. Measured (DavidNet w16, fp32): BN-preceded convs
+# 1e-7..1e-6; BN gammas 1e-3..2e-1 -- a gamma feeding a conv+BN while its beta is still ~0 is *nearly*
+# invariant (ReLU(gamma x) is homogeneous) and sits at ~1e-3, so the threshold stays two decades below.
+# bf16-autocast runs (GPU) round the identity to ~1e-3: pass a larger tolerance (--cos-tol) for those.
+DEFAULT_COS_TOL = 1e-4
 
 
 @dataclass
@@ -34,17 +36,32 @@ class CosStats:
     invariant: bool
 
 
-def cos_stats(cos_wg: np.ndarray, tol: float = DEFAULT_COS_TOL) -> CosStats:
-    """Summary of one tensor's logged cos(w, g); invariant if the median |cos| is below `tol`.
+# ... and the radial gradient must be negligible against the step itself: |cos| / rel_step below this.
+# 2 |cos| ||w|| / (lr ||g||) is the Pythagorean residual of plain SGD, so this bounds how far the norm
+# dynamics can deviate from the scale-invariant theory (catches the nearly-invariant gammas early on).
+DEFAULT_DRIFT_TOL = 1e-2
 
-    The median (not the max) so that one step of a diverging or restarted run does not decide it;
-    the 90th percentile is reported so a reader can see how clean the zero is.
+
+def cos_stats(cos_wg: np.ndarray, rel_step: np.ndarray | None = None, tol: float = DEFAULT_COS_TOL,
+              drift_tol: float = DEFAULT_DRIFT_TOL) -> CosStats:
+    """Summary of one tensor's logged cos(w, g); invariant if the median |cos| is below `tol` and the
+    median |cos| / rel_step below `drift_tol`.
+
+    Medians (not maxima) so that one step of a diverging or restarted run does not decide it; the
+    90th percentile is reported so a reader can see how clean the zero is.
     """
-    a = np.abs(cos_wg[np.isfinite(cos_wg)])
+    ok = np.isfinite(cos_wg)
+    a = np.abs(cos_wg[ok])
     if a.size == 0:
         return CosStats(float("nan"), float("nan"), False)
     med = float(np.median(a))
-    return CosStats(med, float(np.quantile(a, 0.9)), med < tol)
+    invariant = med < tol
+    if rel_step is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            drift = np.abs(cos_wg) / rel_step
+        drift = drift[np.isfinite(drift)]
+        invariant = invariant and drift.size > 0 and float(np.median(drift)) < drift_tol
+    return CosStats(med, float(np.quantile(a, 0.9)), bool(invariant))
 
 
 def euler_cos(model: nn.Module, *, batches: int = 3, batch: int = 32, image_size: int = 32, seed: int = 0,
@@ -68,6 +85,6 @@ def euler_cos(model: nn.Module, *, batches: int = 3, batch: int = 32, image_size
             y = torch.randint(0, num_classes, (batch,), generator=gen)
             grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, allow_unused=True)
             for i, (p, g) in enumerate(zip(params, grads)):
-                denom = float(p.norm() * g.norm()) if g is not None else 0.0
-                cos[b, i] = abs(float((p * g).sum())) / denom if denom > 0 else np.nan
+                denom = float(p.detach().norm() * g.norm()) if g is not None else 0.0
+                cos[b, i] = abs(float((p.detach() * g).sum())) / denom if denom > 0 else np.nan
     return dict(zip(names, np.nanmedian(cos, axis=0).tolist()))
