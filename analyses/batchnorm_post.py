@@ -58,7 +58,8 @@ def train_model(variant: str, lr: float, s: dict, data_dir: str, out: Path) -> P
     f = s["epochs"] / 10  # the post's schedule over 20 epochs, stopped at 10, compressed in time
     cfg = make_config(variant, model="simple", width=s["width"], act="softplus", dataset="cifar10",
                       data_dir=data_dir, subset=s["subset"], test_subset=1000, cutout=0, epochs=s["epochs"],
-                      batch_size=s["batch_size"], lr=lr * s["lr_scale"], lr_knots=(0.0, 4 * f, 20 * f), lr_mults=(0.0, 1.0, 0.0),
+                      batch_size=s["batch_size"], lr=lr * s["lr_scale"],
+                      lr_knots=(0.0, 4 * f, 20 * f), lr_mults=(0.0, 1.0, 0.0),
                       weight_decay=1e-4, log_every=0)
     train(cfg, out, device="cpu", force=True, quiet=False)
     return final
