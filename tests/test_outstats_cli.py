@@ -11,7 +11,9 @@ from click.testing import CliRunner
 from bnlab.checkpoint import file_hash, load_checkpoint, save_checkpoint
 from bnlab.cli import main
 from bnlab.config import make_config
+from bnlab.curvature import hessian_operator_from_checkpoint, top_eigenpairs
 from bnlab.models import build_model
+from bnlab.outstats import orthonormal_basis, overlaps
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -69,3 +71,29 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["outstats", str(ckpt), "--stats", "mean,kurt", "--num-samples", "20",
                                     "--out", str(tmp_path / "o3")])
     assert res.exit_code == 2 and "--stats" in res.output
+
+
+def test_eigvecs_from_a_hessian_dir(tmp_path: Path) -> None:
+    # `bnlab hessian` writes eigvecs.pt ({"eigenvalues", "eigenvectors" (k, dim)}) and hessian.json;
+    # overlaps read from there must equal those of eigenvectors computed on the fly.
+    ckpt = tiny_ckpt(tmp_path, "no_bn")
+    op = hessian_operator_from_checkpoint(ckpt, num_samples=40, batch_size=20, device="cpu")
+    res = top_eigenpairs(op, 2, tol=1e-6)
+    hdir = tmp_path / "hess"
+    hdir.mkdir()
+    torch.save({"eigenvalues": res.eigenvalues, "eigenvectors": res.eigenvectors}, hdir / "eigvecs.pt")
+    (hdir / "hessian.json").write_text(json.dumps({"eigenvalues": res.eigenvalues.tolist()}))
+    common = ["--num-samples", "40", "--batch-size", "20", "--no-histograms", "-q", "--stats", "mean"]
+    r1 = CliRunner().invoke(main, ["outstats", str(ckpt), "--eigvecs", str(hdir), "--out", str(tmp_path / "a"),
+                                   *common])
+    assert r1.exit_code == 0, r1.output
+    got = json.loads((tmp_path / "a" / "outstats.json").read_text())["eigen"]
+    # the means span is 9-D of a 10-class logit layer; direct check of one overlap
+    t = torch.load(tmp_path / "a" / "outstats.pt", weights_only=True)
+    q, _ = orthonormal_basis(t["grads"].double(), 1e-4)
+    torch.testing.assert_close(torch.tensor(got["overlap_means"], dtype=torch.float64),
+                               overlaps(q, res.eigenvectors.T), rtol=1e-4, atol=1e-6)
+    assert got["eigenvalues"] == pytest.approx(res.eigenvalues.tolist())
+    bad = CliRunner().invoke(main, ["outstats", str(ckpt), "--eigvecs", str(tmp_path), "--out",
+                                    str(tmp_path / "b"), *common])
+    assert bad.exit_code == 2 and "no eigvecs.pt" in bad.output
