@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Figures from `bnlab dynamics RUN_DIR --out DIR`: the weight-decay post's per-layer plots.
+
+    python figures/plot_dynamics.py DIR [--out FIGDIR]
+
+- dynamics_norms.png: ||w|| per scale-invariant layer over training, with the lagged prediction (dashed);
+- dynamics_angles.png: smoothed angle per step per layer with the predicted equilibrium (black) line;
+- dynamics_ratio.png: measured / predicted angle by layer (final window), band = +-15%.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("analysis_dir")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    src = Path(args.analysis_dir)
+    out = Path(args.out) if args.out else src
+    out.mkdir(parents=True, exist_ok=True)
+    s = pd.read_csv(src / "dynamics_series.csv")
+    layers = pd.read_csv(src / "dynamics_layers.csv")
+    inv = s[s["scale_invariant"] == 1]
+    sns.set_theme(style="whitegrid")
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    sns.lineplot(data=inv, x="step", y="w_norm", hue="param", ax=ax, lw=1)
+    for _, g in inv.groupby("param"):
+        ax.plot(g["step"], g["norm_lagged"], ls="--", color="grey", lw=0.8)
+    ax.set(ylabel="||w||", title="weight norms of BN-preceded layers (dashed: lagged equilibrium prediction)")
+    fig.savefig(out / "dynamics_norms.png", dpi=120, bbox_inches="tight")
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    sns.lineplot(data=inv, x="step", y="angle_smooth", hue="param", ax=ax, lw=1)
+    eq = inv.groupby("step")["angle_eq"].first()
+    ax.plot(eq.index, eq.values, color="black", lw=2, label="predicted equilibrium")
+    ax.set(ylabel="angle per step (rad, smoothed RMS)", title="angular update per step vs theory")
+    ax.legend(fontsize=7)
+    fig.savefig(out / "dynamics_angles.png", dpi=120, bbox_inches="tight")
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    lv = layers[layers["scale_invariant"] == 1]
+    sns.barplot(data=lv, x="param", y="ratio", ax=ax, color="C0")
+    ax.axhline(1, color="black")
+    ax.axhspan(0.85, 1.15, color="grey", alpha=0.2)
+    ax.set(ylabel="measured / predicted angle", xlabel="")
+    ax.tick_params(axis="x", rotation=60)
+    fig.savefig(out / "dynamics_ratio.png", dpi=120, bbox_inches="tight")
+    print(f"wrote {out}/dynamics_{{norms,angles,ratio}}.png")
+
+
+if __name__ == "__main__":
+    main()
