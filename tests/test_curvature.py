@@ -53,11 +53,25 @@ def tiny(model: str, norm: str, act: str = "softplus", seed: int = 0):
     return net, [(x[:4], y[:4]), (x[4:], y[4:])]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def case(model: str, norm: str, mode: str):
     net, batches = tiny(model, norm)
     H = dense_hessian(net, batches, LOSS, mode)
     return net, batches, H
+
+
+class DenseOp:
+    """The dense matrix as an operator: tests the eigensolvers cheaply once the HVP is proven equal to it."""
+
+    def __init__(self, H):
+        self.H, self.dim = H, H.shape[0]
+
+    def matvec(self, v):
+        return self.H @ v
+
+
+# Cases whose eigenpairs are also computed end to end through the HVP operator (seconds each).
+END_TO_END_EIG = {("davidnet", "bn", "batch"), ("simple", "frozen", "none"), ("simple", "ghost", "batch")}
 
 
 def snapshot(net):
@@ -92,7 +106,8 @@ def test_hvp_and_eigenpairs_match_dense(model, norm, mode):
     # Top-k eigenpairs against numpy.linalg.eigh of the dense Hessian.
     k = 5
     evals, evecs = np.linalg.eigh(H.numpy())
-    res = top_eigenpairs(op, k, which="LA", tol=1e-10, ncv=40, verify=True)
+    solver_op = op if (model, norm, mode) in END_TO_END_EIG else DenseOp(H)
+    res = top_eigenpairs(solver_op, k, which="LA", tol=1e-10, ncv=40, verify=True)
     ref = evals[::-1][:k]
     assert np.allclose(res.eigenvalues.numpy(), ref, rtol=1e-8, atol=1e-8 * abs(ref[0]))
     assert bool(res.converged.all())
@@ -109,7 +124,7 @@ def test_hvp_and_eigenpairs_match_dense(model, norm, mode):
 @pytest.mark.parametrize("solver", ["lanczos", "arpack"])
 def test_which_and_solvers(which, solver):
     net, batches, H = case("simple", "bn_fixed_affine", "batch")
-    op = HessianOperator(net, batches, loss_fn=LOSS, bn_mode="batch")
+    op = DenseOp(H)
     evals = np.linalg.eigvalsh(H.numpy())
     ref = np.sort(evals)[:4] if which == "SA" else evals[np.argsort(-np.abs(evals))][:4]
     res = top_eigenpairs(op, 4, which=which, tol=1e-10, method=solver, ncv=40, verify=True)
@@ -182,8 +197,8 @@ def test_density_and_trace_within_stated_error():
     net, batches, H = case("simple", "bn_fixed_affine", "batch")
     evals = np.linalg.eigvalsh(H.numpy())
     dim = len(evals)
-    op = HessianOperator(net, batches, loss_fn=LOSS, bn_mode="batch")
-    d = slq_density(op, num_probes=6, lanczos_steps=30, seed=3)
+    op = DenseOp(H)  # the HVP equals H (test above); this tests the estimators and their error bars
+    d = slq_density(op, num_probes=10, lanczos_steps=40, seed=3)
     sigma = (evals.max() - evals.min()) / 50
     grid = np.linspace(evals.min(), evals.max(), 60)
     est, se = d.density(grid, sigma)
@@ -194,7 +209,7 @@ def test_density_and_trace_within_stated_error():
     assert abs(tr - evals.sum()) <= 4 * tr_se
     m2, m2_se = d.moment(2)
     assert abs(m2 - (evals ** 2).mean()) <= 4 * m2_se
-    for res in (hutchinson_trace(op, 16, seed=1), hutchpp_trace(op, 18, seed=1)):
+    for res in (hutchinson_trace(op, 30, seed=1), hutchpp_trace(op, 30, seed=1)):
         assert abs(res.estimate - evals.sum()) <= 4 * res.stderr, res
         assert res.stderr > 0
 
@@ -204,7 +219,7 @@ def test_deterministic_with_fixed_seed():
     runs = []
     for _ in range(2):
         op = HessianOperator(net, batches, loss_fn=LOSS, bn_mode="batch")
-        r = top_eigenpairs(op, 3, tol=1e-6, seed=5)
+        r = top_eigenpairs(op, 2, tol=1e-3, ncv=6, max_hvps=12, seed=5)
         d = slq_density(op, num_probes=2, lanczos_steps=8, seed=5)
         runs.append((r.eigenvalues, r.eigenvectors, r.hvp_count, d.nodes))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
@@ -213,7 +228,7 @@ def test_deterministic_with_fixed_seed():
 
 def test_warm_start_needs_fewer_hvps():
     net, batches, H = case("simple", "bn_fixed_affine", "running")
-    op = HessianOperator(net, batches, loss_fn=LOSS, bn_mode="running")
+    op = DenseOp(H)
     cold = top_eigenpairs(op, 4, tol=1e-8)
     warm = top_eigenpairs(op, 4, tol=1e-8, v0=cold.eigenvectors)
     torch.testing.assert_close(warm.eigenvalues, cold.eigenvalues, rtol=1e-7, atol=0)
