@@ -1,0 +1,198 @@
+"""bnlab's top-k Hessian eigenpairs vs PyHessian and hessian-eigenthings, on CPU.
+
+Same checkpoint (a DavidNet of width --width, saved as a bnlab checkpoint), same fixed evaluation
+set (class-balanced, unaugmented, fixed batches), BN in running mode (the only mode PyHessian
+supports: it forces model.eval()). For k in --ks, each tool's HVP count and wall time to reach a
+max relative eigenvalue error <= --target against a tight reference (bnlab Lanczos, tol 1e-7,
+float32 HVPs), sweeping each peer's accuracy knob until it gets there (or its largest setting).
+Also the cost of one HVP relative to one gradient, per HVP method.
+
+Peers are NOT bnlab dependencies: pip install pyhessian hessian-eigenthings.
+
+    python benchmarks/hessian_vs_peers.py --width 8 --num-samples 256 --batch-size 128 --out bench.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bnlab.checkpoint import load_checkpoint, save_checkpoint
+from bnlab.config import make_config
+from bnlab.curvature import hessian_operator_from_checkpoint, top_eigenpairs
+from bnlab.models import build_model
+
+
+def rel_err(found: np.ndarray, ref: np.ndarray) -> float:
+    k = len(ref)
+    if len(found) < k:
+        return float("inf")
+    return float(np.max(np.abs(np.sort(found)[::-1][:k] - ref) / np.abs(ref)))
+
+
+def make_checkpoint(width: int, data_dir: str | None, tmp: Path) -> Path:
+    dataset = "cifar10" if data_dir else "synthetic"
+    cfg = make_config("bn", width=width, dataset=dataset, data_dir=data_dir, act="relu")
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    # A few steps of plain SGD so the weights are not at initialisation (cheap, deterministic).
+    from bnlab.data import load_data, train_batches
+    data = load_data(cfg.data, "cpu", seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for i, (x, y) in enumerate(train_batches(data, cfg.data, 128, seed=0, epoch=0)):
+        if i == 8:
+            break
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    path = tmp / "bench.pt"
+    save_checkpoint(path, {"config": cfg.to_dict(), "model": model.state_dict()})
+    return path
+
+
+def cost_ratios(op, repeats: int) -> dict[str, float]:
+    """Median wall time of one HVP per method divided by that of one gradient (interleaved runs)."""
+    from bnlab.curvature import HessianOperator
+    variants = {"double_backward": dict(method="double_backward"), "func": dict(method="func"),
+                "double_backward+cached_graph": dict(method="double_backward", cache_graphs=True)}
+    ops = {k: HessianOperator(op.model, op._batches, loss_fn=op.loss_fn, bn_mode=op.bn_mode, **kw)
+           for k, kw in variants.items()}
+    v = torch.randn(op.dim, dtype=torch.float64)
+    times: dict[str, list[float]] = {k: [] for k in ["gradient", *ops]}
+    for o in ops.values():
+        o.matvec(v)  # warm-up (and fills the graph cache)
+    for _ in range(repeats):
+        t = time.perf_counter()
+        op.gradient()
+        times["gradient"].append(time.perf_counter() - t)
+        for k, o in ops.items():
+            t = time.perf_counter()
+            o.matvec(v)
+            times[k].append(time.perf_counter() - t)
+        V = torch.randn(8, op.dim, dtype=torch.float64)
+        for k in ("double_backward", "func"):
+            t = time.perf_counter()
+            ops[k].matmat(V)
+            times.setdefault(f"{k} matmat(8), per vector", []).append((time.perf_counter() - t) / 8)
+    g = statistics.median(times["gradient"])
+    return {"gradient_seconds": g, **{f"{k} / gradient": statistics.median(t) / g for k, t in times.items()
+                                      if k != "gradient"}}
+
+
+def run_bnlab(op, k: int, ref: np.ndarray, target: float) -> dict:
+    for tol in (1e-3, 1e-4, 1e-5, 1e-6):
+        r = top_eigenpairs(op, k, which="LA", tol=tol)
+        err = rel_err(r.eigenvalues.numpy(), ref)
+        if err <= target:
+            break
+    return {"tool": "bnlab (thick-restart Lanczos)", "setting": f"tol={tol:g}", "hvps": r.hvp_count,
+            "seconds": r.wall_time, "max_rel_err": err}
+
+
+def run_arpack(op, k: int, ref: np.ndarray, target: float) -> dict:
+    for tol in (1e-3, 1e-4, 1e-5, 1e-6):
+        r = top_eigenpairs(op, k, which="LA", tol=tol, method="arpack")
+        err = rel_err(r.eigenvalues.numpy(), ref)
+        if err <= target:
+            break
+    return {"tool": "bnlab (ARPACK eigsh)", "setting": f"tol={tol:g}", "hvps": r.hvp_count,
+            "seconds": r.wall_time, "max_rel_err": err}
+
+
+def run_pyhessian(model, batches, k: int, ref: np.ndarray, target: float, max_hvps: int) -> dict:
+    from pyhessian import hessian as pyh
+
+    best = None
+    for tol in (1e-3, 1e-4, 1e-5):
+        h = pyh(model, F.cross_entropy, dataloader=batches, cuda=False)
+        count = [0]
+        inner = h.dataloader_hv_product
+
+        def counted(v, inner=inner, count=count):
+            count[0] += 1
+            if count[0] > max_hvps:
+                raise RuntimeError("HVP budget exhausted")
+            return inner(v)
+
+        h.dataloader_hv_product = counted
+        t = time.perf_counter()
+        try:
+            vals, _ = h.eigenvalues(maxIter=100, tol=tol, top_n=k)
+            err = rel_err(np.array(vals), ref)
+        except RuntimeError:
+            err = float("inf")
+        best = {"tool": "PyHessian 0.1 (power iteration + deflation)", "setting": f"tol={tol:g}, maxIter=100",
+                "hvps": count[0], "seconds": time.perf_counter() - t, "max_rel_err": err}
+        if err <= target or err == float("inf"):
+            break
+    return best
+
+
+def run_eigenthings(op, k: int, ref: np.ndarray, target: float, max_steps: int) -> dict:
+    import hessian_eigenthings as he
+
+    lop = he.LambdaOperator(lambda v: op.matvec(v.to(torch.float64)).to(torch.float32), op.dim,
+                            dtype=torch.float32)
+    steps = 2 * k
+    while True:
+        t = time.perf_counter()
+        r = he.lanczos(lop, k=k, max_iter=steps, tol=1e-4, which="LA", seed=0, reorthogonalize=True)
+        err = rel_err(r.eigenvalues.double().numpy(), ref)
+        res = {"tool": "hessian-eigenthings 1.0.0a5 (Lanczos, no restart, full reorth)",
+               "setting": f"max_iter={steps}", "hvps": steps, "seconds": time.perf_counter() - t, "max_rel_err": err}
+        if err <= target or steps >= max_steps:
+            return res
+        steps = min(max_steps, int(steps * 1.5))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--num-samples", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--ks", default="5,10,20")
+    ap.add_argument("--target", type=float, default=1e-4)
+    ap.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: synthetic images)")
+    ap.add_argument("--pyhessian-max-hvps", type=int, default=1500)
+    ap.add_argument("--cost-repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="hessian_vs_peers.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        ck = make_checkpoint(args.width, args.data_dir, Path(tmp))
+        ckpt = load_checkpoint(ck)
+        op = hessian_operator_from_checkpoint(ckpt, num_samples=args.num_samples, batch_size=args.batch_size,
+                                              bn_mode="running", device="cpu")
+    batches = list(op.batches())
+    out = {"settings": op.settings, "target_rel_err": args.target, "threads": args.threads, "rows": []}
+    out["cost"] = cost_ratios(op, args.cost_repeats)
+    print(json.dumps(out["cost"], indent=1), flush=True)
+    ks = [int(s) for s in args.ks.split(",")]
+    ref_r = top_eigenpairs(op, max(ks), which="LA", tol=1e-7, ncv=max(ks) * 3)
+    ref_all = ref_r.eigenvalues.numpy()
+    out["reference"] = {"eigenvalues": ref_all.tolist(), "hvps": ref_r.hvp_count,
+                        "converged": ref_r.converged.tolist()}
+    for k in ks:
+        ref = ref_all[:k]
+        rows = [run_bnlab(op, k, ref, args.target), run_arpack(op, k, ref, args.target),
+                run_pyhessian(ckpt.model, batches, k, ref, args.target, args.pyhessian_max_hvps),
+                run_eigenthings(op, k, ref, args.target, max_steps=min(op.dim - 1, 40 * k))]
+        for r in rows:
+            r["k"] = k
+            print(f"k={k:2d} {r['tool']:60s} {r['setting']:22s} HVPs {r['hvps']:5d}  {r['seconds']:8.1f}s  "
+                  f"max rel err {r['max_rel_err']:.1e}", flush=True)
+        out["rows"] += rows
+    Path(args.out).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
