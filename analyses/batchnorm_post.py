@@ -144,16 +144,15 @@ def main() -> None:
     ckpts = {"bn": train_model("bn", 5.0, s, args.data_dir, out / "train_bn"),
              "no_bn": train_model("no_bn", 0.2, s, args.data_dir, out / "train_no_bn")}
     frozen = out / "frozen.pt"
-    accs = {}
     if not frozen.is_file():
-        accs["frozen"] = freeze_checkpoint(ckpts["bn"], frozen, data_dir=args.data_dir, device="cpu")["test_acc"]
+        freeze_checkpoint(ckpts["bn"], frozen, data_dir=args.data_dir, device="cpu")
     ckpts = {"bn": ckpts["bn"], "frozen": frozen, "no_bn": ckpts["no_bn"]}
     results = {m: outstats(c, s, args.data_dir, out / f"outstats_{m}") for m, c in ckpts.items()}
     metas = {}
     for m, c in ckpts.items():
         meta = torch.load(c, map_location="cpu", weights_only=True)
-        metrics = meta.get("metrics", {}) if isinstance(meta.get("metrics"), dict) else {}
-        acc = metrics.get("test_acc", accs.get(m))
+        # A frozen checkpoint carries its parent's training metrics; its own accuracy is under "frozen".
+        acc = meta["frozen"]["test_acc"] if meta.get("frozen") else (meta.get("metrics") or [{}])[-1].get("test_acc")
         metas[m] = f"{100 * acc:.1f}" if isinstance(acc, float) else "-"
     rows = {m: row(m, results[m], metas[m]) for m in ckpts}
     text = table(rows)
