@@ -11,7 +11,7 @@ Pipeline (resumable: finished runs are reused):
     python analyses/weight_decay_post.py --data-dir DIR/cifar-10-batches-py --out runs/wd_post
     python analyses/weight_decay_post.py --quick --out /tmp/wd_quick      # synthetic smoke test (~1 min)
 
-CPU cost of the full setting: ~15 min on 2 cores (batch 32; a few hundred steps per run).
+CPU cost of the full setting: ~5 min on 2 idle cores (batch 32; 600-1000 steps per run).
 """
 from __future__ import annotations
 
@@ -35,9 +35,10 @@ def settings(quick: bool, data_dir: str | None) -> dict:
                 "sweep_base": dict(width=2, batch_size=32, epochs=4, **data),
                 "grid": "lr=0.2,0.4 wd=2.5e-3,5e-3"}
     data = {"dataset": "cifar10", "data_dir": data_dir, "subset": 3200, "test_subset": 1000}
-    # lr*wd = 5e-4 -> relaxation time 0.1 / (4 * 5e-4) = 50 steps; 300 steps = 6 relaxation times.
-    return {"main": dict(width=16, batch_size=32, epochs=3, lr=0.2, weight_decay=2.5e-3, **data),
-            "sweep_base": dict(width=8, batch_size=32, epochs=2, **data),
+    # lr*wd = 5e-4 -> relaxation time 0.1 / (4 * 5e-4) = 50 steps; 1000 steps = 20 relaxation times
+    # (300 steps left the residual-branch convs still relaxing, ~20% below the prediction).
+    return {"main": dict(width=16, batch_size=32, epochs=10, lr=0.2, weight_decay=2.5e-3, **data),
+            "sweep_base": dict(width=8, batch_size=32, epochs=6, **data),
             "grid": "lr=0.2,0.4 wd=2.5e-3,5e-3"}
 
 
