@@ -39,7 +39,7 @@ def rel_err(found: np.ndarray, ref: np.ndarray) -> float:
 
 def make_checkpoint(width: int, data_dir: str | None, tmp: Path) -> Path:
     dataset = "cifar10" if data_dir else "synthetic"
-    cfg = make_config("bn", width=width, dataset=dataset, data_dir=data_dir, act="relu")
+    cfg = make_config("bn", width=width, dataset=dataset, data_dir=data_dir, act="softplus")
     torch.manual_seed(0)
     model = build_model(cfg.model)
     # A few steps of plain SGD so the weights are not at initialisation (cheap, deterministic).
@@ -183,11 +183,14 @@ def main() -> None:
                         "converged": ref_r.converged.tolist()}
     for k in ks:
         ref = ref_all[:k]
-        rows = [run_bnlab(op, k, ref, args.target), run_arpack(op, k, ref, args.target),
-                run_pyhessian(ckpt.model, batches, k, ref, args.target, args.pyhessian_max_hvps),
-                run_eigenthings(op, k, ref, args.target, max_steps=min(op.dim - 1, 40 * k))]
-        for r in rows:
+        runs = [lambda k=k, ref=ref: run_bnlab(op, k, ref, args.target), lambda k=k, ref=ref: run_arpack(op, k, ref, args.target),
+                lambda k=k, ref=ref: run_eigenthings(op, k, ref, args.target, max_steps=min(op.dim - 1, 40 * k)),
+                lambda k=k, ref=ref: run_pyhessian(ckpt.model, batches, k, ref, args.target, args.pyhessian_max_hvps)]
+        rows = []
+        for run in runs:  # each row printed as soon as it is measured
+            r = run()
             r["k"] = k
+            rows.append(r)
             print(f"k={k:2d} {r['tool']:60s} {r['setting']:22s} HVPs {r['hvps']:5d}  {r['seconds']:8.1f}s  "
                   f"max rel err {r['max_rel_err']:.1e}", flush=True)
         out["rows"] += rows
