@@ -183,7 +183,8 @@ def main() -> None:
                         "converged": ref_r.converged.tolist()}
     for k in ks:
         ref = ref_all[:k]
-        runs = [lambda k=k, ref=ref: run_bnlab(op, k, ref, args.target), lambda k=k, ref=ref: run_arpack(op, k, ref, args.target),
+        runs = [lambda k=k, ref=ref: run_bnlab(op, k, ref, args.target),
+                lambda k=k, ref=ref: run_arpack(op, k, ref, args.target),
                 lambda k=k, ref=ref: run_eigenthings(op, k, ref, args.target, max_steps=min(op.dim - 1, 40 * k)),
                 lambda k=k, ref=ref: run_pyhessian(ckpt.model, batches, k, ref, args.target, args.pyhessian_max_hvps)]
         rows = []
