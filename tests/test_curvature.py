@@ -1,6 +1,7 @@
 """Curvature engine against float64 dense ground truth on tiny nets of every variant and BN mode."""
 from __future__ import annotations
 
+import copy
 import functools
 
 import numpy as np
@@ -95,7 +96,7 @@ def test_hvp_and_eigenpairs_match_dense(model, norm, mode):
     snap = snapshot(net)
     V = torch.randn(3, H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     for method in ("double_backward", "func"):
-        op = HessianOperator(net, batches, loss_fn=LOSS, bn_mode=mode, method=method)
+        op = HessianOperator(net, batches, loss_fn=LOSS, bn_mode=mode, method=method, cache_graphs=False)
         assert op.dim == H.shape[0]
         torch.testing.assert_close(op.matmat(V), V @ H, rtol=1e-9, atol=1e-11 * H.abs().max().item())
         torch.testing.assert_close(op.matvec(V[0]), H @ V[0], rtol=1e-9, atol=1e-11 * H.abs().max().item())
@@ -176,13 +177,40 @@ def test_finite_difference_of_gradient():
     assert ((hv - richardson).norm() / hv.norm()) < 1e-7
 
 
+def test_auto_graph_cache_decides_by_budget_and_gives_the_same_products():
+    net, batches, H = case("davidnet", "bn", "batch")
+    V = torch.randn(2, H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    tol = dict(rtol=1e-9, atol=1e-11 * H.abs().max().item())
+    roomy = HessianOperator(net, batches, loss_fn=LOSS, bn_mode="batch", cache_budget=1e12)
+    tight = HessianOperator(net, batches, loss_fn=LOSS, bn_mode="batch", cache_budget=0)
+    default = HessianOperator(net, batches, loss_fn=LOSS, bn_mode="batch")
+    assert roomy.describe()["graph_cache"] == {"mode": "auto"}  # undecided until the first product
+    for op in (roomy, tight, default):
+        for _ in range(2):
+            torch.testing.assert_close(op.matmat(V), V @ H, **tol)
+    info = roomy.describe()["graph_cache"]
+    assert info["cached"] is True and roomy._cache is not None and len(roomy._cache) == len(batches)
+    assert 0 < info["estimated_bytes"] <= info["budget_bytes"]
+    assert tight.describe()["graph_cache"]["cached"] is False and tight._cache is None
+    assert default.describe()["graph_cache"]["cached"] is True  # a tiny net fits any machine
+    # An in-place change of the parameters invalidates the cache (the products follow the new weights).
+    net2 = copy.deepcopy(net)
+    op2 = HessianOperator(net2, batches, loss_fn=LOSS, bn_mode="batch", cache_graphs=True)
+    op2.matmat(V)
+    with torch.no_grad():
+        next(net2.parameters()).mul_(1.5)
+    fresh = HessianOperator(net2, batches, loss_fn=LOSS, bn_mode="batch", cache_graphs=False)
+    torch.testing.assert_close(op2.matmat(V), fresh.matmat(V), **tol)
+
+
 def test_model_never_changes_any_variant_any_call():
     for model, norm, modes in VARIANTS:
         net, batches = tiny(model, norm)
         net.train()  # even a model left in train mode stays in it, with its buffers untouched
         snap = snapshot(net)
         for mode in modes:
-            for method, cache in (("double_backward", False), ("double_backward", True), ("func", False)):
+            for method, cache in (("double_backward", False), ("double_backward", True), ("double_backward", "auto"),
+                                  ("func", False)):
                 op = HessianOperator(net, batches, loss_fn=LOSS, bn_mode=mode, method=method, cache_graphs=cache)
                 op.matmat(torch.ones(2, op.dim, dtype=torch.float64))
                 assert_unchanged(net, snap)

@@ -40,7 +40,9 @@ from .common import data_dir_option, device_option, prepare_out_dir, quiet_optio
 @click.option("--ncv", type=int, default=None, help="Krylov subspace size (default max(2k+10, 20)).")
 @click.option("--max-hvps", type=int, default=None, help="Stop after this many HVPs (unconverged pairs flagged).")
 @click.option("--hvp-method", type=click.Choice(HVP_METHODS), default="double_backward", show_default=True)
-@click.option("--cache-graphs", is_flag=True, help="Keep every batch's gradient graph (faster, memory O(N)).")
+@click.option("--cache-graphs", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Keep every batch's gradient graph between HVPs (faster, memory O(N)); auto: if it fits "
+                   "in half the free memory.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Start vector and probe seed.")
 @click.option("--eval-seed", type=int, default=0, show_default=True, help="Seed of the evaluation-set draw.")
@@ -54,7 +56,7 @@ from .common import data_dir_option, device_option, prepare_out_dir, quiet_optio
 def command(ckpt: str, top_k: int, which: str, tol: float, bn_mode: str | None, num_samples: int, batch_size: int,
             loss_scale: str, weight_decay_term: bool, params: str | None, density: bool, density_probes: int,
             density_steps: int, trace: bool, trace_matvecs: int, eigensolver: str, ncv: int | None,
-            max_hvps: int | None, hvp_method: str, cache_graphs: bool, dtype: str, seed: int, eval_seed: int,
+            max_hvps: int | None, hvp_method: str, cache_graphs: str, dtype: str, seed: int, eval_seed: int,
             warm_start: str | None, no_verify: bool, out: str | None, force: bool, data_dir: str | None,
             device: str, quiet: bool) -> None:
     """Hessian of CKPT's training loss: top eigenpairs by Lanczos, optionally density and trace.
@@ -74,7 +76,8 @@ def command(ckpt: str, top_k: int, which: str, tol: float, bn_mode: str | None, 
         verify=not no_verify, density=density, density_probes=density_probes, density_steps=density_steps,
         trace=trace, trace_matvecs=trace_matvecs, seed=seed, warm_start=warm_start, quiet=quiet, device=str(dev),
         num_samples=num_samples, batch_size=batch_size, bn_mode=bn_mode, data_dir=data_dir, params=params,
-        loss_scale=loss_scale, weight_decay_term=weight_decay_term, method=hvp_method, cache_graphs=cache_graphs,
+        loss_scale=loss_scale, weight_decay_term=weight_decay_term, method=hvp_method,
+        cache_graphs={"on": True, "off": False}.get(cache_graphs, cache_graphs),
         dtype=getattr(torch, dtype), eval_seed=eval_seed)
     write_outputs(out_dir, record, result, op)
     s = record["settings"]

@@ -3,7 +3,7 @@
 Public API (all vectors flat float64 torch tensors over the selected parameters):
 
 - ``HessianOperator(model, batches, *, loss_fn, bn_mode, params=None, loss_scale="mean",
-  batch_size=None, weight_decay=0.0, method="double_backward", cache_graphs=False)``:
+  batch_size=None, weight_decay=0.0, method="double_backward", cache_graphs="auto", cache_budget=None)``:
   ``.dim``, ``.matvec(v)``, ``.matmat(V)`` (rows of V; one data pass per block), ``.hvp_count``,
   ``.param_names``, ``.unflatten(v)``, ``.as_linear_operator()`` (scipy), ``.gradient()``,
   ``.loss()``, ``.describe()``. Inputs may live on any device; outputs come back float64 on the

@@ -8,8 +8,13 @@ batch of `batch_size`, the batch-norm post's units; exact when all batches have 
 
 Vectors are flat float64 tensors over the selected parameters (`param_names` order). `matvec` and
 `matmat` accept them on any device and return float64 on the same device; the products are
-computed in the model's dtype on the model's device. Batches are streamed: memory is O(batch)
-unless ``cache_graphs=True`` keeps every batch's gradient graph between calls (O(N), faster).
+computed in the model's dtype on the model's device.
+
+Graphs: a double-backward product needs each batch's gradient graph (one forward and one backward
+with ``create_graph``). ``cache_graphs=True`` keeps them all between calls, so a product is only the
+second backward (memory O(N)); ``False`` rebuilds them every call (memory O(batch)); ``"auto"``
+(default) measures the first batch's graph and caches when all of them fit in half the free memory
+of the device (or `cache_budget` bytes). The decision is in `describe()`.
 
 The model is never changed: BN runs inside `bnlab.bnmode.bn_mode`, which leaves running stats and
 ``num_batches_tracked`` alone, and ``requires_grad`` flags are restored after each product.
@@ -19,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from typing import Any
+
+import os
 
 import numpy as np
 import torch
@@ -48,20 +55,27 @@ class HessianOperator:
         weight_decay: adds weight_decay·I (times c) on the decayed parameters.
         decayed: name -> bool, which parameters carry weight decay (default: all, as in training).
         method: "double_backward" (default; measured fastest on CPU) or "func".
-        cache_graphs: keep the per-batch gradient graphs between products (double_backward only).
+        cache_graphs: True / False / "auto": keep the per-batch gradient graphs between products
+            (double_backward only; "auto" falls back to streaming for "func").
+        cache_budget: bytes the cached graphs may use in "auto" mode (default: half the free memory).
         block_size: max vectors per pass in `matmat` (bounds the memory of a batched pass).
     """
 
     def __init__(self, model: nn.Module, batches: Batches, *, loss_fn: LossFn, bn_mode: str,
                  params: Sequence[str] | None = None, loss_scale: str = "mean", batch_size: int | None = None,
                  weight_decay: float = 0.0, decayed: Callable[[str], bool] | None = None,
-                 method: str = "double_backward", cache_graphs: bool = False, block_size: int = 16) -> None:
+                 method: str = "double_backward", cache_graphs: bool | str = "auto",
+                 cache_budget: float | None = None, block_size: int = 16) -> None:
         if method not in HVP_METHODS:
             raise BnlabError(f"unknown HVP method {method!r}; choose one of {', '.join(HVP_METHODS)}")
         if loss_scale not in LOSS_SCALES:
             raise BnlabError(f"unknown loss scale {loss_scale!r}; choose one of {', '.join(LOSS_SCALES)}")
-        if cache_graphs and method != "double_backward":
+        if cache_graphs not in (True, False, "auto"):
+            raise BnlabError(f"cache_graphs must be True, False or 'auto', got {cache_graphs!r}")
+        if cache_graphs is True and method != "double_backward":
             raise BnlabError("cache_graphs needs method double_backward")
+        if method != "double_backward":
+            cache_graphs = False
         self.model = model
         self._batches = batches
         self.loss_fn = loss_fn
@@ -90,6 +104,9 @@ class HessianOperator:
         self.passes = 0  # passes over the evaluation set
         self._cache: list[torch.Tensor] | None = None
         self._cache_key: tuple[int, ...] | None = None
+        self.cache_budget = cache_budget
+        self.cache_info: dict[str, Any] = {"mode": cache_graphs if isinstance(cache_graphs, str) else
+                                           ("on" if cache_graphs else "off")}
 
     # ----------------------------------------------------------------- basics
     @property
@@ -123,7 +140,7 @@ class HessianOperator:
         return {"dim": self.dim, "num_samples": self.num_samples, "num_batches": len(self.sizes),
                 "batch_size": self.batch_size, "bn_mode": self.bn_mode, "loss_scale": self.loss_scale,
                 "scale_factor": self.scale, "weight_decay_term": self.weight_decay, "hvp_method": self.method,
-                "cache_graphs": self.cache_graphs, "dtype": str(self.dtype).replace("torch.", ""),
+                "cache_graphs": self.cache_graphs, "graph_cache": dict(self.cache_info), "dtype": str(self.dtype).replace("torch.", ""),
                 "num_param_tensors": len(self.param_names)}
 
     # ----------------------------------------------------------------- products
@@ -168,6 +185,8 @@ class HessianOperator:
         Vc = V.to(device=self.device, dtype=self.dtype)
         acc = torch.zeros_like(Vc)
         with self._session():
+            if self.cache_graphs == "auto":
+                self._decide_cache()
             if self.cache_graphs:
                 for g in self._cached_gradients():
                     acc += double_backward_block(g, self._params, Vc, retain_last=True)
@@ -185,9 +204,37 @@ class HessianOperator:
         out = acc.to(torch.float64).to(V.device)
         return out + self._decay_term(V.to(torch.float64))
 
+    def _decide_cache(self) -> None:
+        """Resolve "auto": build the first batch's graph, measure what it holds, cache if all fit."""
+        x, y = next(iter(self.batches()))
+        w = self._weights()[0]
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            st = t.untyped_storage()
+            storages[st.data_ptr()] = st.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            g = batch_gradient(self.model, self._params, x, y, self.loss_fn, w, create_graph=True)
+        per_example = sum(storages.values()) / len(y)
+        estimate = per_example * self.num_samples
+        budget = self.cache_budget if self.cache_budget is not None else 0.5 * (available_memory(self.device) or 0)
+        self.cache_graphs = bool(estimate <= budget)
+        self.cache_info.update(cached=self.cache_graphs, estimated_bytes=int(estimate), budget_bytes=int(budget))
+        if self.cache_graphs:  # keep the graph just built as the first entry
+            rest = [batch_gradient(self.model, self._params, xb, yb, self.loss_fn, wb, create_graph=True)
+                    for i, ((xb, yb), wb) in enumerate(zip(self.batches(), self._weights())) if i > 0]
+            self._cache = [g, *rest]
+            self._cache_key = self._params_key()
+        del g
+
+    def _params_key(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self._params) + tuple(p.data_ptr() for p in self._params)
+
     def _cached_gradients(self) -> list[torch.Tensor]:
         # Rebuild when any parameter was modified in place since the graphs were made.
-        key = tuple(p._version for p in self._params)
+        key = self._params_key()
         if self._cache is None or key != self._cache_key:
             self._cache = [batch_gradient(self.model, self._params, x, y, self.loss_fn, w, create_graph=True)
                            for (x, y), w in zip(self.batches(), self._weights())]
@@ -218,3 +265,20 @@ class HessianOperator:
             return self.matmat(torch.from_numpy(X.T.copy())).numpy().T
 
         return LinearOperator((self.dim, self.dim), matvec=mv, matmat=mm, rmatvec=mv, dtype=np.float64)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on `device` (CUDA: free device memory; CPU: MemAvailable), None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -86,6 +86,8 @@ def analyse_checkpoint(ckpt: str | os.PathLike | Checkpoint, *, top_k: int = 20,
         tr = hutchpp_trace(op, num_matvecs=trace_matvecs, seed=seed)
         record["trace"] = tr.to_dict()
         record["trace"]["dim"] = op.dim
+    # Known only after the first product: whether the gradient graphs were cached.
+    op.settings.update(cache_graphs=op.cache_graphs, graph_cache=dict(op.cache_info))
     record["hvp_count_total"] = op.hvp_count
     record["wall_time_total"] = time.perf_counter() - t0
     return record, result, op

@@ -39,7 +39,7 @@ def hessian_operator_from_checkpoint(
     ckpt: Checkpoint | str | os.PathLike, *, num_samples: int | None = DEFAULT_NUM_SAMPLES,
     batch_size: int = DEFAULT_BATCH_SIZE, bn_mode: str | None = None, data_dir: str | None = None,
     device: str | torch.device | None = None, params: str | list[str] | None = None, loss_scale: str = "mean",
-    weight_decay_term: bool | float = False, method: str = "double_backward", cache_graphs: bool = False,
+    weight_decay_term: bool | float = False, method: str = "double_backward", cache_graphs: bool | str = "auto",
     dtype: torch.dtype | None = None, eval_seed: int = 0, data: Data | None = None, block_size: int = 16,
 ) -> HessianOperator:
     """Build the HessianOperator of `ckpt` (a path or a loaded Checkpoint; never modified).
