@@ -63,6 +63,7 @@ def main() -> None:
         ax.set_title("spectral density ±2 s.e.")
         ax.legend(fontsize=8)
     fig.tight_layout()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=130)
     print(f"wrote {args.out}")
 

@@ -30,6 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     src = Path(args.sweep_dir)
     out = Path(args.out) if args.out else src
+    out.mkdir(parents=True, exist_ok=True)
     summary = json.loads((src / "summary.json").read_text())
     df = pd.DataFrame([{k: v for k, v in r.items() if k != "layers"} for r in summary["points"]])
     sns.set_theme(style="whitegrid")

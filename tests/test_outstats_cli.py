@@ -74,26 +74,42 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_eigvecs_from_a_hessian_dir(tmp_path: Path) -> None:
-    # `bnlab hessian` writes eigvecs.pt ({"eigenvalues", "eigenvectors" (k, dim)}) and hessian.json;
-    # overlaps read from there must equal those of eigenvectors computed on the fly.
+    # The real `bnlab hessian` output (eigvecs.pt + hessian.json) feeds `outstats --eigvecs`; its
+    # overlaps must equal those of the same eigenvectors projected on the span directly.
     ckpt = tiny_ckpt(tmp_path, "no_bn")
-    op = hessian_operator_from_checkpoint(ckpt, num_samples=40, batch_size=20, device="cpu")
-    res = top_eigenpairs(op, 2, tol=1e-6)
     hdir = tmp_path / "hess"
-    hdir.mkdir()
-    torch.save({"eigenvalues": res.eigenvalues, "eigenvectors": res.eigenvectors}, hdir / "eigvecs.pt")
-    (hdir / "hessian.json").write_text(json.dumps({"eigenvalues": res.eigenvalues.tolist()}))
+    h = CliRunner().invoke(main, ["hessian", str(ckpt), "--top-k", "2", "--tol", "1e-6", "--num-samples", "40",
+                                  "--batch-size", "20", "--out", str(hdir), "-q"])
+    assert h.exit_code == 0, h.output
+    saved = torch.load(hdir / "eigvecs.pt", weights_only=True)
+    op = hessian_operator_from_checkpoint(ckpt, num_samples=40, batch_size=20, device="cpu")
+    ref = top_eigenpairs(op, 2, tol=1e-6)
+    assert saved["eigenvalues"].tolist() == pytest.approx(ref.eigenvalues.tolist(), rel=1e-5)
     common = ["--num-samples", "40", "--batch-size", "20", "--no-histograms", "-q", "--stats", "mean"]
     r1 = CliRunner().invoke(main, ["outstats", str(ckpt), "--eigvecs", str(hdir), "--out", str(tmp_path / "a"),
                                    *common])
     assert r1.exit_code == 0, r1.output
     got = json.loads((tmp_path / "a" / "outstats.json").read_text())["eigen"]
-    # the means span is 9-D of a 10-class logit layer; direct check of one overlap
     t = torch.load(tmp_path / "a" / "outstats.pt", weights_only=True)
     q, _ = orthonormal_basis(t["grads"].double(), 1e-4)
     torch.testing.assert_close(torch.tensor(got["overlap_means"], dtype=torch.float64),
-                               overlaps(q, res.eigenvectors.T), rtol=1e-4, atol=1e-6)
-    assert got["eigenvalues"] == pytest.approx(res.eigenvalues.tolist())
+                               overlaps(q, saved["eigenvectors"].double().T), rtol=1e-4, atol=1e-6)
+    assert got["eigenvalues"] == pytest.approx(saved["eigenvalues"].tolist())
+    assert got["hessian_settings"]["bn_mode"] == "none" and got["hessian_settings"]["num_samples"] == 40
     bad = CliRunner().invoke(main, ["outstats", str(ckpt), "--eigvecs", str(tmp_path), "--out",
                                     str(tmp_path / "b"), *common])
     assert bad.exit_code == 2 and "no eigvecs.pt" in bad.output
+    # eigenvectors of another checkpoint, or of a parameter subset, are refused in one line
+    other = tmp_path / "other"
+    other.mkdir()
+    ckpt2 = tiny_ckpt(other, "bn")
+    wrong = CliRunner().invoke(main, ["outstats", str(ckpt2), "--eigvecs", str(hdir), "--out", str(tmp_path / "c"),
+                                      *common])
+    assert wrong.exit_code == 2 and "another checkpoint" in wrong.output
+    sub = tmp_path / "hess_sub"
+    h2 = CliRunner().invoke(main, ["hessian", str(ckpt), "--top-k", "1", "--params", "classifier*",
+                                   "--num-samples", "40", "--batch-size", "20", "--out", str(sub), "-q"])
+    assert h2.exit_code == 0, h2.output
+    part = CliRunner().invoke(main, ["outstats", str(ckpt), "--eigvecs", str(sub), "--out", str(tmp_path / "d"),
+                                     *common])
+    assert part.exit_code == 2 and "other parameters" in part.output

@@ -10,7 +10,7 @@ from .. import __version__
 from ..errors import BnlabError
 
 # Subcommand modules; each defines a click command named `command`.
-COMMANDS = ("train", "info", "freeze", "dynamics", "sweep", "outstats", "hessian")
+COMMANDS = ("train", "info", "freeze", "dynamics", "sweep", "outstats", "hessian", "collapse")
 
 
 class BnlabGroup(click.Group):

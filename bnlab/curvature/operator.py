@@ -21,11 +21,10 @@ The model is never changed: BN runs inside `bnlab.bnmode.bn_mode`, which leaves 
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from typing import Any
-
-import os
 
 import numpy as np
 import torch
@@ -140,7 +139,8 @@ class HessianOperator:
         return {"dim": self.dim, "num_samples": self.num_samples, "num_batches": len(self.sizes),
                 "batch_size": self.batch_size, "bn_mode": self.bn_mode, "loss_scale": self.loss_scale,
                 "scale_factor": self.scale, "weight_decay_term": self.weight_decay, "hvp_method": self.method,
-                "cache_graphs": self.cache_graphs, "graph_cache": dict(self.cache_info), "dtype": str(self.dtype).replace("torch.", ""),
+                "cache_graphs": self.cache_graphs, "graph_cache": dict(self.cache_info),
+                "dtype": str(self.dtype).replace("torch.", ""),
                 "num_param_tensors": len(self.param_names)}
 
     # ----------------------------------------------------------------- products

@@ -66,13 +66,33 @@ def read_eigvecs(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor | None,
         vecs = payload
     if not isinstance(vecs, torch.Tensor) or vecs.dim() != 2:
         raise BnlabError(f"{path} holds no (k, dim) eigenvector tensor")
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = dict(payload.get("settings") or {}) if isinstance(payload, dict) else {}
+    if isinstance(payload, dict) and "param_names" in payload:
+        settings["param_names"] = list(payload["param_names"])
     meta = folder / "hessian.json"
     if meta.is_file():
-        settings = json.loads(meta.read_text())
-        if values is None and "eigenvalues" in settings:
-            values = torch.tensor(settings["eigenvalues"], dtype=torch.float64)
+        try:
+            record = json.loads(meta.read_text())
+        except ValueError:
+            raise BnlabError(f"{meta} is not valid JSON") from None
+        settings = {**record.get("settings", {}), **settings}
+        if values is None:
+            listed = record.get("eigen", {}).get("eigenvalues", record.get("eigenvalues"))
+            if listed is not None:
+                values = torch.tensor(listed, dtype=torch.float64)
     return vecs.double(), (values.double() if isinstance(values, torch.Tensor) else values), settings
+
+
+def check_eigvecs_match(settings: dict[str, Any], op: Any, source: str) -> None:
+    """Eigenvectors from `bnlab hessian` must belong to this checkpoint and parameter layout."""
+    theirs, ours = settings.get("checkpoint_sha256"), getattr(op, "settings", {}).get("checkpoint_sha256")
+    if theirs and ours and theirs != ours:
+        raise BnlabError(f"the eigenvectors in {source} were computed for another checkpoint "
+                         f"({settings.get('checkpoint', '?')}); rerun `bnlab hessian` on this one")
+    names = settings.get("param_names")
+    if names is not None and list(names) != list(op.param_names):
+        raise BnlabError(f"the eigenvectors in {source} are over other parameters than this model's "
+                         f"(hessian --params {settings.get('params')}); overlaps need all trainable parameters")
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -137,11 +157,13 @@ def compute_outstats(ckpt_path: str | Path, opts: OutstatsOptions) -> tuple[dict
                        "random_overlap_expected": basis_all.shape[1] / basis_all.shape[0]}
     eig = _eigvecs(op, opts)
     if eig is not None:
-        vecs, vals, source = eig
+        vecs, vals, source, hsettings = eig
         if vecs.shape[1] != basis_all.shape[0]:
             raise BnlabError(f"eigenvectors have dimension {vecs.shape[1]}, this model {basis_all.shape[0]}: "
                              "were they computed for this checkpoint with all parameters?")
         summary["eigen"] = {"source": source, "eigenvalues": None if vals is None else vals.tolist(),
+                            "hessian_settings": {k: hsettings.get(k) for k in ("bn_mode", "units", "num_samples",
+                                                                               "batch_size", "loss_scale")},
                             "overlap_full": overlaps(basis_all, vecs.T.to(basis_all.device)).tolist()}
         if basis_means is not None:
             summary["eigen"]["overlap_means"] = overlaps(basis_means, vecs.T.to(basis_means.device)).tolist()
@@ -165,13 +187,15 @@ def compute_outstats(ckpt_path: str | Path, opts: OutstatsOptions) -> tuple[dict
     return summary, tensors
 
 
-def _eigvecs(op: Any, opts: OutstatsOptions) -> tuple[torch.Tensor, torch.Tensor | None, str] | None:
+def _eigvecs(op: Any, opts: OutstatsOptions) -> tuple[torch.Tensor, torch.Tensor | None, str, dict] | None:
     if opts.eigvecs:
-        vecs, vals, _ = read_eigvecs(opts.eigvecs)
-        return vecs, vals, str(opts.eigvecs)
+        vecs, vals, settings = read_eigvecs(opts.eigvecs)
+        check_eigvecs_match(settings, op, str(opts.eigvecs))
+        return vecs, vals, str(opts.eigvecs), settings
     if opts.num_eigs > 0:
         res = top_eigenpairs(op, opts.num_eigs, which="LA", tol=opts.tol, seed=opts.seed)
-        return res.eigenvectors, res.eigenvalues, f"computed (top {opts.num_eigs}, LA, tol {opts.tol})"
+        return (res.eigenvectors, res.eigenvalues, f"computed (top {opts.num_eigs}, LA, tol {opts.tol})",
+                dict(op.settings) if hasattr(op, "settings") else {})
     return None
 
 
