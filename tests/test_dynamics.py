@@ -141,3 +141,18 @@ def test_live_log_partial_line_and_relogged_steps(tmp_path: Path) -> None:
     write_report(rep, tmp_path / "out")
     with pytest.raises(BnlabError, match="matches no logged parameter"):
         analyse_run(run, layers=["layer9"], check_checkpoint=False)
+
+
+def test_cos_stats_tiers() -> None:
+    """exact: |cos| at rounding; approximate: small radial gradient against the step (BN eps); no: otherwise."""
+    from bnlab.dynamics import cos_stats
+    rng = np.random.default_rng(0)
+    rel = np.full(500, 2e-2)
+    exact = cos_stats(rng.normal(0, 1e-6, 500), rel)
+    eps_broken = cos_stats(rng.normal(5e-4, 1e-4, 500), rel)  # radial ~2.5% of the step
+    gamma = cos_stats(rng.normal(3e-2, 1e-2, 500), rel)
+    strong = cos_stats(rng.normal(5e-3, 1e-4, 500), rel)  # small |cos| but 25% of the step
+    assert (exact.invariant, exact.approximate) == (True, False)
+    assert (eps_broken.invariant, eps_broken.approximate) == (False, True)
+    assert (gamma.invariant, gamma.approximate) == (False, False)
+    assert (strong.invariant, strong.approximate) == (False, False)

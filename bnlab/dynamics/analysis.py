@@ -64,6 +64,7 @@ class LayerResult:
     steps_to_equilibrium: int | None  # first step from which the smoothed ratio stays within eq_tol
     steps_to_settle: int | None  # first step from which the smoothed angle stays within eq_tol of its end
     relaxation_steps: float | None  # theory's time constant (1-mu)/(4 eta lambda) at the final lr
+    invariance: str = "no"  # "exact", "approximate" (see invariance.APPROX_*; theory applied, flagged) or "no"
 
 
 @dataclass
@@ -216,7 +217,7 @@ def analyse_log(log: RunLog, *, layers: list[str] | None = None, window: float =
             with np.errstate(divide="ignore", invalid="ignore"):
                 res = (s.w_after ** 2 - s.w_before ** 2 - s.dw ** 2) / s.dw ** 2
             pyth = _fin(float(np.nanmedian(np.abs(res))))
-        has_theory = invariant and hyper.wd > 0
+        has_theory = (invariant or cs.approximate) and hyper.wd > 0
         ratio_series = ang_smooth / pred["angle_eq"] if has_theory else np.full(n, np.nan)
         end = ang_smooth[-1]
         lr_fin = float(s.lr[-1])
@@ -242,6 +243,7 @@ def analyse_log(log: RunLog, *, layers: list[str] | None = None, window: float =
             if end > 0 else None,
             relaxation_steps=_fin(float(theory.relaxation_steps(lr_fin, hyper.wd, hyper.momentum)))
             if hyper.wd > 0 else None,
+            invariance="exact" if invariant else "approximate" if cs.approximate else "no",
         ))
         cols = {"step": s.step, "epoch": t["epoch"] if "epoch" in t else np.full(n, np.nan), "lr": s.lr,
                 "param": np.full(n, name), "scale_invariant": np.full(n, int(invariant)), "w_norm": s.w_after,
@@ -274,6 +276,7 @@ def aggregate(results: list[LayerResult]) -> dict:
     inv = [r for r in results if r.scale_invariant]
     out: dict = {"scale_invariant": [r.param for r in inv],
                  "not_scale_invariant": [r.param for r in results if not r.scale_invariant],
+                 "approximately_invariant": {r.param: r.ratio for r in results if r.invariance == "approximate"},
                  # tensors whose checkpoint |cos| disagrees with the log's verdict by the same threshold
                  "checkpoint_disagrees": [r.param for r in results if r.checkpoint_abs_cos is not None
                                           and (r.checkpoint_abs_cos < DEFAULT_COS_TOL) != r.scale_invariant]}

@@ -29,11 +29,21 @@ from ..bnmode import bn_mode, resolve_bn_mode
 DEFAULT_COS_TOL = 1e-4
 
 
+# A tensor that fails the exact test can still move on the sphere to within a few per cent: BN's eps
+# breaks invariance where a channel's pre-BN variance is only ~100x eps (a fading residual branch gives
+# |cos| ~ 5e-4), and a gamma feeding ReLU -> conv -> BN with beta ~ 0 is nearly homogeneous. Such a
+# tensor is "approximately" invariant when its median |cos| < 1e-2 and |cos| / rel_step < 0.1 (the
+# radial gradient below a tenth of the step); the theory is applied to it and it is flagged as such.
+APPROX_COS_TOL = 1e-2
+APPROX_DRIFT_TOL = 0.1
+
+
 @dataclass
 class CosStats:
     median_abs_cos: float
     p90_abs_cos: float
     invariant: bool
+    approximate: bool = False  # not exactly invariant, but spherical to within APPROX_DRIFT_TOL
 
 
 # ... and the radial gradient must be negligible against the step itself: |cos| / rel_step below this.
@@ -56,12 +66,15 @@ def cos_stats(cos_wg: np.ndarray, rel_step: np.ndarray | None = None, tol: float
         return CosStats(float("nan"), float("nan"), False)
     med = float(np.median(a))
     invariant = med < tol
+    approximate = False
     if rel_step is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
             drift = np.abs(cos_wg) / rel_step
         drift = drift[np.isfinite(drift)]
-        invariant = invariant and drift.size > 0 and float(np.median(drift)) < drift_tol
-    return CosStats(med, float(np.quantile(a, 0.9)), bool(invariant))
+        drift_med = float(np.median(drift)) if drift.size else float("inf")
+        invariant = invariant and drift_med < drift_tol
+        approximate = not invariant and med < APPROX_COS_TOL and drift_med < APPROX_DRIFT_TOL
+    return CosStats(med, float(np.quantile(a, 0.9)), bool(invariant), bool(approximate))
 
 
 def euler_cos(model: nn.Module, *, batches: int = 3, batch: int = 32, image_size: int = 32, seed: int = 0,

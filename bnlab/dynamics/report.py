@@ -12,7 +12,7 @@ import numpy as np
 
 from .analysis import Report
 
-LAYER_COLUMNS = ("param", "numel", "scale_invariant", "median_abs_cos", "checkpoint_abs_cos", "w_norm_init",
+LAYER_COLUMNS = ("param", "numel", "scale_invariant", "invariance", "median_abs_cos", "checkpoint_abs_cos", "w_norm_init",
                  "w_norm_final", "norm_lagged_pred", "norm_ratio", "angle", "angle_pred", "ratio",
                  "angle_lagged_pred", "ratio_lagged", "rel_step", "rel_step_pred", "rel_step_ratio", "radial_cos",
                  "pythagoras_residual", "steps_to_equilibrium", "steps_to_settle", "relaxation_steps")
@@ -68,13 +68,16 @@ def _f(x: float | None, fmt: str = ".4g") -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
 
 
+_INV = {"exact": "yes", "approximate": "~", "no": "no"}
+
+
 def format_table(report: Report) -> str:
     """The per-layer table a person reads: invariance, norms, measured vs predicted angle."""
     head = (f"{'param':28s} {'inv':>3s} {'|cos|med':>8s} {'|w|0':>7s} {'|w|end':>7s} {'|w|pred':>7s} "
             f"{'angle':>8s} {'pred':>8s} {'ratio':>6s} {'rel_step':>8s} {'pred':>8s} {'t_eq':>6s}")
     lines = [head, "-" * len(head)]
     for r in report.layers:
-        lines.append(f"{r.param:28s} {'yes' if r.scale_invariant else 'no':>3s} {_f(r.median_abs_cos, '.1e'):>8s} "
+        lines.append(f"{r.param:28s} {_INV[r.invariance]:>3s} {_f(r.median_abs_cos, '.1e'):>8s} "
                      f"{_f(r.w_norm_init, '.3g'):>7s} {_f(r.w_norm_final, '.3g'):>7s} "
                      f"{_f(r.norm_lagged_pred, '.3g'):>7s} {_f(r.angle, '.3e'):>8s} {_f(r.angle_pred, '.3e'):>8s} "
                      f"{_f(r.ratio, '.3f'):>6s} {_f(r.rel_step, '.3e'):>8s} {_f(r.rel_step_pred, '.3e'):>8s} "
@@ -90,7 +93,11 @@ def format_table(report: Report) -> str:
                      f"{a['ratio_min']:.3f}..{a['ratio_max']:.3f} (mean {a['ratio_mean']:.3f}), angle CV "
                      f"{_f(a['angle_cv'], '.3f')}, norms {a['norm_min']:.3g}..{a['norm_max']:.3g} "
                      f"({_f(a['norm_spread'], '.2f')}x)")
-    lines.append(f"not scale-invariant: {', '.join(a['not_scale_invariant']) or 'none'}")
+    approx = a.get("approximately_invariant") or {}
+    if approx:
+        lines.append("approximately invariant (~; radial gradient < 10% of the step, e.g. BN eps at small "
+                     "activations), measured/predicted: " + ", ".join(f"{k} {_f(v, '.3f')}" for k, v in approx.items()))
+    lines.append(f"not scale-invariant: {', '.join(n for n in a['not_scale_invariant'] if n not in approx) or 'none'}")
     if report.live:
         lines.append("(run still being written: numbers are as of its last logged step)")
     return "\n".join(lines)
