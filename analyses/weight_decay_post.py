@@ -46,6 +46,39 @@ def settings(quick: bool, data_dir: str | None) -> dict:
             "grid": "lr=0.05,0.1 wd=5e-3,1e-2"}
 
 
+def main_checks(report) -> list[tuple[str, str, bool]]:
+    """Every BN-preceded conv (exactly or approximately invariant) within +-15% of the Nesterov angle,
+    the same angle across layers, norms several-fold apart."""
+    layers = [r for r in report.layers if r.invariance != "no" and r.ratio is not None]
+    ratios = [r.ratio for r in layers]
+    norms = [r.w_norm_final for r in layers]
+    convs = [r.param for r in report.layers if ".conv." in r.param]
+    missing = [c for c in convs if c not in {r.param for r in layers}]
+    return [
+        ("every BN-preceded conv detected scale-invariant (exactly or ~)", f"missing {missing or 'none'}",
+         not missing),
+        ("measured/predicted angle within +-15% in each", f"{min(ratios):.3f}..{max(ratios):.3f}",
+         bool(ratios) and all(0.85 <= x <= 1.15 for x in ratios)),
+        ("norms differ several-fold meanwhile", f"{min(norms):.3g}..{max(norms):.3g} ({max(norms) / min(norms):.1f}x)",
+         max(norms) / min(norms) >= 2.5),
+    ]
+
+
+def sweep_checks(summary: dict) -> list[tuple[str, str, bool]]:
+    """Equal lr*wd -> equal angles (within 10%); ||w|| ~ (lr/wd)^(1/4) (exponent 0.25 +- 0.08)."""
+    groups = [g for g in summary["groups_lr_wd"] if g.get("n", 0) >= 2 and g.get("angle_spread")]
+    spread = max((g["angle_spread"] for g in groups), default=float("nan"))
+    ex = summary["norm_exponents"]
+    b = [v["raw"] for v in ex.values()]
+    mean_b = sum(b) / len(b) if b else float("nan")
+    return [
+        ("equal lr*wd gives equal angles", f"max spread within a lr*wd group {spread:.3f}x", bool(groups)
+         and spread <= 1.10),
+        ("||w|| ~ (lr/wd)^(1/4)", f"fitted exponent {mean_b:.3f} (mean over {len(b)} invariant layers)",
+         bool(b) and abs(mean_b - 0.25) <= 0.08),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/weight_decay_post")
@@ -75,6 +108,7 @@ def main() -> None:
           f"{theory.equilibrium_angle(lr, wd):.4e}")
     print(format_table(report))
     results = {"main": report.summary()}
+    checks = main_checks(report)
 
     if not args.skip_sweep:
         grid = Grid(axes=parse_grid(s["grid"]), base={**s["sweep_base"], **common}, variant="bn")
@@ -83,6 +117,11 @@ def main() -> None:
         print("\n== sweep")
         print(format_summary(summary))
         results["sweep"] = {k: summary[k] for k in ("groups_lr_wd", "groups_lr_wd_eff", "norm_exponents")}
+        checks += sweep_checks(summary)
+    results["checks"] = [{"claim": c, "measured": m, "passed": ok} for c, m, ok in checks]
+    print("\n== the post's claims, checked")
+    for c, m, ok in checks:
+        print(f"  [{'PASS' if ok else 'FAIL'}] {c}: {m}")
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"\nwrote {out / 'results.json'}")
 

@@ -5,11 +5,14 @@ set (class-balanced, unaugmented, fixed batches), BN in running mode (the only m
 supports: it forces model.eval()). For k in --ks, each tool's HVP count and wall time to reach a
 max relative eigenvalue error <= --target against a tight reference (bnlab Lanczos, tol 1e-7,
 float32 HVPs), sweeping each peer's accuracy knob until it gets there (or its largest setting).
-Also the cost of one HVP relative to one gradient, per HVP method.
+Also the cost of one HVP relative to one gradient, per HVP method. bnlab runs with its defaults
+(double backward; gradient graphs cached when they fit, as here); PyHessian rebuilds the graph
+for every HVP; hessian-eigenthings is given bnlab's operator (so it counts solver steps only).
 
 Peers are NOT bnlab dependencies: pip install pyhessian hessian-eigenthings.
 
     python benchmarks/hessian_vs_peers.py --width 8 --num-samples 256 --batch-size 128 --out bench.json
+    python benchmarks/hessian_vs_peers.py --width 16 --num-samples 512 --batch-size 256 --cost-only
 """
 from __future__ import annotations
 
@@ -164,6 +167,7 @@ def main() -> None:
     ap.add_argument("--pyhessian-max-hvps", type=int, default=1500)
     ap.add_argument("--cost-repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cost-only", action="store_true", help="only the HVP / gradient cost table")
     ap.add_argument("--out", default="hessian_vs_peers.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -171,11 +175,14 @@ def main() -> None:
         ck = make_checkpoint(args.width, args.data_dir, Path(tmp))
         ckpt = load_checkpoint(ck)
         op = hessian_operator_from_checkpoint(ckpt, num_samples=args.num_samples, batch_size=args.batch_size,
-                                              bn_mode="running", device="cpu")
+                                              bn_mode="running", device="cpu")  # graphs cached if they fit
     batches = list(op.batches())
     out = {"settings": op.settings, "target_rel_err": args.target, "threads": args.threads, "rows": []}
     out["cost"] = cost_ratios(op, args.cost_repeats)
     print(json.dumps(out["cost"], indent=1), flush=True)
+    if args.cost_only:
+        Path(args.out).write_text(json.dumps(out, indent=1))
+        return
     ks = [int(s) for s in args.ks.split(",")]
     ref_r = top_eigenpairs(op, max(ks), which="LA", tol=1e-7, ncv=max(ks) * 3)
     ref_all = ref_r.eigenvalues.numpy()
