@@ -30,7 +30,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     s = pd.read_csv(src / "dynamics_series.csv")
     layers = pd.read_csv(src / "dynamics_layers.csv")
-    inv = s[s["scale_invariant"] == 1]
+    # layers the theory applies to: exactly invariant, or approximately (flagged "~" in the labels)
+    theory_layers = layers[layers["ratio"].notna()]
+    approx = set(theory_layers.loc[theory_layers.get("invariance", "exact") == "approximate", "param"])
+    inv = s[s["param"].isin(set(theory_layers["param"]))].copy()
+    inv["param"] = inv["param"].map(lambda p: f"{p} (~)" if p in approx else p)
     sns.set_theme(style="whitegrid")
 
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -49,7 +53,7 @@ def main() -> None:
     fig.savefig(out / "dynamics_angles.png", dpi=120, bbox_inches="tight")
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    lv = layers[layers["scale_invariant"] == 1]
+    lv = theory_layers.assign(param=theory_layers["param"].map(lambda p: f"{p} (~)" if p in approx else p))
     sns.barplot(data=lv, x="param", y="ratio", ax=ax, color="C0")
     ax.axhline(1, color="black")
     ax.axhspan(0.85, 1.15, color="grey", alpha=0.2)
