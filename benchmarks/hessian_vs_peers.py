@@ -11,8 +11,8 @@ for every HVP; hessian-eigenthings is given bnlab's operator (so it counts solve
 
 Peers are NOT bnlab dependencies: pip install pyhessian hessian-eigenthings.
 
-    python benchmarks/hessian_vs_peers.py --width 8 --num-samples 256 --batch-size 128 --out bench.json
-    python benchmarks/hessian_vs_peers.py --width 16 --num-samples 512 --batch-size 256 --cost-only
+    python benchmarks/hessian_vs_peers.py --width 8 --num-samples 320 --batch-size 160 --out bench.json
+    python benchmarks/hessian_vs_peers.py --width 16 --num-samples 1280 --batch-size 256 --cost-only
 """
 from __future__ import annotations
 
@@ -159,8 +159,8 @@ def run_eigenthings(op, k: int, ref: np.ndarray, target: float, max_steps: int) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=8)
-    ap.add_argument("--num-samples", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--num-samples", type=int, default=320)
+    ap.add_argument("--batch-size", type=int, default=160)
     ap.add_argument("--ks", default="5,10,20")
     ap.add_argument("--target", type=float, default=1e-4)
     ap.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: synthetic images)")

@@ -70,3 +70,34 @@ def test_bn_mode_never_touches_buffers_and_restores_flags():
     with pytest.raises(BnlabError, match="impossible"):
         resolve_bn_mode(davidnet(8, norm="none"), "batch")
     assert resolve_bn_mode(davidnet(8, norm="frozen"), None) == "none"
+
+
+@pytest.mark.parametrize("norm", ["bn", "bn_fixed_affine", "ghost"])
+def test_running_mode_affine_equals_eval_batch_norm(norm: str) -> None:
+    """Running mode computes eval BN as x*scale+shift: same values and gradients as F.batch_norm, in float64."""
+    from bnlab.norms import batch_norm_layers
+    torch.manual_seed(0)
+    net = davidnet(4, norm=norm, ghost_splits=2).double()
+    with torch.no_grad():
+        for _, m in batch_norm_layers(net):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.2, 3.0)
+            if m.affine and m.weight.requires_grad:
+                m.weight.uniform_(0.5, 2.0)
+                m.bias.normal_()
+    x = torch.randn(6, 3, 32, 32, dtype=torch.double)
+    params = [p for p in net.parameters() if p.requires_grad]
+
+    def loss_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        loss = net(x).square().sum()
+        return loss, list(torch.autograd.grad(loss, params))
+
+    net.eval()
+    ref_loss, ref_grads = loss_and_grads()
+    with bn_mode(net, "running"):
+        assert all("forward" in m.__dict__ for _, m in batch_norm_layers(net))
+        loss, grads = loss_and_grads()
+    assert all("forward" not in m.__dict__ for _, m in batch_norm_layers(net))  # restored
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=0)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)

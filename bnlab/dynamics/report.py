@@ -12,8 +12,8 @@ import numpy as np
 
 from .analysis import Report
 
-LAYER_COLUMNS = ("param", "numel", "scale_invariant", "invariance", "median_abs_cos", "checkpoint_abs_cos", "w_norm_init",
-                 "w_norm_final", "norm_lagged_pred", "norm_ratio", "angle", "angle_pred", "ratio",
+LAYER_COLUMNS = ("param", "numel", "scale_invariant", "invariance", "median_abs_cos", "checkpoint_abs_cos",
+                 "w_norm_init", "w_norm_final", "norm_lagged_pred", "norm_ratio", "angle", "angle_pred", "ratio",
                  "angle_lagged_pred", "ratio_lagged", "rel_step", "rel_step_pred", "rel_step_ratio", "radial_cos",
                  "pythagoras_residual", "steps_to_equilibrium", "steps_to_settle", "relaxation_steps")
 
