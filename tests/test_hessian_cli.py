@@ -46,6 +46,14 @@ def test_cli_writes_record_and_eigvecs(tmp_path):
     assert "trace" in rec and "density" in rec
     vecs = torch.load(tmp_path / "h" / "eigvecs.pt", weights_only=True)
     assert vecs["eigenvectors"].shape == (3, s["dim"])
+    # default graph cache: decided on the first HVP and recorded (a tiny net always fits)
+    assert s["graph_cache"]["mode"] == "auto" and s["graph_cache"]["cached"] is True and s["cache_graphs"] is True
+    r_off = run("hessian", ck, "--top-k", 3, "--tol", 1e-3, "--num-samples", 40, "--batch-size", 20, "--loss-scale",
+                "batch-sum", "--cache-graphs", "off", "--out", tmp_path / "h_off", "--quiet")
+    assert r_off.exit_code == 0, r_off.output
+    rec_off = json.loads((tmp_path / "h_off" / "hessian.json").read_text())
+    assert rec_off["settings"]["graph_cache"] == {"mode": "off"} and rec_off["settings"]["cache_graphs"] is False
+    assert rec_off["eigen"]["eigenvalues"] == pytest.approx(e["eigenvalues"], rel=1e-4)
     after = torch.load(ck, weights_only=True)["model"]
     assert all(torch.equal(before[k], after[k]) for k in before)
 
