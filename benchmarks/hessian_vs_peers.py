@@ -40,6 +40,15 @@ def rel_err(found: np.ndarray, ref: np.ndarray) -> float:
     return float(np.max(np.abs(np.sort(found)[::-1][:k] - ref) / np.abs(ref)))
 
 
+def rel_err_lm(found: np.ndarray, ref_lm: np.ndarray) -> float:
+    """As rel_err, against the largest-magnitude reference (what power iteration converges to)."""
+    k = len(ref_lm)
+    if len(found) < k:
+        return float("inf")
+    f = np.asarray(found)[np.argsort(-np.abs(found), kind="stable")][:k]
+    return float(np.max(np.abs(f - ref_lm) / np.abs(ref_lm)))
+
+
 def make_checkpoint(width: int, data_dir: str | None, tmp: Path) -> Path:
     dataset = "cifar10" if data_dir else "synthetic"
     cfg = make_config("bn", width=width, dataset=dataset, data_dir=data_dir, act="softplus")
@@ -110,7 +119,11 @@ def run_arpack(op, k: int, ref: np.ndarray, target: float) -> dict:
             "seconds": r.wall_time, "max_rel_err": err}
 
 
-def run_pyhessian(model, batches, k: int, ref: np.ndarray, target: float, max_hvps: int) -> dict:
+def run_pyhessian(model, batches, k: int, ref: np.ndarray, target: float, max_hvps: int,
+                  ref_lm: np.ndarray | None = None) -> dict:
+    """PyHessian's top-k (power iteration, largest magnitude). Scored against the LA reference like
+    everyone, and also against the LM reference, so a run that finds a large negative eigenvalue
+    correctly is not counted as wrong; the better of the two is the row's error."""
     from pyhessian import hessian as pyh
 
     best = None
@@ -130,10 +143,13 @@ def run_pyhessian(model, batches, k: int, ref: np.ndarray, target: float, max_hv
         try:
             vals, _ = h.eigenvalues(maxIter=100, tol=tol, top_n=k)
             err = rel_err(np.array(vals), ref)
+            err_lm = rel_err_lm(np.array(vals), ref_lm[:k]) if ref_lm is not None else float("inf")
         except RuntimeError:
-            err = float("inf")
+            err = err_lm = float("inf")
         best = {"tool": "PyHessian 0.1 (power iteration + deflation)", "setting": f"tol={tol:g}, maxIter=100",
-                "hvps": count[0], "seconds": time.perf_counter() - t, "max_rel_err": err}
+                "hvps": count[0], "seconds": time.perf_counter() - t, "max_rel_err": min(err, err_lm),
+                "max_rel_err_vs_LA": err, "max_rel_err_vs_LM": err_lm}
+        err = min(err, err_lm)
         if err <= target or err == float("inf"):
             break
     return best
@@ -186,14 +202,19 @@ def main() -> None:
     ks = [int(s) for s in args.ks.split(",")]
     ref_r = top_eigenpairs(op, max(ks), which="LA", tol=1e-7, ncv=max(ks) * 3)
     ref_all = ref_r.eigenvalues.numpy()
+    ref_lm_r = top_eigenpairs(op, max(ks), which="LM", tol=1e-7, ncv=max(ks) * 3)
+    ref_lm = ref_lm_r.eigenvalues.numpy()
     out["reference"] = {"eigenvalues": ref_all.tolist(), "hvps": ref_r.hvp_count,
-                        "converged": ref_r.converged.tolist()}
+                        "converged": ref_r.converged.tolist(), "eigenvalues_LM": ref_lm.tolist()}
+    print(f"reference LA: {np.array2string(ref_all[:6], precision=4)} ...; LM: "
+          f"{np.array2string(ref_lm[:6], precision=4)} ...", flush=True)
     for k in ks:
         ref = ref_all[:k]
         runs = [lambda k=k, ref=ref: run_bnlab(op, k, ref, args.target),
                 lambda k=k, ref=ref: run_arpack(op, k, ref, args.target),
                 lambda k=k, ref=ref: run_eigenthings(op, k, ref, args.target, max_steps=min(op.dim - 1, 40 * k)),
-                lambda k=k, ref=ref: run_pyhessian(ckpt.model, batches, k, ref, args.target, args.pyhessian_max_hvps)]
+                lambda k=k, ref=ref: run_pyhessian(ckpt.model, batches, k, ref, args.target, args.pyhessian_max_hvps,
+                                                           ref_lm)]
         rows = []
         for run in runs:  # each row printed as soon as it is measured
             r = run()
