@@ -184,14 +184,18 @@ def main() -> None:
     ap.add_argument("--cost-repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cost-only", action="store_true", help="only the HVP / gradient cost table")
+    ap.add_argument("--bn-mode", choices=["running", "batch"], default="running",
+                    help="batch only with --cost-only (the peers support running mode only)")
     ap.add_argument("--out", default="hessian_vs_peers.json")
     args = ap.parse_args()
+    if args.bn_mode == "batch" and not args.cost_only:
+        ap.error("--bn-mode batch needs --cost-only: PyHessian and hessian-eigenthings only run in eval mode")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         ck = make_checkpoint(args.width, args.data_dir, Path(tmp))
         ckpt = load_checkpoint(ck)
         op = hessian_operator_from_checkpoint(ckpt, num_samples=args.num_samples, batch_size=args.batch_size,
-                                              bn_mode="running", device="cpu")  # graphs cached if they fit
+                                              bn_mode=args.bn_mode, device="cpu")  # graphs cached if they fit
     batches = list(op.batches())
     out = {"settings": op.settings, "target_rel_err": args.target, "threads": args.threads, "rows": []}
     out["cost"] = cost_ratios(op, args.cost_repeats)
