@@ -217,12 +217,24 @@ def point_state(run_dir: Path) -> str:
 
 def run_point(config_dict: dict[str, Any], run_dir: str, device: str, threads: int, retries: int,
               quiet: bool) -> tuple[str, str]:
-    """Train one point to completion in this process: (status, message). Top-level for process pools."""
+    """Train one point to completion in this process: (status, message). Top-level for process pools.
+
+    Uses `threads` torch threads for the point and restores the caller's setting afterwards.
+    """
     import torch
 
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        return _run_point(config_dict, run_dir, device, retries, quiet)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_point(config_dict: dict[str, Any], run_dir: str, device: str, retries: int,
+               quiet: bool) -> tuple[str, str]:
     from .train import train
 
-    torch.set_num_threads(max(1, threads))
     config = TrainConfig.from_dict(config_dict)
     rd = Path(run_dir)
     last_error = ""

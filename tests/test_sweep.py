@@ -51,6 +51,7 @@ def test_sweep_resume_and_summary(tmp_path: Path) -> None:
     train(grid.config(pts[1]), point_dir(out, pts[1]), device="cpu", quiet=True, stop_after_epoch=1)
     first = run_sweep(grid, out, device="cpu", quiet=True, only=[0])
     assert first.ran == {0: "finished"} and not first.failed
+    assert torch.get_num_threads() == 1  # an in-process point does not leave its thread count behind
     stamp = (point_dir(out, pts[0]) / "final.pt").stat().st_mtime_ns
     second = run_sweep(grid, out, device="cpu", quiet=True)
     assert second.skipped == [0] and second.ran == {1: "finished"}
