@@ -200,6 +200,7 @@ def main() -> None:
     out = {"settings": op.settings, "target_rel_err": args.target, "threads": args.threads, "rows": []}
     out["cost"] = cost_ratios(op, args.cost_repeats)
     print(json.dumps(out["cost"], indent=1), flush=True)
+    out["graph_cache"] = dict(op.cache_info)  # decided on the first product
     if args.cost_only:
         Path(args.out).write_text(json.dumps(out, indent=1))
         return
