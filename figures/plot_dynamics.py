@@ -32,7 +32,8 @@ def main() -> None:
     layers = pd.read_csv(src / "dynamics_layers.csv")
     # layers the theory applies to: exactly invariant, or approximately (flagged "~" in the labels)
     theory_layers = layers[layers["ratio"].notna()]
-    approx = set(theory_layers.loc[theory_layers.get("invariance", "exact") == "approximate", "param"])
+    approx = (set(theory_layers.loc[theory_layers["invariance"] == "approximate", "param"])
+              if "invariance" in theory_layers else set())
     inv = s[s["param"].isin(set(theory_layers["param"]))].copy()
     inv["param"] = inv["param"].map(lambda p: f"{p} (~)" if p in approx else p)
     sns.set_theme(style="whitegrid")

@@ -8,9 +8,8 @@ from pathlib import Path
 import click
 import torch
 
-from ..errors import BnlabError
 from ..outstats.fcnet import fc_collapse
-from .common import device_option, prepare_out_dir
+from .common import device_option, int_list, prepare_out_dir
 
 
 @click.command("collapse")
@@ -34,23 +33,16 @@ def command(depth: int, width: int, n_inputs: int, hist_layers: str, hist_channe
     """
     from ..device import resolve_device
 
-    try:
-        layers = tuple(sorted({int(t) for t in hist_layers.split(",") if t.strip()}))
-    except ValueError:
-        raise BnlabError(f"--hist-layers must be comma-separated integers, got {hist_layers!r}") from None
-    layers = tuple(layer for layer in layers if 1 <= layer <= depth)
+    # layers beyond the depth are dropped
+    layers = tuple(sorted({n for n in int_list(hist_layers, "--hist-layers") or () if 1 <= n <= depth}))
     dev = resolve_device(device)
     out_dir = prepare_out_dir(Path(out), force=force)
     runs = {name: fc_collapse(depth, width, n_inputs, centre=centre, seed=seed, hist_layers=layers,
                               hist_channels=hist_channels, device=dev)
             for name, centre in (("plain", False), ("centred", True))}
-    theory = runs["plain"]["theory"]
-    n = n_inputs
-    record = {"depth": depth, "width": width, "n_inputs": n, "seed": seed, "device": str(dev),
-              "hist_layers": list(layers),
-              "theory_correlation": theory,
-              # the share is c_l + (1 - c_l)/n for n inputs (see bnlab.outstats.fcnet)
-              "theory_share": [c + (1 - c) / n for c in theory],
+    record = {"depth": depth, "width": width, "n_inputs": n_inputs, "seed": seed, "device": str(dev),
+              "hist_layers": list(layers), "theory_correlation": runs["plain"]["theory"],
+              "theory_share": runs["plain"]["theory_share"],
               "share_plain": runs["plain"]["shares"], "share_centred": runs["centred"]["shares"]}
     (out_dir / "collapse.json").write_text(json.dumps(record, indent=1))
     torch.save({name: {str(k): v for k, v in r["values"].items()} for name, r in runs.items()},

@@ -10,16 +10,7 @@ import torch
 from ..curvature import DEFAULT_BATCH_SIZE, DEFAULT_NUM_SAMPLES
 from ..errors import BnlabError
 from ..outstats import MOMENTS, OutstatsOptions, compute_outstats
-from .common import data_dir_option, device_option, prepare_out_dir, quiet_option
-
-
-def _int_list(text: str | None, what: str) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    try:
-        return tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise BnlabError(f"{what} must be comma-separated integers, got {text!r}") from None
+from .common import data_dir_option, device_option, int_list, prepare_out_dir, quiet_option
 
 
 @click.command("outstats")
@@ -66,7 +57,7 @@ def command(ckpt: str, stats: str, module: str, channels: str | None, moments: s
         raise BnlabError(f"--num-eigs must be non-negative, got {num_eigs}")
     opts = OutstatsOptions(
         stats=tuple(s.strip() for s in stats.split(",") if s.strip()), module=module,
-        channels=_int_list(channels, "--channels"), moments=moments, delta=delta, eigvecs=eigvecs,
+        channels=int_list(channels, "--channels"), moments=moments, delta=delta, eigvecs=eigvecs,
         num_eigs=num_eigs, project=project, num_samples=num_samples, batch_size=batch_size, bn_mode=bn_mode,
         loss_scale=loss_scale, tol=tol, data_dir=data_dir, device=device, seed=seed,
         histograms=not no_histograms,

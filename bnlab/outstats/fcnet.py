@@ -53,5 +53,8 @@ def fc_collapse(depth: int = 50, width: int = 2048, n_inputs: int = 1000, *, cen
         if centre:
             h = h - h.mean(dim=0, keepdim=True)
         x = torch.relu(h)
+    theory = arccos_recursion(depth)
     return {"depth": depth, "width": width, "n_inputs": n_inputs, "centre": centre, "shares": shares,
-            "theory": arccos_recursion(depth), "values": values}
+            "theory": theory,
+            # c_l + (1 - c_l)/n: distinct input pairs at correlation c_l, plus the diagonal
+            "theory_share": [c + (1 - c) / n_inputs for c in theory], "values": values}
