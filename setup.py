@@ -16,6 +16,7 @@ setup(
         "scipy>=1.10",
         "seaborn>=0.13",
         "click>=8.1",
+        "tqdm>=4.60",
     ],
     extras_require={
         "test": ["pytest>=7", "ruff>=0.4"],

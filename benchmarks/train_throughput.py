@@ -1,88 +1,234 @@
-"""Throughput of `bnlab train`'s step loop vs the pure compute limit of the same model.
+"""Training throughput of `bnlab train` against a real limit and against the 2018 reference loop.
 
-bnlab: images/s of the trainer's step loop (augmentation on the device, lr schedule, per-step
-dynamics log, divergence check), read from metrics.csv of the second epoch (the first pays warm-up).
-Limit: forward + backward + SGD step of the same model on one preloaded random batch, no data
-pipeline, no logging. Both run in this process, alternately, so the ratio is fair on a busy machine.
+Three or four measurements, each in a fresh process (so that no allocator state or thread setting leaks
+from one into the next), interleaved `--repeats` times:
 
-    python benchmarks/train_throughput.py [--width 16] [--batch-size 512] [--steps 8] [--device cpu]
+- **bnlab**: `bnlab.train.train` exactly as users run it (defaults: dynamics log every step,
+  divergence checks, augmentation on the device); images/s of the last epoch from metrics.csv.
+- **bare**: the limit. Forward + backward + SGD step of the same model on one preloaded batch,
+  warmed up, with the allocator tuned (so it pays no page-fault churn), channels_last; no data
+  pipeline, no logging, no checks.
+- **baseline** (with `--baseline PATH`, another bnlab checkout, e.g. a `git worktree` of an older
+  commit): the same measurement as bnlab, for before/after tables from one run.
+- **reference** (with `--reference PATH`, a checkout of github.com/davidcpage/cifar10-fast): its
+  dawn.py training loop run from that checkout, on the same images, on the CPU in float32 (its
+  only change: the loader's `.half()` cast becomes `.float()`). Its code is imported, not copied.
 
-Goal (issue 2): ratio >= 0.95 at width 16, batch 512 on CPU.
+Every row prints img/s of the timed epoch, then the wall time, user and system CPU seconds of the
+whole training call (data preloaded, so file reading is not counted; evaluation and checkpoints
+are) and the test accuracy reached; then the median ratios bnlab/bare and bnlab/reference.
+
+    python benchmarks/train_throughput.py --data-dir DATA/cifar-10-batches-py \\
+        --reference ~/src/cifar10-fast [--width 16] [--images 10240] [--epochs 2] [--repeats 3]
+
+Goals (issue 9): bnlab >= 0.95x bare and >= 1.2x the reference at width 16, batch 512, 2 threads.
 """
 from __future__ import annotations
 
 import argparse
-import csv
+import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 
-from bnlab.config import make_config
-from bnlab.device import resolve_device
-from bnlab.models import build_model
-from bnlab.train import train
+def _usage() -> tuple[float, float]:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime
 
 
-def compute_limit(config, device: torch.device, steps: int) -> float:
+def child_bnlab(args: argparse.Namespace) -> dict:
+    import csv
+
+    if args.child == "baseline":  # an older bnlab checkout, measured the same way
+        sys.path.insert(0, str(Path(args.baseline).expanduser().resolve()))
+    import bnlab
+    from bnlab.config import make_config
+    from bnlab.data import load_data
+    from bnlab.train import train
+
+    assert args.child != "baseline" or Path(bnlab.__file__).is_relative_to(Path(args.baseline).resolve())
+    config = make_config("bn", width=args.width, batch_size=args.batch_size, epochs=args.epochs,
+                         **_data_options(args))
+    data = load_data(config.data, args.device if args.device != "auto" else "cpu", seed=config.seed)
+    with tempfile.TemporaryDirectory() as d:
+        u0, s0 = _usage()
+        t0 = time.perf_counter()
+        train(config, Path(d) / "run", device=args.device, quiet=True, data=data)
+        wall = time.perf_counter() - t0
+        u1, s1 = _usage()
+        with open(Path(d) / "run" / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+    return {"img_per_s": float(rows[-1]["img_per_s"]), "wall": wall, "user": u1 - u0, "sys": s1 - s0,
+            "test_acc": float(rows[-1]["test_acc"])}
+
+
+def child_bare(args: argparse.Namespace) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from bnlab.config import make_config
+    from bnlab.device import resolve_device
+    from bnlab.models import build_model
+    from bnlab.runtime import tune_allocator
+
+    tune_allocator()
+    device = resolve_device(args.device)
+    config = make_config("bn", width=args.width, batch_size=args.batch_size, dataset="synthetic")
     torch.manual_seed(0)
-    model = build_model(config.model).to(device).train()
+    model = build_model(config.model).to(device).to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    x = torch.randn(config.batch_size, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (config.batch_size,), device=device)
+    x = torch.randn(args.batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
 
     def step() -> None:
         loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=False)
         loss.backward()
         opt.step()
 
-    step()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
+    for _ in range(3):  # warm-up: oneDNN primitives, allocator pools
+        step()
+    steps = max(args.images // args.batch_size, 1)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    u0, s0 = _usage()
+    t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * config.batch_size / (time.perf_counter() - t)
+    sync()
+    wall = time.perf_counter() - t0
+    u1, s1 = _usage()
+    return {"img_per_s": steps * args.batch_size / wall, "wall": wall, "user": u1 - u0, "sys": s1 - s0,
+            "test_acc": float("nan")}
 
 
-def bnlab_loop(config, device: torch.device) -> float:
-    with tempfile.TemporaryDirectory() as d:
-        train(config, Path(d) / "run", device=device, quiet=True)
-        with open(Path(d) / "run" / "metrics.csv") as f:
-            rows = list(csv.DictReader(f))
-    return float(rows[-1]["img_per_s"])
+def child_reference(args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    np.float = float  # the reference predates numpy 1.24, which removed this alias
+    sys.path.insert(0, str(Path(args.reference).expanduser().resolve()))
+    import torch
+    import torch_backend as tb  # noqa: E402  (the reference's own modules)
+    from core import PiecewiseLinear, Table, Timer, normalise, pad, preprocess, transpose, union  # noqa: E402
+    from dawn_utils import net  # noqa: E402
+
+    from bnlab.config import DataSpec
+    from bnlab.data import load_data
+
+    tb.device = torch.device(args.device if args.device != "auto" else "cpu")
+
+    def float_iter(self):  # dawn.py's DataLoader.__iter__ with the dtype as the only change
+        if self.set_random_choices:
+            self.dataset.set_random_choices()
+        return ({"input": x.to(tb.device).float(), "target": y.to(tb.device).long()} for (x, y) in self.dataloader)
+
+    tb.DataLoader.__iter__ = float_iter
+    spec = DataSpec(**_data_options(args))
+    data = load_data(spec, "cpu", seed=0)
+    # NHWC uint8 arrays and integer labels, as the reference's own cifar10() returns them.
+    dataset = {"train": {"data": data.train_x.permute(0, 2, 3, 1).numpy(), "targets": data.train_y.numpy()},
+               "valid": {"data": data.test_x.permute(0, 2, 3, 1).numpy(), "targets": data.test_y.numpy()}}
+    epochs, batch_size = args.epochs, args.batch_size
+    w = args.width
+    lr_schedule = PiecewiseLinear([0, 5 * epochs / 24, epochs], [0, 0.4, 0])
+    model = tb.Network(net(channels={"prep": w, "layer1": 2 * w, "layer2": 4 * w, "layer3": 8 * w})).to(tb.device)
+    timer = Timer()
+    mean, std = np.array(tb.cifar10_mean, dtype=np.float32), np.array(tb.cifar10_std, dtype=np.float32)
+    from functools import partial
+    transforms = [partial(normalise, mean=mean, std=std), partial(transpose, source="NHWC", target="NCHW")]
+    train_set = list(zip(*preprocess(dataset["train"], [partial(pad, border=4)] + transforms).values()))
+    test_set = list(zip(*preprocess(dataset["valid"], transforms).values()))
+    train_batches = tb.DataLoader(tb.Transform(train_set, [tb.Crop(32, 32), tb.FlipLR(), tb.Cutout(8, 8)]),
+                                  batch_size, shuffle=True, set_random_choices=True, drop_last=True)
+    test_batches = tb.DataLoader(test_set, batch_size, shuffle=False, drop_last=False)
+    n_batches = len(train_batches)
+    opts = [tb.SGD(tb.trainable_params(model).values(), {
+        "lr": (lambda step: lr_schedule(step / n_batches) / batch_size),
+        "weight_decay": tb.Const(5e-4 * batch_size), "momentum": tb.Const(0.9)})]
+    logs, state = Table(report=lambda data: False), {tb.MODEL: model, tb.LOSS: tb.x_ent_loss, tb.OPTS: opts}
+    u0, s0 = _usage()
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        logs.append(union({"epoch": epoch + 1}, tb.train_epoch(state, timer, train_batches, test_batches)))
+    wall = time.perf_counter() - t0
+    u1, s1 = _usage()
+    last = logs.log[-1]
+    return {"img_per_s": n_batches * batch_size / last["train"]["time"], "wall": wall, "user": u1 - u0,
+            "sys": s1 - s0, "test_acc": float(last["valid"]["acc"])}
+
+
+def _data_options(args: argparse.Namespace) -> dict:
+    if args.data_dir:
+        return {"data_dir": args.data_dir, "subset": args.images, "test_subset": args.test_images}
+    return {"dataset": "synthetic", "synthetic_train": args.images, "synthetic_test": args.test_images}
+
+
+def run_child(kind: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind, "--width", str(args.width), "--batch-size", str(args.batch_size),
+           "--images", str(args.images), "--test-images", str(args.test_images), "--epochs", str(args.epochs),
+           "--device", args.device, "--threads", str(args.threads)]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
+    for opt in ("reference", "baseline"):
+        if getattr(args, opt):
+            cmd += [f"--{opt}", getattr(args, opt)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: bnlab's synthetic task)")
+    ap.add_argument("--reference", default=None, help="checkout of davidcpage/cifar10-fast")
+    ap.add_argument("--baseline", default=None, help="another bnlab checkout to measure beside this one")
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=8, help="steps per epoch / timed compute steps")
+    ap.add_argument("--images", type=int, default=10240, help="training images (a multiple of 10)")
+    ap.add_argument("--test-images", type=int, default=1000)
+    ap.add_argument("--epochs", type=int, default=2, help="epochs per run; the last one is timed")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--child", choices=("bnlab", "baseline", "bare", "reference"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    device = resolve_device(args.device)
-    results = []
-    for log_every in (1, 0):
-        config = make_config("bn", width=args.width, batch_size=args.batch_size, dataset="synthetic",
-                             synthetic_train=args.batch_size * args.steps, synthetic_test=args.batch_size,
-                             epochs=2, log_every=log_every)
-        for _ in range(args.repeats):
-            ours = bnlab_loop(config, device)
-            limit = compute_limit(config, device, args.steps)
-            results.append((log_every, ours, limit))
-    print(f"device {device}, width {args.width}, batch {args.batch_size}, torch threads {torch.get_num_threads()}")
-    print(f"{'dynamics log':>12} {'bnlab img/s':>12} {'limit img/s':>12} {'ratio':>6}")
-    for log_every, ours, limit in results:
-        print(f"{'every step' if log_every else 'off':>12} {ours:12.1f} {limit:12.1f} {ours / limit:6.3f}")
-    med = {le: statistics.median(o / lim for l2, o, lim in results if l2 == le) for le in (1, 0)}
-    print(f"median ratio: log on {med[1]:.3f}, log off {med[0]:.3f} (goal >= 0.95)")
+    if args.child:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        fn = {"bnlab": child_bnlab, "baseline": child_bnlab, "bare": child_bare,
+              "reference": child_reference}[args.child]
+        print(json.dumps(fn(args)))
+        return
+    kinds = ["bnlab", "bare"] + (["reference"] if args.reference else []) + (["baseline"] if args.baseline else [])
+    print(f"width {args.width}, batch {args.batch_size}, {args.images} images, {args.epochs} epochs, "
+          f"{args.threads} threads, device {args.device}, data {args.data_dir or 'synthetic'}", flush=True)
+    print(f"{'run':>10} {'img/s':>8} {'wall s':>7} {'user s':>7} {'sys s':>6} {'sys %':>6} {'test acc':>8}", flush=True)
+    results: dict[str, list[dict]] = {k: [] for k in kinds}
+    for _ in range(args.repeats):
+        for kind in kinds:
+            r = run_child(kind, args)
+            results[kind].append(r)
+            print(f"{kind:>10} {r['img_per_s']:8.1f} {r['wall']:7.1f} {r['user']:7.1f} {r['sys']:6.1f} "
+                  f"{100 * r['sys'] / r['wall']:6.1f} {r['test_acc']:8.4f}", flush=True)
+    pairs = list(zip(*(results[k] for k in kinds)))
+    ratio_bare = statistics.median(p[0]["img_per_s"] / p[1]["img_per_s"] for p in pairs)
+    line = f"median bnlab/bare {ratio_bare:.3f} (goal >= 0.95)"
+    if args.reference:
+        ratio_ref = statistics.median(p[0]["img_per_s"] / p[2]["img_per_s"] for p in pairs)
+        line += f", bnlab/reference {ratio_ref:.3f} (goal >= 1.2)"
+    if args.baseline:
+        ratio_base = statistics.median(p[0]["img_per_s"] / p[kinds.index("baseline")]["img_per_s"] for p in pairs)
+        line += f", bnlab/baseline {ratio_base:.3f}"
+    print(line)
 
 
 if __name__ == "__main__":

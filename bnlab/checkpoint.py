@@ -53,6 +53,16 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return path
 
 
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files of writes a kill interrupted (call only while owning the folder)."""
+    removed = []
+    for f in Path(folder).glob(".*.tmp"):
+        if f.is_file():
+            f.unlink()
+            removed.append(f)
+    return removed
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The raw checkpoint dict, after checking that it is a complete bnlab checkpoint."""
     path = Path(path)

@@ -1,54 +1,77 @@
-"""Minimal progress reporting for long work (training epochs, Lanczos iterations).
+"""Progress of long work (training epochs, HVPs, gradient batches, sweep points).
 
-A dependency-free stand-in for tqdm: on a TTY it redraws one line, elsewhere (CI,
-log files) it prints at most one line every `min_interval` seconds plus a final one.
+On a terminal: a tqdm bar with count, rate and ETA. Elsewhere (CI, log files, pipes): one line
+per stage when it ends, so logs stay readable. Nothing at all with quiet=True (`-q`).
+
+A postfix may be a callable: it is evaluated only when the bar redraws, so a training loop can
+show its loss without a device-to-host sync on every step.
 """
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
+
+from tqdm import tqdm
+
+Postfix = str | Callable[[], str] | None
 
 
 class Progress:
-    def __init__(self, total: int | None, desc: str = "", *, quiet: bool = False,
+    def __init__(self, total: int | None, desc: str = "", *, quiet: bool = False, unit: str = "it",
                  stream: TextIO | None = None, min_interval: float = 0.5) -> None:
         self.total = total
         self.desc = desc
+        self.unit = unit
         self.quiet = quiet
         self.stream = stream if stream is not None else sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.min_interval = min_interval if self.tty else max(min_interval, 10.0)
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.min_interval = min_interval
         self.n = 0
         self.t0 = time.perf_counter()
-        self._last = 0.0
+        self._last_postfix = -float("inf")
         self.postfix = ""
+        self._closed = False
+        self.bar = (tqdm(total=total, desc=desc, unit=unit, file=self.stream, mininterval=min_interval,
+                         dynamic_ncols=True, leave=True)
+                    if self.tty and not quiet else None)
 
-    def update(self, n: int = 1, postfix: str | None = None) -> None:
-        self.n += n
-        if postfix is not None:
-            self.postfix = postfix
+    def _set_postfix(self, postfix: Postfix, force: bool = False) -> None:
+        if postfix is None:
+            return
         now = time.perf_counter()
-        if now - self._last >= self.min_interval:
-            self._last = now
-            self._draw(final=False)
+        if callable(postfix):
+            if not force and now - self._last_postfix < self.min_interval:
+                return
+            postfix = postfix()
+        self._last_postfix = now
+        self.postfix = postfix
+        if self.bar is not None:
+            self.bar.set_postfix_str(postfix, refresh=False)
 
-    def close(self, postfix: str | None = None) -> None:
-        if postfix is not None:
-            self.postfix = postfix
-        self._draw(final=True)
+    def update(self, n: int = 1, postfix: Postfix = None) -> None:
+        self.n += n
+        self._set_postfix(postfix)
+        if self.bar is not None:
+            self.bar.update(n)
 
-    def _draw(self, final: bool) -> None:
+    def close(self, postfix: Postfix = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._set_postfix(postfix, force=True)
         if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.refresh()
+            self.bar.close()
             return
         elapsed = time.perf_counter() - self.t0
         count = f"{self.n}/{self.total}" if self.total else f"{self.n}"
-        line = f"{self.desc} {count} [{elapsed:.1f}s] {self.postfix}".strip()
-        if self.tty:
-            end = "\n" if final else ""
-            self.stream.write("\r\033[K" + line + end)
-        elif final or self.n:
-            self.stream.write(line + "\n")
+        rate = f", {self.n / elapsed:.3g} {self.unit}/s" if elapsed > 0 and self.n else ""
+        self.stream.write(f"{self.desc}: {count} {self.unit} in {elapsed:.1f}s{rate}"
+                          + (f" | {self.postfix}" if self.postfix else "") + "\n")
         self.stream.flush()
 
     def __enter__(self) -> Progress:

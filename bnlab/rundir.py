@@ -1,32 +1,144 @@
-"""Output directories: created up front, refused when they would silently lose results."""
+"""Output directories: one rule for every command that writes, and one writer at a time.
+
+The rule: everything is validated before this module is called; then the directory is created,
+locked, and (only if it holds files and --force was given) emptied. A directory that is not empty
+is refused without --force (or --resume where a command has it). If the command then fails, a
+directory this call created is removed again, so failed commands leave nothing behind.
+
+The lock is an OS-level lock (flock) on DIR/.bnlab.lock: the kernel releases it when the process
+dies, however it dies, so a killed run never leaves a stale lock; a second process that wants the
+same directory is refused with one line while the first one runs.
+"""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import BnlabError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, runs are not guarded
+    fcntl = None  # type: ignore[assignment]
 
-def prepare_out_dir(out: str | os.PathLike, *, force: bool = False, resumable: bool = False) -> Path:
-    """Create the output directory; refuse a non-empty one unless force, or an unwritable one.
+LOCK_NAME = ".bnlab.lock"
 
-    With force, an existing non-empty directory is emptied only after every check passed.
-    resumable: the command has --resume, so the refusal names it.
-    """
+
+def _is_empty(p: Path) -> bool:
+    return not any(c.name != LOCK_NAME for c in p.iterdir())
+
+
+def check_out_dir(out: str | os.PathLike, *, force: bool = False, resumable: bool = False) -> Path:
+    """Refuse (one line) an output path that cannot be used; touches nothing."""
     p = Path(out)
+    if p.is_symlink() and not p.exists():
+        raise BnlabError(f"output path {p} is a dangling symbolic link")
     if p.exists() and not p.is_dir():
         raise BnlabError(f"output path {p} exists and is not a directory")
-    if p.exists() and any(p.iterdir()) and not force:
-        raise BnlabError(f"output directory {p} is not empty; pass --force to overwrite"
-                         + (" or --resume to continue" if resumable else ""))
+    if p.exists():
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise BnlabError(f"output directory {p} is not writable")
+        if not _is_empty(p) and not force:
+            raise BnlabError(f"output directory {p} is not empty; pass --force to overwrite"
+                             + (" or --resume to continue" if resumable else ""))
+    else:
+        parent = next((a for a in p.absolute().parents if a.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise BnlabError(f"cannot create output directory {p} ({parent} is not a writable directory)")
+    return p
+
+
+@contextmanager
+def lock_dir(p: Path) -> Iterator[None]:
+    """Hold the directory's lock for the block; refuse if another process holds it."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(p / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise BnlabError(f"cannot lock {p} ({e.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise BnlabError(f"{p} is in use by another bnlab process (pid {holder}); wait for it or "
+                             "choose another directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _empty(p: Path) -> None:
+    for child in p.iterdir():
+        if child.name == LOCK_NAME:
+            continue
+        try:
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        except OSError as e:
+            raise BnlabError(f"cannot empty {p}: {child.name} ({e.strerror})") from None
+
+
+@contextmanager
+def claim_out_dir(out: str | os.PathLike, *, force: bool = False, resume: bool = False,
+                  resumable: bool = False) -> Iterator[Path]:
+    """Create, lock and (with force) empty the output directory for the block that writes it.
+
+    resume: the directory holds a run to continue (must exist; nothing is emptied).
+    resumable: the command has --resume, so a refusal names it.
+    """
+    p = Path(out)
+    if resume:
+        if not p.is_dir():
+            raise BnlabError(f"nothing to resume: {p} is not a directory")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise BnlabError(f"run directory {p} is not writable")
+        created = False
+    else:
+        check_out_dir(p, force=force, resumable=resumable)
+        created = not p.exists()
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BnlabError(f"cannot create output directory {p} ({e.strerror})") from None
+    ok = False
+    try:
+        with lock_dir(p):
+            if not resume:
+                if not _is_empty(p) and not force:  # filled since the check, by another process
+                    raise BnlabError(f"output directory {p} is not empty; pass --force to overwrite")
+                if force:
+                    _empty(p)
+            yield p
+            ok = True
+    finally:
+        if not ok and created and p.is_dir() and _is_empty(p):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def prepare_out_dir(out: str | os.PathLike, *, force: bool = False, resumable: bool = False) -> Path:
+    """Check, create and (with force) empty an output directory without holding a lock.
+
+    For writers that finish within one call and are not resumable; long-running writers use
+    `claim_out_dir`.
+    """
+    p = check_out_dir(out, force=force, resumable=resumable)
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BnlabError(f"cannot create output directory {p} ({e.strerror})") from None
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise BnlabError(f"output directory {p} is not writable")
     if force:
-        for child in p.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        _empty(p)
     return p

@@ -1,20 +1,24 @@
 """The trainer: DavidNet checkpoints in every variant, with a per-step dynamics log.
 
 `train(config, out_dir)` is the Python API; `bnlab train` is a thin CLI over it. A run directory
-holds config.json, status.json, metrics.csv, dynamics.csv (see `bnlab.tracking`), last.pt (every
-epoch, for resuming), ckpt_epoch_NNN.pt (every --save-every epochs) and final.pt.
+holds config.json, status.json, metrics.csv, dynamics.csv (see `bnlab.dynamics.log`), last.pt
+(every epoch, for resuming), ckpt_epoch_NNN.pt (every --save-every epochs) and final.pt.
 
 Reproducibility: the model is initialised from the seed; data order and augmentation depend only
 on (seed, epoch) (`bnlab.data.train_batches`), and checkpoints are taken at epoch boundaries, so
 a resumed run on CPU ends bit-identical to an uninterrupted one.
 
-Divergence (a non-finite loss or gradient) is a result: training stops before the bad update, the
-last finite weights are saved as final.pt with status "diverged" and the step/lr recorded.
+Crash safety: at the end of an epoch the files it promises are written first (ckpt_epoch_NNN.pt,
+final.pt) and last.pt last; last.pt is the commit point. A run killed anywhere resumes from the
+last committed epoch and redoes (bit-identically) whatever had not been committed.
+
+Divergence (a non-finite loss, gradient or BN buffer) is a result: training stops before the bad
+update, the last finite state (weights and buffers) is saved as final.pt with status "diverged" and
+the step/lr recorded.
 """
 from __future__ import annotations
 
 import csv
-import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -25,20 +29,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import read_checkpoint, save_checkpoint
+from .checkpoint import read_checkpoint, remove_stale_temp_files, save_checkpoint
 from .config import TrainConfig
 from .data import Data, eval_batches, load_data, train_batches
 from .device import resolve_device
+from .dynamics.log import truncate_csv
+from .dynamics.tracker import DynamicsTracker
 from .errors import BnlabError
+from .io.jsonfile import write_json
 from .models import build_model
 from .norms import calibrate_frozen_norms
 from .progress import Progress
-from .rundir import prepare_out_dir
+from .rundir import claim_out_dir
+from .runtime import runtime_info, tune_allocator
 from .schedule import lr_at
-from .tracking import DynamicsTracker, truncate_csv
 
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
                   "train_time", "eval_time", "img_per_s")
+DYNAMICS_FLUSH_SECONDS = 20.0  # the dynamics log reaches disk at least this often during an epoch
 
 
 @dataclass
@@ -66,10 +74,8 @@ def evaluate(model: nn.Module, data: Data, config: TrainConfig, device: torch.de
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     for x, y in eval_batches(data.test_x, data.test_y, batch_size, data):
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(config, device):
-            out = model(x).float()
+            out = model(x.contiguous(memory_format=torch.channels_last)).float()
         loss_sum += F.cross_entropy(out, y, reduction="sum", label_smoothing=config.label_smoothing)
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
@@ -77,7 +83,8 @@ def evaluate(model: nn.Module, data: Data, config: TrainConfig, device: torch.de
     return loss_sum.item() / n, correct.item() / n
 
 
-def _init_model(config: TrainConfig, data: Data, device: torch.device) -> nn.Module:
+def init_model(config: TrainConfig, data: Data, device: torch.device) -> nn.Module:
+    """The run's model at initialisation (seeded; frozen norms calibrated), channels_last on `device`."""
     torch.manual_seed(config.seed)
     model = build_model(config.model).to(device)
     if config.model.norm == "frozen":
@@ -87,17 +94,11 @@ def _init_model(config: TrainConfig, data: Data, device: torch.device) -> nn.Mod
         idx = torch.randperm(len(data.train_y), generator=g, device=data.device)[:n]
         x, _ = next(eval_batches(data.train_x[idx], data.train_y[idx], n, data))
         calibrate_frozen_norms(model, x)
-    return model
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    tmp.replace(path)
+    return model.to(memory_format=torch.channels_last)
 
 
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, METRIC_COLUMNS)
         w.writeheader()
@@ -112,7 +113,44 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def train(config: TrainConfig, out_dir: str | Path, *, device: str | torch.device = "auto",
+@dataclass
+class _Run:
+    """Everything one training run holds while it runs."""
+
+    config: TrainConfig
+    out: Path
+    device: torch.device
+    data: Data
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    steps_per_epoch: int
+    quiet: bool
+    tracker: DynamicsTracker | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    runtime: dict[str, Any] = field(default_factory=dict)
+
+    def snapshot(self, status: str, diverged: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "seed": self.config.seed, "device": str(self.device),
+                "runtime": self.runtime, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "rng": _rng_state(), "epoch": self.epoch, "step": self.step, "metrics": self.metrics,
+                "status": status, "diverged": diverged}
+
+    def write_status(self, status: str, diverged: dict[str, Any] | None = None) -> None:
+        record: dict[str, Any] = {"status": status, "epoch": self.epoch, "step": self.step,
+                                  "total_train_time": sum(m["train_time"] for m in self.metrics),
+                                  "total_eval_time": sum(m["eval_time"] for m in self.metrics)}
+        if diverged is not None:
+            record["diverged"] = diverged
+        write_json(self.out / "status.json", record)
+
+    def flush_dynamics(self) -> None:
+        if self.tracker is not None:
+            self.tracker.flush(self.out / "dynamics.csv", self.out / "dynamics_channels.csv")
+
+
+def train(config: TrainConfig | None, out_dir: str | Path, *, device: str | torch.device = "auto",
           resume: bool = False, force: bool = False, quiet: bool = False,
           stop_after_epoch: int | None = None, data: Data | None = None) -> RunResult:
     """Train `config` into run directory `out_dir` (or continue it with resume=True).
@@ -121,129 +159,188 @@ def train(config: TrainConfig, out_dir: str | Path, *, device: str | torch.devic
     ignored then and may be None). stop_after_epoch: return after that epoch as if interrupted
     (the run stays resumable). data: preloaded data to reuse (must match config.data).
     """
+    tune_allocator()
     out = Path(out_dir)
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
-    payload = None
-    if resume:
-        last = out / "last.pt"
-        if not last.exists():
-            raise BnlabError(f"nothing to resume in {out}: no last.pt (start it without --resume)")
-        payload = read_checkpoint(last, map_location="cpu")
+    payload = _read_resume_point(out) if resume else None
+    if payload is not None:
         config = TrainConfig.from_dict(payload["config"])
-        if payload.get("status") == "diverged":
-            raise BnlabError(f"run {out} diverged at step {payload['diverged']['step']}; nothing to resume")
+    if config is None:
+        raise BnlabError("train() needs a config unless resume=True")
     config.validate()
     if data is None:
         data = load_data(config.data, dev, seed=config.seed)
-    if not resume:
-        prepare_out_dir(out, force=force, resumable=True)
-    model = _init_model(config, data, dev)
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=config.momentum, nesterov=config.nesterov,
-                          weight_decay=config.weight_decay)
     steps_per_epoch = len(data.train_y) // config.batch_size
     if steps_per_epoch == 0:
         raise BnlabError(f"batch size {config.batch_size} is larger than the training set ({len(data.train_y)})")
-    metrics: list[dict[str, Any]] = []
-    start_epoch, step = 0, 0
-    if payload is not None:
+    with claim_out_dir(out, force=force, resume=resume, resumable=True):
+        if resume:  # re-read under the lock: the state another process may have left is final now
+            payload = _read_resume_point(out)
+        run = _open_run(config, out, dev, data, steps_per_epoch, payload, quiet)
+        if payload is not None and payload.get("status") in ("finished", "diverged"):
+            return _complete_committed(run, payload)
+        return _train_epochs(run, stop_after_epoch)
+
+
+def _read_resume_point(out: Path) -> dict[str, Any]:
+    last = out / "last.pt"
+    if not last.exists():
+        raise BnlabError(f"nothing to resume in {out}: no last.pt (start it without --resume)")
+    payload = read_checkpoint(last, map_location="cpu")
+    for key in ("optimizer", "rng", "epoch", "step", "metrics"):
+        if key not in payload:
+            raise BnlabError(f"{last} is not a training checkpoint (no {key!r}: written by `bnlab freeze`?); "
+                             "nothing to resume")
+    return payload
+
+
+def _open_run(config: TrainConfig, out: Path, dev: torch.device, data: Data, steps_per_epoch: int,
+              payload: dict[str, Any] | None, quiet: bool) -> _Run:
+    model = init_model(config, data, dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=config.momentum, nesterov=config.nesterov,
+                          weight_decay=config.weight_decay)
+    run = _Run(config, out, dev, data, model, opt, steps_per_epoch, quiet, runtime=runtime_info(dev))
+    if payload is None:
+        write_json(out / "config.json", config.to_dict())
+        run.write_status("running")
+    else:
+        remove_stale_temp_files(out)
         model.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
         torch.set_rng_state(payload["rng"]["torch"])
-        start_epoch, step = payload["epoch"], payload["step"]
-        metrics = list(payload["metrics"])
-        if payload.get("status") == "finished" or start_epoch >= config.epochs:
-            return RunResult("finished", out, metrics[-1] if metrics else {})
+        run.epoch, run.step, run.metrics = payload["epoch"], payload["step"], list(payload["metrics"])
         for name in ("dynamics.csv", "dynamics_channels.csv"):
-            truncate_csv(out / name, step)
-    else:
-        (out / "config.json").write_text(config.to_json())
+            truncate_csv(out / name, run.step)
+    if config.log_every:
+        run.tracker = DynamicsTracker(model, channels=config.log_channels)
+    return run
 
-    tracker = DynamicsTracker(model, channels=config.log_channels) if config.log_every else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    base = {"config": config.to_dict(), "seed": config.seed, "device": str(dev)}
 
-    def snapshot(epoch: int, status: str, diverged: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {**base, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(),
-                "epoch": epoch, "step": step, "metrics": metrics, "status": status, "diverged": diverged}
+def _complete_committed(run: _Run, payload: dict[str, Any]) -> RunResult:
+    """A resumed run whose last.pt is final: write any promised file a kill left unwritten."""
+    status, diverged = payload["status"], payload.get("diverged")
+    if not (run.out / "final.pt").is_file():
+        save_checkpoint(run.out / "final.pt", {k: v for k, v in payload.items()
+                                               if k not in ("format", "format_version", "versions")})
+    e = run.epoch
+    if status == "finished" and run.config.save_every and e % run.config.save_every == 0:
+        if not (run.out / f"ckpt_epoch_{e:03d}.pt").is_file():
+            save_checkpoint(run.out / f"ckpt_epoch_{e:03d}.pt", run.snapshot(status))
+    _write_metrics(run.out / "metrics.csv", run.metrics)
+    run.write_status(status, diverged)
+    return RunResult(status, run.out, run.metrics[-1] if run.metrics else {}, diverged)
 
-    diverged = None
-    model.train()
-    for epoch in range(start_epoch, config.epochs):
-        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", quiet=quiet)
+
+def _train_epochs(run: _Run, stop_after_epoch: int | None) -> RunResult:
+    config = run.config
+    run.model.train()
+    row: dict[str, Any] = {}
+    while run.epoch < config.epochs:
+        epoch = run.epoch
+        bar = Progress(run.steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", quiet=run.quiet, unit="step")
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=dev)
-        correct = torch.zeros((), device=dev)
-        seen = 0
-        for x, y in train_batches(data, config.data, config.batch_size, config.seed, epoch):
-            frac = epoch + (step - epoch * steps_per_epoch + 1) / steps_per_epoch
-            lr = lr_at(config, frac)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            if dev.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(config, dev):
-                out_logits = model(x).float()
-            loss = F.cross_entropy(out_logits, y, label_smoothing=config.label_smoothing)
-            opt.zero_grad(set_to_none=False)
-            loss.backward()
-            gsum = torch.stack(torch._foreach_norm([p.grad for p in params])).sum()
-            if not bool(torch.isfinite(loss.detach() + gsum)):  # one host sync per step
-                diverged = {"step": step + 1, "epoch": frac, "lr": lr, "loss": float(loss.detach())}
-                break
-            log = tracker is not None and (step + 1) % config.log_every == 0
-            if log:
-                tracker.before_step()
-            opt.step()
-            step += 1
-            with torch.no_grad():
-                acc = (out_logits.argmax(1) == y).float().mean()
-                loss_sum += loss.detach() * len(y)
-                correct += acc * len(y)
-            seen += len(y)
-            if log:
-                tracker.after_step(step, frac, lr, loss, acc)
-            if not quiet:
-                dt = time.perf_counter() - t0
-                bar.update(1, f"loss {loss.item():.3f} acc {acc.item():.3f} {seen / dt:.0f} img/s lr {lr:.4g}")
+        stats, diverged = _train_one_epoch(run, epoch, bar)
         train_time = time.perf_counter() - t0
         bar.close()
         t1 = time.perf_counter()
-        test_loss, test_acc = evaluate(model, data, config, dev)
+        test_loss, test_acc = evaluate(run.model, run.data, config, run.device)
         eval_time = time.perf_counter() - t1
-        row = {"epoch": epoch + 1, "step": step, "lr": lr,
-               "train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
+        seen = max(stats["seen"], 1)
+        row = {"epoch": epoch + 1, "step": run.step, "lr": stats["lr"],
+               "train_loss": stats["loss_sum"] / seen, "train_acc": stats["correct"] / seen,
                "test_loss": test_loss, "test_acc": test_acc, "train_time": round(train_time, 3),
-               "eval_time": round(eval_time, 3), "img_per_s": round(seen / max(train_time, 1e-9), 1)}
-        metrics.append(row)
-        if tracker is not None:
-            tracker.flush(out / "dynamics.csv", out / "dynamics_channels.csv")
-        _write_metrics(out / "metrics.csv", metrics)
-        if not quiet:
+               "eval_time": round(eval_time, 3), "img_per_s": round(stats["seen"] / max(train_time, 1e-9), 1)}
+        run.metrics.append(row)
+        if not run.quiet:
             print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
                   f"test loss {test_loss:.4f} acc {test_acc:.4f} | {train_time:.1f}s train "
                   f"{eval_time:.1f}s eval", flush=True)
         if diverged is not None:
-            save_checkpoint(out / "final.pt", snapshot(epoch, "diverged", diverged))
-            save_checkpoint(out / "last.pt", snapshot(epoch, "diverged", diverged))
-            _write_json(out / "status.json", {"status": "diverged", "epoch": epoch, "step": step,
-                                               "diverged": diverged})
-            if not quiet:
-                print(f"diverged at step {diverged['step']} (epoch {diverged['epoch']:.2f}, lr {lr:.4g}): "
-                      "non-finite loss; last finite weights saved to final.pt", flush=True)
-            return RunResult("diverged", out, row, diverged)
-        status = "finished" if epoch + 1 == config.epochs else "running"
-        snap = snapshot(epoch + 1, status)
-        save_checkpoint(out / "last.pt", snap)
-        if config.save_every and (epoch + 1) % config.save_every == 0:
-            save_checkpoint(out / f"ckpt_epoch_{epoch + 1:03d}.pt", snap)
-        if status == "finished":
-            save_checkpoint(out / "final.pt", snap)
-        _write_json(out / "status.json", {"status": status, "epoch": epoch + 1, "step": step,
-                                           "total_train_time": sum(m["train_time"] for m in metrics),
-                                           "total_eval_time": sum(m["eval_time"] for m in metrics)})
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and status != "finished":
-            return RunResult("stopped", out, row)
-    return RunResult("finished", out, metrics[-1] if metrics else {})
+            _commit_epoch(run, "diverged", diverged)
+            if not run.quiet:
+                print(f"diverged at step {diverged['step']} (epoch {diverged['epoch']:.2f}, lr {diverged['lr']:.4g}):"
+                      f" {diverged['reason']}; last finite weights saved to final.pt", flush=True)
+            return RunResult("diverged", run.out, row, diverged)
+        run.epoch = epoch + 1
+        status = "finished" if run.epoch == config.epochs else "running"
+        _commit_epoch(run, status)
+        if stop_after_epoch is not None and run.epoch >= stop_after_epoch and status != "finished":
+            return RunResult("stopped", run.out, row)
+    return RunResult("finished", run.out, run.metrics[-1] if run.metrics else row)
 
+
+def _commit_epoch(run: _Run, status: str, diverged: dict[str, Any] | None = None) -> None:
+    """Write the epoch's files; last.pt goes last (the commit point a resume starts from)."""
+    run.flush_dynamics()
+    _write_metrics(run.out / "metrics.csv", run.metrics)
+    snap = run.snapshot(status, diverged)
+    if status == "running" or status == "finished":
+        if run.config.save_every and run.epoch % run.config.save_every == 0:
+            save_checkpoint(run.out / f"ckpt_epoch_{run.epoch:03d}.pt", snap)
+    if status in ("finished", "diverged"):
+        save_checkpoint(run.out / "final.pt", snap)
+    save_checkpoint(run.out / "last.pt", snap)
+    run.write_status(status, diverged)
+
+
+def _train_one_epoch(run: _Run, epoch: int, bar: Progress) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One epoch of SGD steps. Returns running totals and, if it diverged, where and why."""
+    config, model, opt, dev = run.config, run.model, run.opt, run.device
+    params = [p for p in model.parameters() if p.requires_grad]
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    # Buffers (BN running stats) change in the forward pass; keep the pre-step values so that a
+    # diverging step can be undone completely.
+    saved_buffers = [b.clone() for b in buffers]
+    loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+    correct = torch.zeros((), device=dev, dtype=torch.float64)
+    seen, lr, t_flush = 0, 0.0, time.perf_counter()
+    for i, (x, y) in enumerate(train_batches(run.data, config.data, config.batch_size, config.seed, epoch)):
+        frac = epoch + (i + 1) / run.steps_per_epoch  # the lr at the end of this step
+        lr = lr_at(config, frac)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if buffers:
+            torch._foreach_copy_(saved_buffers, buffers)
+        with _autocast(config, dev):
+            logits = model(x.contiguous(memory_format=torch.channels_last)).float()
+        loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        reason = _non_finite(loss, params, buffers)
+        if reason is not None:
+            if buffers:
+                torch._foreach_copy_(buffers, saved_buffers)
+            diverged = {"step": run.step + 1, "epoch": frac, "lr": lr, "loss": float(loss.detach()),
+                        "reason": reason}
+            return {"loss_sum": loss_sum.item(), "correct": correct.item(), "seen": seen, "lr": lr}, diverged
+        log = run.tracker is not None and (run.step + 1) % config.log_every == 0
+        if log:
+            run.tracker.before_step()
+        opt.step()
+        run.step += 1
+        with torch.no_grad():
+            acc = (logits.argmax(1) == y).float().mean()
+            loss_sum += loss.detach() * len(y)
+            correct += acc * len(y)
+        seen += len(y)
+        if log:
+            run.tracker.after_step(run.step, frac, lr, loss, acc)
+        if run.tracker is not None and time.perf_counter() - t_flush > DYNAMICS_FLUSH_SECONDS:
+            run.flush_dynamics()
+            t_flush = time.perf_counter()
+        # Called at once or never (only when the bar redraws), so binding the loop variables is fine.
+        bar.update(1, lambda: f"loss {loss.item():.3f} acc {acc.item():.3f} lr {lr:.4g}")  # noqa: B023
+    return {"loss_sum": loss_sum.item(), "correct": correct.item(), "seen": seen, "lr": lr}, None
+
+
+def _non_finite(loss: torch.Tensor, params: list[torch.Tensor], buffers: list[torch.Tensor]) -> str | None:
+    """Why this step must not be taken (non-finite loss, gradient or buffer), or None. One host sync."""
+    checks = [loss.detach().float().reshape(1),
+              torch.stack(torch._foreach_norm([p.grad for p in params])).sum().reshape(1)]
+    if buffers:
+        checks.append(torch.stack(torch._foreach_norm(buffers)).sum().reshape(1))
+    finite = torch.isfinite(torch.cat(checks)).tolist()
+    if all(finite):
+        return None
+    return ("non-finite loss" if not finite[0] else "non-finite gradient" if not finite[1]
+            else "non-finite BN statistics")

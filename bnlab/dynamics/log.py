@@ -17,10 +17,14 @@ import numpy as np
 from ..config import TrainConfig
 from ..errors import BnlabError
 
-NUMERIC = ("step", "epoch", "lr", "loss", "acc", "numel", "w_norm", "g_norm", "dw_norm", "rel_step",
-           "cos_wg", "angle", "channel")
+# The schema of the log files. The trainer writes them (`bnlab.dynamics.tracker`), everything else
+# reads them through `read_table`/`read_run`.
+COLUMNS = ("step", "epoch", "lr", "loss", "acc", "param", "numel", "w_norm", "g_norm", "dw_norm",
+           "rel_step", "cos_wg", "angle")
+CHANNEL_COLUMNS = ("step", "param", "channel", "w_norm", "g_norm", "dw_norm", "cos_wg", "angle")
+NUMERIC = tuple(c for c in COLUMNS + CHANNEL_COLUMNS if c != "param")
 REQUIRED = ("step", "lr", "param", "w_norm", "g_norm", "dw_norm", "rel_step", "cos_wg", "angle")
-REQUIRED_CHANNELS = ("step", "param", "channel", "w_norm", "g_norm", "dw_norm", "cos_wg", "angle")
+REQUIRED_CHANNELS = CHANNEL_COLUMNS
 
 
 @dataclass
@@ -148,3 +152,42 @@ def read_run(run_dir: str | Path, channels: bool = False) -> RunLog:
                              "analysis")
         chan = read_table(cpath, REQUIRED_CHANNELS)
     return RunLog(run_dir=run_dir, config=config, dynamics=table, channels=chan, status=read_status(run_dir))
+
+
+class append_rows:
+    """Context manager: a csv writer appending to a log file, writing the header if the file is new."""
+
+    def __init__(self, path: Path, header: tuple[str, ...]) -> None:
+        self.path, self.header = path, header
+
+    def __enter__(self) -> csv._writer:  # type: ignore[name-defined]
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self.f = open(self.path, "a", newline="")
+        w = csv.writer(self.f)
+        if new:
+            w.writerow(self.header)
+        return w
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.flush()
+        self.f.close()
+
+
+def truncate_csv(path: Path, max_step: int) -> None:
+    """Drop rows with step > max_step (and any partial last line): used when resuming a run."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        lines = f.read().splitlines(keepends=True)
+    if not lines:
+        return
+    keep = [lines[0]]
+    for line in lines[1:]:
+        if not line.endswith("\n"):
+            break
+        step = line.split(",", 1)[0]
+        if step.isdigit() and int(step) <= max_step:
+            keep.append(line)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(keep))
+    tmp.replace(path)

@@ -16,7 +16,7 @@ from bnlab.cli import main
 from bnlab.config import make_config
 from bnlab.models import build_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--width", "2", "--dataset", "synthetic", "--subset", "160", "--test-subset", "40",
         "--batch-size", "32", "--epochs", "2", "--lr-schedule", "const", "-q"]
 

@@ -2,23 +2,20 @@
 
 For each logged step and parameter tensor: ‖w‖ after the step, ‖g‖ (loss gradient, no weight
 decay), ‖Δw‖, ‖Δw‖/‖w_before‖, cos(w_before, g) and the angle between w_before and w_after.
-Values stay on the device until `flush` (once per epoch), so logging every step costs a few
-small reductions and no host syncs.
+Values stay on the device until `flush` (every ~20 s and at each epoch end), so logging every step
+costs a few small reductions and no host syncs.
 
 The angle is computed without cancellation: with a = w_after, b = w_before, Δ = a - b,
 r = 1/‖a‖ - 1/‖b‖, ‖â - b̂‖² = ‖Δ‖²/‖a‖² + 2r(Δ·b)/‖a‖ + r²‖b‖², angle = 2 asin(‖â - b̂‖/2).
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import torch
 from torch import nn
 
-COLUMNS = ("step", "epoch", "lr", "loss", "acc", "param", "numel", "w_norm", "g_norm", "dw_norm",
-           "rel_step", "cos_wg", "angle")
-CHANNEL_COLUMNS = ("step", "param", "channel", "w_norm", "g_norm", "dw_norm", "cos_wg", "angle")
+from .log import CHANNEL_COLUMNS, COLUMNS, append_rows
 
 
 def _angle(dw2: torch.Tensor, dwb: torch.Tensor, na: torch.Tensor, nb: torch.Tensor) -> torch.Tensor:
@@ -92,55 +89,16 @@ class DynamicsTracker:
             losses = torch.stack(losses).cpu().tolist()
             accs = torch.stack(accs).cpu().tolist()
             stats = torch.stack(stats).cpu().tolist()
-            with _append(path, COLUMNS) as w:
+            with append_rows(path, COLUMNS) as w:
                 for s, e, lr, lo, ac, st in zip(steps, epochs, lrs, losses, accs, stats):
                     for name, n, vals in zip(self.names, self.numel, st):
                         w.writerow([s, f"{e:.6g}", f"{lr:.8g}", f"{lo:.6g}", f"{ac:.6g}", name, n,
                                     *(f"{v:.8g}" for v in vals)])
         if self.ch_rows and channel_path is not None:
-            with _append(channel_path, CHANNEL_COLUMNS) as w:
+            with append_rows(channel_path, CHANNEL_COLUMNS) as w:
                 for s, per_param in self.ch_rows:
                     for i, t in zip(self.ch_idx, per_param):
                         for c, vals in enumerate(t.cpu().tolist()):
                             w.writerow([s, self.names[i], c, *(f"{v:.8g}" for v in vals)])
         self.rows.clear()
         self.ch_rows.clear()
-
-
-class _append:
-    """Context manager: a csv writer appending to path, writing the header if the file is new."""
-
-    def __init__(self, path: Path, header: tuple[str, ...]) -> None:
-        self.path, self.header = path, header
-
-    def __enter__(self) -> csv._writer:  # type: ignore[name-defined]
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        self.f = open(self.path, "a", newline="")
-        w = csv.writer(self.f)
-        if new:
-            w.writerow(self.header)
-        return w
-
-    def __exit__(self, *exc: object) -> None:
-        self.f.flush()
-        self.f.close()
-
-
-def truncate_csv(path: Path, max_step: int) -> None:
-    """Drop rows with step > max_step (and any partial last line): used when resuming a run."""
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        lines = f.read().splitlines(keepends=True)
-    if not lines:
-        return
-    keep = [lines[0]]
-    for line in lines[1:]:
-        if not line.endswith("\n"):
-            break
-        step = line.split(",", 1)[0]
-        if step.isdigit() and int(step) <= max_step:
-            keep.append(line)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(keep))
-    tmp.replace(path)

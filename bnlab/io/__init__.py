@@ -1,0 +1,1 @@
+"""File formats: one module owns each (reader and writer), every write atomic."""
