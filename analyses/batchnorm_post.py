@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The batch-norm post's three-model comparison (NOTES §2), measured with `bnlab outstats`.
+"""The batch-norm post's three-model comparison (docs/background.md, "The batch-norm post"), measured with `bnlab outstats`.
 
 Pipeline (finished steps are reused):
 1. train the simple net with Softplus(β=10) and BN (gamma=1, beta=0 frozen), max lr 5.0, and without
@@ -33,7 +33,7 @@ from bnlab.freeze import freeze_checkpoint
 from bnlab.outstats import OutstatsOptions, compute_outstats
 from bnlab.train import train
 
-# NOTES §2, batch-summed loss units (batch 256) for eigenvalues.
+# The post's numbers (docs/background.md), batch-summed loss units (batch 256) for eigenvalues.
 POST = {
     "bn": {"sq_prep": 0.0056, "sq_last_conv": 0.316, "sq_classifier": 2.30, "top_eig": 127.9, "projected": 115.4,
            "overlap_means": None, "overlap_full": None, "acc": "85.8 / 80.7"},

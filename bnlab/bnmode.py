@@ -1,7 +1,7 @@
 """Explicit choice of which statistics BN layers use while a model is analysed.
 
 The Hessian of a BN network differs by orders of magnitude between batch statistics (as in
-training) and running statistics (eval) on the same weights (NOTES §4), so every analysis names
+training) and running statistics (eval) on the same weights (docs/background.md, "Curvature"), so every analysis names
 its mode, and nothing it computes may change the model. `bn_mode` guarantees both:
 
 - ``"batch"``: BN layers normalise with each batch's statistics, and their running buffers are

@@ -6,6 +6,7 @@ import hashlib
 import os
 import pickle
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,14 @@ class Checkpoint:
         return has_batch_stats(self.model)
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write payload (already holding model/config/...) to path atomically: tmp file + rename."""
-    path = Path(path)
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
-               "versions": {"bnlab": __version__, "torch": str(torch.__version__)}, **payload}
+def atomic_torch_save(obj: Any, path: Path) -> Path:
+    """torch.save to a temp file beside `path`, fsync, rename: readers never see half a file."""
+    if path.is_dir():
+        raise BnlabError(f"{path} is a directory; name a file to write")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -51,6 +51,13 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write payload (already holding model/config/...) to path atomically: tmp file + rename."""
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
+               "versions": {"bnlab": __version__, "torch": str(torch.__version__)}, **payload}
+    return atomic_torch_save(payload, Path(path))
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
@@ -69,7 +76,9 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise BnlabError(f"no checkpoint at {path}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about legacy/foreign formats: our error says it all
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise BnlabError(f"{path} is not a bnlab checkpoint (holds objects beyond tensors and plain "
                          "containers; foreign file?)") from None
@@ -84,7 +93,29 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     for key in ("config", "model"):
         if key not in payload:
             raise BnlabError(f"{path} is an incomplete bnlab checkpoint (no {key!r})")
+    bad = _malformed(payload)
+    if bad:
+        raise BnlabError(f"{path} is a malformed bnlab checkpoint ({bad})")
     return payload
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "config": (dict,), "model": (dict,), "optimizer": (dict,), "rng": (dict,), "epoch": (int,), "step": (int,),
+    "metrics": (list,), "status": (str,), "diverged": (dict, type(None)), "frozen": (dict, type(None)),
+    "versions": (dict,), "runtime": (dict,), "seed": (int,), "device": (str,),
+}
+
+
+def _malformed(payload: dict[str, Any]) -> str | None:
+    """What is wrong with the fields of a checkpoint that claims to be bnlab's, or None."""
+    for key, types in _FIELD_TYPES.items():
+        if key in payload and not isinstance(payload[key], types):
+            return f"field {key!r} is a {type(payload[key]).__name__}"
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload["model"].items()):
+        return "its model weights are not a name -> tensor mapping"
+    if "metrics" in payload and not all(isinstance(m, dict) for m in payload["metrics"]):
+        return "its metrics are not a list of records"
+    return None
 
 
 def model_from_payload(payload: dict[str, Any], path: Path) -> tuple[nn.Module, TrainConfig]:

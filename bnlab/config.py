@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import validate as check
 from .errors import BnlabError
 from .models import ModelSpec
 
@@ -37,12 +38,13 @@ class DataSpec:
         if self.dataset not in DATASETS:
             raise BnlabError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         for name in ("subset", "test_subset"):
-            n = getattr(self, name)
+            n = check.optional_integer(f"--{name.replace('_', '-')}", getattr(self, name))
             if n is not None and (n < 10 or n % 10):
                 raise BnlabError(f"--{name.replace('_', '-')} must be a positive multiple of 10 "
                                  f"(class-balanced), got {n}")
-        if not 0 <= self.cutout <= 32:
-            raise BnlabError(f"--cutout must be between 0 and 32 pixels, got {self.cutout}")
+        check.integer("--cutout", self.cutout, 0, 32)
+        check.integer("synthetic_train", self.synthetic_train, 10)
+        check.integer("synthetic_test", self.synthetic_test, 10)
 
 
 @dataclass(frozen=True)
@@ -81,32 +83,33 @@ class TrainConfig:
                              f"but norm {self.model.norm!r} was asked for; drop one of the two")
         self.model.validate()
         self.data.validate()
-        if self.epochs < 1:
-            raise BnlabError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise BnlabError(f"--batch-size must be at least 1, got {self.batch_size}")
+        check.integer("--epochs", self.epochs, 1)
+        check.integer("--batch-size", self.batch_size, 1)
+        check.integer("--seed", self.seed, 0)
         if self.model.norm == "ghost" and self.batch_size % self.model.ghost_splits:
             raise BnlabError(f"ghost BN with {self.model.ghost_splits} splits needs a batch size divisible "
                              f"by it, got {self.batch_size}")
         if self.lr_schedule not in SCHEDULES:
             raise BnlabError(f"unknown lr schedule {self.lr_schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        if self.lr <= 0:
-            raise BnlabError(f"--lr must be positive, got {self.lr}")
+        check.positive("--lr", self.lr)
+        if self.lr_knots is not None:
+            check.all_finite("--lr-knots", self.lr_knots)
+        if self.lr_mults is not None:
+            check.all_finite("--lr-mults", self.lr_mults, minimum=0.0)
         knots, mults = self.knots()
         if len(knots) != len(mults) or len(knots) < 2:
             raise BnlabError("--lr-knots and --lr-mults need the same number (>= 2) of values")
         if any(b <= a for a, b in zip(knots, knots[1:])):
             raise BnlabError(f"--lr-knots must increase strictly, got {list(knots)}")
-        if not 0 <= self.momentum < 1:
-            raise BnlabError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.lr_schedule == "piecewise" and max(mults) == 0:
+            raise BnlabError("--lr-mults are all zero: the lr would be 0 throughout")
+        check.in_range("--momentum", self.momentum, 0.0, 1.0, high_open=True)
         if self.nesterov and self.momentum == 0:
             raise BnlabError("Nesterov needs momentum > 0; pass --no-nesterov for plain SGD")
-        if self.weight_decay < 0:
-            raise BnlabError(f"--wd must be non-negative, got {self.weight_decay}")
-        if not 0 <= self.label_smoothing < 1:
-            raise BnlabError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.log_every < 0 or self.save_every < 0:
-            raise BnlabError("--log-every and --save-every must be non-negative")
+        check.non_negative("--wd", self.weight_decay)
+        check.in_range("--label-smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
+        check.integer("--log-every", self.log_every, 0)
+        check.integer("--save-every", self.save_every, 0)
         if self.amp not in ("auto", "off", "bf16"):
             raise BnlabError(f"--amp must be auto, off or bf16, got {self.amp!r}")
 
@@ -118,20 +121,58 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The config stored in a config.json or checkpoint; fields of the wrong type are refused."""
+        if not isinstance(d, dict):
+            raise BnlabError(f"not a bnlab run configuration (a {type(d).__name__}, not an object)")
         d = dict(d)
-        try:
-            d["model"] = ModelSpec(**d.get("model", {}))
-            d["data"] = DataSpec(**d.get("data", {}))
-            for k in ("lr_knots", "lr_mults"):
-                if d.get(k) is not None:
-                    d[k] = tuple(d[k])
-            known = {f.name for f in dataclasses.fields(cls)}
-            return cls(**{k: v for k, v in d.items() if k in known})
-        except TypeError as e:
-            raise BnlabError(f"not a bnlab run configuration ({e})") from None
+        for key, spec in (("model", ModelSpec), ("data", DataSpec)):
+            sub = d.get(key, {})
+            if not isinstance(sub, (dict, spec)):
+                raise BnlabError(f"not a bnlab run configuration ({key}: expected an object)")
+            d[key] = sub if isinstance(sub, spec) else spec(**_typed(spec, sub))
+        for k in ("lr_knots", "lr_mults"):
+            if isinstance(d.get(k), list):
+                d[k] = tuple(d[k])
+        return cls(**_typed(cls, d))
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _type_ok(value: Any, hint: str) -> bool:
+    """Does a JSON-loaded value fit a dataclass field's annotation (as written in this module)?"""
+    options = [h.strip() for h in hint.split("|")]
+    for h in options:
+        if h == "None" and value is None:
+            return True
+        if h == "bool" and isinstance(value, bool):
+            return True
+        if h == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if h == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if h == "str" and isinstance(value, str):
+            return True
+        if h.startswith("tuple") and isinstance(value, (tuple, list)) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return True
+    return False
+
+
+def _typed(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """The known fields of d, each checked against cls's annotation (unknown keys are dropped)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d or f.name in ("model", "data"):
+            if f.name in ("model", "data") and f.name in d:
+                out[f.name] = d[f.name]
+            continue
+        value = d[f.name]
+        if not _type_ok(value, str(f.type)):
+            raise BnlabError(f"not a valid bnlab run configuration (field {f.name}: expected {f.type}, "
+                             f"got {value!r})")
+        out[f.name] = float(value) if str(f.type).startswith("float") and isinstance(value, int) else value
+    return out
 
 
 def make_config(variant: str | None = None, **options: Any) -> TrainConfig:

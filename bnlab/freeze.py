@@ -3,12 +3,14 @@ in eval mode, after its running statistics were refreshed over one pass of the t
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from . import validate as check
 from .checkpoint import Checkpoint, file_hash, load_checkpoint, save_checkpoint
 from .data import Data, eval_batches, load_data
 from .errors import BnlabError
@@ -60,10 +62,16 @@ def freeze_checkpoint(path: str | Path, out: str | Path, *, data_dir: str | None
                       force: bool = False) -> dict[str, Any]:
     """Write the frozen-BN version of checkpoint `path` to `out`; returns its summary."""
     out = Path(out)
+    if out.is_dir():
+        raise BnlabError(f"{out} is a directory; -o names the checkpoint file to write")
     if out.exists() and not force:
         raise BnlabError(f"{out} exists; pass --force to overwrite it")
-    if not out.parent.exists():
+    if not out.parent.is_dir():
         raise BnlabError(f"directory {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise BnlabError(f"directory {out.parent} is not writable")
+    if batch_size is not None:
+        check.integer("--batch-size", batch_size, 2)
     ckpt = load_checkpoint(path, device=device)
     if not ckpt.has_batch_stats:
         raise BnlabError(f"{path} has no batch-norm layers (variant {ckpt.config.variant}); nothing to freeze")

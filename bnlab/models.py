@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import validate as check
 from .errors import BnlabError
 from .norms import make_norm
 
@@ -46,12 +47,15 @@ class ModelSpec:
             raise BnlabError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if self.act not in ACTS:
             raise BnlabError(f"unknown activation {self.act!r}; choose one of {', '.join(ACTS)}")
-        if self.width < 1:
-            raise BnlabError(f"width must be a positive integer, got {self.width}")
+        check.integer("--width", self.width, 1)
+        check.integer("--ghost-splits", self.ghost_splits, 1)
+        check.integer("num_classes", self.num_classes, 2)
         if self.act == "relu" and self.act_param is not None:
             raise BnlabError("relu takes no --act-param (it is celu's alpha / softplus's beta)")
-        if self.act_param is not None and self.act_param <= 0:
-            raise BnlabError(f"--act-param must be positive, got {self.act_param}")
+        if self.act_param is not None:
+            check.positive("--act-param", self.act_param)
+        if self.classifier_scale is not None:
+            check.positive("--classifier-scale", self.classifier_scale)
         make_norm(self.norm, 1, affine=self.affine, ghost_splits=self.ghost_splits)  # validates norm
 
 

@@ -52,6 +52,10 @@ class Progress:
 
     def update(self, n: int = 1, postfix: Postfix = None) -> None:
         self.n += n
+        if self.total is not None and self.n > self.total:  # an estimated total was too low
+            self.total = self.n
+            if self.bar is not None:
+                self.bar.total = self.n
         self._set_postfix(postfix)
         if self.bar is not None:
             self.bar.update(n)

@@ -58,3 +58,23 @@ def runtime_info(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
     return info
+
+
+def exit_with_parent(poll_seconds: float = 1.0) -> None:
+    """In a worker process: exit as soon as the process that started it is gone.
+
+    A daemon thread polls the parent pid; when the parent dies (killed, crashed) the worker is
+    re-parented and exits at once, instead of training on for minutes as an orphan.
+    """
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="bnlab-exit-with-parent", daemon=True).start()

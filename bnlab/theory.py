@@ -1,4 +1,6 @@
-"""Spherical-motion theory of scale-invariant weights under SGD + weight decay (NOTES §3).
+"""Spherical-motion theory of scale-invariant weights under SGD + weight decay.
+
+See docs/background.md ("The weight-decay post") for where it comes from.
 
 Setting: a weight tensor w followed by BN, so the loss is invariant to its scale. Then (Euler)
 the loss gradient g is orthogonal to w and ``||g|| = sqrt(L) / ||w||`` with ``L = E ||g||^2 ||w||^2``

@@ -36,7 +36,7 @@ from .device import resolve_device
 from .dynamics.log import truncate_csv
 from .dynamics.tracker import DynamicsTracker
 from .errors import BnlabError
-from .io.jsonfile import write_json
+from .io.jsonfile import read_json, write_json
 from .models import build_model
 from .norms import calibrate_frozen_norms
 from .progress import Progress
@@ -162,9 +162,9 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, device: str | torc
     tune_allocator()
     out = Path(out_dir)
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
-    payload = _read_resume_point(out) if resume else None
-    if payload is not None:
-        config = TrainConfig.from_dict(payload["config"])
+    payload = None
+    if resume:
+        config, payload = _resume_point(out)
     if config is None:
         raise BnlabError("train() needs a config unless resume=True")
     config.validate()
@@ -175,23 +175,26 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, device: str | torc
         raise BnlabError(f"batch size {config.batch_size} is larger than the training set ({len(data.train_y)})")
     with claim_out_dir(out, force=force, resume=resume, resumable=True):
         if resume:  # re-read under the lock: the state another process may have left is final now
-            payload = _read_resume_point(out)
+            config, payload = _resume_point(out)
         run = _open_run(config, out, dev, data, steps_per_epoch, payload, quiet)
         if payload is not None and payload.get("status") in ("finished", "diverged"):
             return _complete_committed(run, payload)
         return _train_epochs(run, stop_after_epoch)
 
 
-def _read_resume_point(out: Path) -> dict[str, Any]:
+def _resume_point(out: Path) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The run's config and its last committed state (None: killed before its first epoch ended)."""
     last = out / "last.pt"
     if not last.exists():
+        if (out / "config.json").is_file():  # nothing committed yet: start again, same config
+            return TrainConfig.from_dict(read_json(out / "config.json", "run config")), None
         raise BnlabError(f"nothing to resume in {out}: no last.pt (start it without --resume)")
     payload = read_checkpoint(last, map_location="cpu")
     for key in ("optimizer", "rng", "epoch", "step", "metrics"):
         if key not in payload:
             raise BnlabError(f"{last} is not a training checkpoint (no {key!r}: written by `bnlab freeze`?); "
                              "nothing to resume")
-    return payload
+    return TrainConfig.from_dict(payload["config"]), payload
 
 
 def _open_run(config: TrainConfig, out: Path, dev: torch.device, data: Data, steps_per_epoch: int,
@@ -200,11 +203,13 @@ def _open_run(config: TrainConfig, out: Path, dev: torch.device, data: Data, ste
     opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=config.momentum, nesterov=config.nesterov,
                           weight_decay=config.weight_decay)
     run = _Run(config, out, dev, data, model, opt, steps_per_epoch, quiet, runtime=runtime_info(dev))
+    remove_stale_temp_files(out)  # of writes a kill interrupted; we own the folder now
     if payload is None:
+        for name in ("dynamics.csv", "dynamics_channels.csv", "metrics.csv"):  # a restart from scratch
+            (out / name).unlink(missing_ok=True)
         write_json(out / "config.json", config.to_dict())
         run.write_status("running")
     else:
-        remove_stale_temp_files(out)
         model.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
         torch.set_rng_state(payload["rng"]["torch"])

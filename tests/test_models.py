@@ -10,12 +10,12 @@ from bnlab.norms import FrozenNorm, GhostBatchNorm
 
 
 def test_davidnet_parameter_count_matches_the_published_net():
-    # NOTES §1: ~6.57M; exact count of convs (no bias) + BN affine + linear 512x10.
+    # Page's net: ~6.57M (docs/background.md); exact count of convs (no bias) + BN affine + linear 512x10.
     assert count_parameters(davidnet()) == 6_573_120
 
 
 def test_simple_net_parameter_count_matches_the_post():
-    # NOTES §2: ~4.65M, BN affine frozen so only conv weights are parameters.
+    # The batch-norm post's net: ~4.65M, BN affine frozen so only conv weights are parameters.
     assert count_parameters(simple_net()) == 4_651_712
 
 

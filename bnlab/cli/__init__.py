@@ -22,6 +22,9 @@ class BnlabGroup(click.Group):
             rv = super().main(args, prog_name or "bnlab", standalone_mode=False, **extra)  # type: ignore[arg-type]
         except BnlabError as e:
             _fail(str(e))
+        except OSError as e:  # the file system said no (permissions, full disk, a path that is a file, ...)
+            where = f"{e.filename}: " if e.filename else ""
+            _fail(f"cannot write or read {where}{e.strerror or e}")
         except click.UsageError as e:
             _fail(f"{e.format_message()} (see --help)")
         except click.ClickException as e:

@@ -1,16 +1,73 @@
-"""Options and helpers shared by several subcommands."""
+"""Options and helpers shared by the subcommands, built from the package's constants.
+
+Every command that writes results follows one sequence (see `analysis_run`): validate every option,
+load the checkpoint and the data (all refusals happen here), then claim the output directory
+(create, lock, empty with --force) and compute into it.
+"""
 from __future__ import annotations
 
-import click
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import click
+import torch
+
+from ..bnmode import BN_MODES
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..context import DEFAULT_BATCH_SIZE, DEFAULT_NUM_SAMPLES, DTYPES, EvalSpec
+from ..curvature.hessian import DEFAULT_TOL
+from ..curvature.operator import LOSS_SCALES
+from ..device import resolve_device
 from ..errors import BnlabError
-from ..rundir import prepare_out_dir  # noqa: F401  (re-exported for subcommands)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 device_option = click.option("--device", default="auto", show_default=True,
                              help="cpu, cuda, cuda:N or auto (cuda if available).")
 data_dir_option = click.option("--data-dir", type=click.Path(), default=None,
                                help="CIFAR-10 folder or tarball; default: as the checkpoint's run found it.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+force_option = click.option("--force", is_flag=True, help="Empty a non-empty output directory first.")
+tol_option = click.option("--tol", type=float, default=DEFAULT_TOL, show_default=True,
+                          help="Eigenpairs converged when ‖Hv−λv‖ ≤ tol·|λ|.")
+loss_scale_option = click.option("--loss-scale", type=click.Choice(LOSS_SCALES), default="mean", show_default=True,
+                                 help="Hessian units: mean loss over the set, or loss summed over a batch "
+                                      "(batch-size x mean; the batch-norm post's units).")
+
+
+def out_option(help_text: str = "Output directory (created; refused if not empty unless --force).") -> Callable[[F], F]:
+    return click.option("--out", "-o", "out", type=click.Path(), required=True, help=help_text)
+
+
+def eval_options(f: F) -> F:
+    """The fixed evaluation set of an analysis (`bnlab.context.EvalSpec`)."""
+    for opt in reversed([
+        click.option("--num-samples", type=int, default=DEFAULT_NUM_SAMPLES, show_default=True,
+                     help="Size of the fixed class-balanced evaluation set drawn from the training data."),
+        click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True,
+                     help="Fixed batches of the evaluation set (the last one smaller if it does not divide)."),
+        click.option("--bn-mode", type=click.Choice(BN_MODES), default=None,
+                     help="BN statistics: batch (as in training; default for BN models) or running (eval)."),
+        click.option("--eval-seed", type=int, default=0, show_default=True, help="Seed of the evaluation-set draw."),
+        click.option("--dtype", type=click.Choice(DTYPES), default=None,
+                     help="Compute dtype (default: the checkpoint's, float32)."),
+        data_dir_option,
+    ]):
+        f = opt(f)
+    return f
+
+
+def eval_spec(options: dict[str, Any]) -> EvalSpec:
+    """Pop the `eval_options` values out of a command's keyword arguments into an EvalSpec."""
+    return EvalSpec(num_samples=options.pop("num_samples"), batch_size=options.pop("batch_size"),
+                    bn_mode=options.pop("bn_mode"), eval_seed=options.pop("eval_seed"),
+                    dtype=options.pop("dtype"), data_dir=options.pop("data_dir"))
+
+
+def load_for_analysis(path: str, device: str) -> tuple[Checkpoint, torch.device]:
+    """The checkpoint, loaded once onto the resolved device (fails fast on foreign/truncated files)."""
+    dev = resolve_device(device)
+    return load_checkpoint(path, dev), dev
 
 
 def int_list(text: str | None, what: str) -> tuple[int, ...] | None:
@@ -21,3 +78,11 @@ def int_list(text: str | None, what: str) -> tuple[int, ...] | None:
         return tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
         raise BnlabError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def str_list(text: str | None) -> tuple[str, ...] | None:
+    """Comma-separated names (blank items ignored); None if not given."""
+    if not text:
+        return None
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    return items or None

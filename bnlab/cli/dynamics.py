@@ -1,12 +1,13 @@
 """`bnlab dynamics RUN_DIR`: per-layer angular updates and norms vs the weight-decay equilibrium."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from ..dynamics import analyse_run, format_table, write_report
+from ..dynamics import format_table
 from ..dynamics.invariance import DEFAULT_COS_TOL
+from ..dynamics.options import DynamicsOptions, run_dynamics
+from ..rundir import check_out_dir, claim_out_dir
+from .common import force_option, out_option
 
 
 @click.command("dynamics")
@@ -22,22 +23,25 @@ from ..dynamics.invariance import DEFAULT_COS_TOL
               help="Median |cos(w, g)| below which a tensor counts as scale-invariant (bf16 runs: ~2e-3).")
 @click.option("--checkpoint-check/--no-checkpoint-check", default=True, show_default=True,
               help="Also evaluate the Euler identity on the newest checkpoint (float64).")
-@click.option("--out", "out_dir", type=click.Path(), default=None,
-              help="Where to write the summary JSON and CSVs (default RUN_DIR/analysis/dynamics).")
+@out_option()
+@force_option
 @click.option("--quiet", "-q", is_flag=True, help="Do not print the table.")
 def command(run_dir: str, layers: tuple[str, ...], channels: bool, window: float, eq_tol: float, cos_tol: float,
-            checkpoint_check: bool, out_dir: str | None, quiet: bool) -> None:
+            checkpoint_check: bool, out: str, force: bool, quiet: bool) -> None:
     """Measured vs predicted equilibrium angle per layer of RUN_DIR (works while the run is still training).
 
     Writes dynamics_summary.json, dynamics_layers.csv (one row per parameter), dynamics_series.csv
     (per logged step: angle, smoothed angle, predicted equilibrium and lagged prediction, norms) and,
     with --channels, dynamics_channels_summary.csv.
     """
-    patterns = [p for item in layers for p in item.split(",") if p]
-    report = analyse_run(run_dir, layers=patterns or None, channels=channels, check_checkpoint=checkpoint_check,
-                         window=window, eq_tol=eq_tol, cos_tol=cos_tol)
-    out = Path(out_dir) if out_dir else Path(run_dir) / "analysis" / "dynamics"
-    paths = write_report(report, out)
+    patterns = tuple(p for item in layers for p in item.split(",") if p)
+    opts = DynamicsOptions(layers=patterns or None, channels=channels, window=window, eq_tol=eq_tol,
+                           cos_tol=cos_tol, checkpoint_check=checkpoint_check)
+    opts.validate()
+    check_out_dir(out, force=force)
+    result = run_dynamics(run_dir, opts)  # reads the log: every refusal happens before --out is touched
+    with claim_out_dir(out, force=force) as out_dir:
+        paths = result.write(out_dir)
     if not quiet:
-        click.echo(format_table(report))
-        click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+        click.echo(format_table(result.report))
+        click.echo(f"wrote {', '.join(str(p) for p in paths)}")

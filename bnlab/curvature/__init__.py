@@ -11,8 +11,12 @@ Public API (all vectors flat float64 torch tensors over the selected parameters)
 - ``hessian_operator_from_checkpoint(ckpt, *, num_samples, batch_size, bn_mode, data_dir, device,
   params, loss_scale, weight_decay_term, method, cache_graphs, dtype, eval_seed)``: the operator of
   a checkpoint's training loss on its fixed evaluation set, with ``.settings`` (what was computed).
+- ``SymmetricOperator`` (base: ``dim``, ``matmat``; ``matvec``, ``@``, ``as_linear_operator()`` derived),
+  ``DenseOperator(matrix)``, ``ProjectedOperator(op, basis)`` ((I-P) A (I-P)).
 - ``top_eigenpairs(op, k, which="LA", tol=1e-4, v0=None, *, method="lanczos"|"arpack", ncv,
-  max_hvps, seed, verify, callback) -> EigenResult`` for any object with ``.dim`` and ``.matvec``.
+  max_hvps, seed, verify, callback) -> EigenResult`` for any SymmetricOperator.
+- ``HessianOptions``, ``run_hessian(context, options) -> HessianResult`` (``.write(out)``): what
+  `bnlab hessian` does (see also ``bnlab.hessian``).
 - ``slq_density(op, num_probes, lanczos_steps, seed) -> DensityResult`` (``.density(grid, sigma)``
   with pointwise standard error, ``.trace()``, ``.moment(p)``, ``.to_dict()``).
 - ``hutchinson_trace(op, num_probes, seed)``, ``hutchpp_trace(op, num_matvecs, seed)`` -> TraceResult.
@@ -21,14 +25,17 @@ Public API (all vectors flat float64 torch tensors over the selected parameters)
 """
 from .dense import dense_hessian
 from .density import DensityResult, slq_density
+from .hessian import HessianOptions, HessianResult, run_hessian
 from .lanczos import EigenResult, residual_norms, top_eigenpairs
+from .linop import DenseOperator, ProjectedOperator, SymmetricOperator
 from .operator import LOSS_SCALES, HessianOperator
 from .params import FlatLayout, parse_param_spec, select_parameters
-from .source import DEFAULT_BATCH_SIZE, DEFAULT_NUM_SAMPLES, hessian_operator_from_checkpoint
+from .source import hessian_operator_from_checkpoint
 from .trace import TraceResult, hutchinson_trace, hutchpp_trace
 
 __all__ = [
-    "DEFAULT_BATCH_SIZE", "DEFAULT_NUM_SAMPLES", "LOSS_SCALES", "DensityResult", "EigenResult", "FlatLayout",
-    "HessianOperator", "TraceResult", "dense_hessian", "hessian_operator_from_checkpoint", "hutchinson_trace",
+    "LOSS_SCALES", "DenseOperator", "DensityResult", "EigenResult", "FlatLayout", "HessianOperator",
+    "HessianOptions", "HessianResult", "ProjectedOperator", "SymmetricOperator", "TraceResult", "dense_hessian",
+    "hessian_operator_from_checkpoint", "hutchinson_trace", "run_hessian",
     "hutchpp_trace", "parse_param_spec", "residual_norms", "select_parameters", "slq_density", "top_eigenpairs",
 ]

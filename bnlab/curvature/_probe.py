@@ -1,9 +1,9 @@
 """Random probe vectors and block products shared by the stochastic estimators."""
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+
+from .linop import SymmetricOperator
 
 
 def rademacher(n: int, dim: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -12,12 +12,6 @@ def rademacher(n: int, dim: int, seed: int, device: torch.device) -> torch.Tenso
     return (torch.randint(0, 2, (n, dim), generator=g, dtype=torch.int8).to(torch.float64) * 2 - 1).to(device)
 
 
-def apply(op: Any, V: torch.Tensor) -> torch.Tensor:
-    """H V for the rows of V: one batched matmat when the operator has it, else row by row."""
-    if hasattr(op, "matmat"):
-        return op.matmat(V).to(device=V.device, dtype=torch.float64)
-    return torch.stack([op.matvec(v).to(device=V.device, dtype=torch.float64) for v in V])
-
-
-def op_device(op: Any) -> torch.device:
-    return getattr(op, "device", torch.device("cpu"))
+def apply(op: SymmetricOperator, V: torch.Tensor) -> torch.Tensor:
+    """H V for the rows of V, as one batched product."""
+    return op.matmat(V).to(device=V.device, dtype=torch.float64)

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from ..errors import BnlabError
-from ._probe import apply, op_device, rademacher
+from ._probe import apply, rademacher
+from .linop import SymmetricOperator
 
 
 @dataclass
@@ -68,10 +69,10 @@ class DensityResult:
                 "wall_time": self.wall_time}
 
 
-def slq_density(op: Any, num_probes: int = 10, lanczos_steps: int = 64, seed: int = 0,
+def slq_density(op: SymmetricOperator, num_probes: int = 10, lanczos_steps: int = 64, seed: int = 0,
                 memory_mb: float = 1024.0) -> DensityResult:
     """Run SLQ on `op` (any object with .dim and .matvec; .matmat used when present)."""
-    dim, device = int(op.dim), op_device(op)
+    dim, device = int(op.dim), op.device
     if num_probes < 1 or lanczos_steps < 1:
         raise BnlabError("SLQ needs at least one probe and one Lanczos step")
     m = min(lanczos_steps, dim)
@@ -90,7 +91,7 @@ def slq_density(op: Any, num_probes: int = 10, lanczos_steps: int = 64, seed: in
     return DensityResult(np.array(nodes), np.array(weights), dim, mv, time.perf_counter() - t0)
 
 
-def _block_lanczos_tridiag(op: Any, V0: torch.Tensor, m: int) -> tuple[np.ndarray, np.ndarray]:
+def _block_lanczos_tridiag(op: SymmetricOperator, V0: torch.Tensor, m: int) -> tuple[np.ndarray, np.ndarray]:
     """Independent Lanczos runs from each row of V0 (unit vectors), stepped together.
 
     Returns alphas (p, m) and betas (p, m). A run that finds an invariant subspace early (β ≈ 0)

@@ -1,7 +1,7 @@
 """Extreme eigenpairs of a symmetric operator: thick-restart Lanczos (ours) or ARPACK (scipy).
 
-`top_eigenpairs(op, k, which, tol, v0)` accepts any object with ``.dim`` and
-``.matvec(flat float64 tensor) -> flat float64 tensor`` (a HessianOperator, a projected one, ...).
+`top_eigenpairs(op, k, which, tol, v0)` accepts any `SymmetricOperator` (a HessianOperator, a
+projected or a dense one, ...).
 The Krylov basis is float64 with full re-orthogonalisation (twice, classical Gram-Schmidt), so
 no ghost copies of converged eigenvalues appear. A pair is converged when its residual
 ‖Hv − λv‖ ≤ tol·|λ|; for the Lanczos method that residual is |β_m s_{m,i}| (exact up to rounding
@@ -17,21 +17,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import BnlabError
+from .linop import SymmetricOperator
 
 WHICH = ("LA", "SA", "LM")
 EIG_METHODS = ("lanczos", "arpack")
-
-
-class SymmetricOperator(Protocol):
-    dim: int
-
-    def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -78,7 +73,7 @@ def _start_vector(v0: torch.Tensor | None, dim: int, seed: int, device: torch.de
     return v / v.norm()
 
 
-def _check(op: Any, k: int, which: str, tol: float, method: str) -> int:
+def _check(op: SymmetricOperator, k: int, which: str, tol: float, method: str) -> int:
     dim = int(op.dim)
     if which not in WHICH:
         raise BnlabError(f"unknown --which {which!r}; choose one of {', '.join(WHICH)}")
@@ -95,7 +90,8 @@ def _check(op: Any, k: int, which: str, tol: float, method: str) -> int:
     return dim
 
 
-def top_eigenpairs(op: Any, k: int, which: str = "LA", tol: float = 1e-4, v0: torch.Tensor | None = None, *,
+def top_eigenpairs(op: SymmetricOperator, k: int, which: str = "LA", tol: float = 1e-4,
+                   v0: torch.Tensor | None = None, *,
                    method: str = "lanczos", ncv: int | None = None, max_hvps: int | None = None, seed: int = 0,
                    verify: bool = False, callback: Callable[[int, np.ndarray], None] | None = None) -> EigenResult:
     """The k extreme eigenpairs of `op` (largest algebraic LA, smallest SA, largest magnitude LM).
@@ -126,13 +122,13 @@ def top_eigenpairs(op: Any, k: int, which: str = "LA", tol: float = 1e-4, v0: to
     return res
 
 
-def residual_norms(op: Any, lam: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+def residual_norms(op: SymmetricOperator, lam: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     """‖H v_i − λ_i v_i‖ for the rows of V (one matmat if the operator has one)."""
-    HV = op.matmat(V) if hasattr(op, "matmat") else torch.stack([op.matvec(v) for v in V])
+    HV = op.matmat(V)
     return (HV - lam.to(HV.device)[:, None] * V.to(HV.device)).norm(dim=1)
 
 
-def _thick_restart(op: Any, k: int, which: str, tol: float, q0: torch.Tensor, m: int, max_hvps: int,
+def _thick_restart(op: SymmetricOperator, k: int, which: str, tol: float, q0: torch.Tensor, m: int, max_hvps: int,
                    seed: int, callback: Callable[[int, np.ndarray], None] | None) -> EigenResult:
     """Thick-restart Lanczos (Wu & Simon 2000) with full re-orthogonalisation in float64."""
     dim, device = q0.shape[0], q0.device
@@ -209,7 +205,8 @@ def _thick_restart(op: Any, k: int, which: str, tol: float, q0: torch.Tensor, m:
         restarts += 1
 
 
-def _arpack(op: Any, k: int, which: str, tol: float, q0: torch.Tensor, ncv: int, max_hvps: int) -> EigenResult:
+def _arpack(op: SymmetricOperator, k: int, which: str, tol: float, q0: torch.Tensor, ncv: int,
+            max_hvps: int) -> EigenResult:
     """scipy eigsh (ARPACK implicitly restarted Lanczos) on a float64 LinearOperator around `op`."""
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 

@@ -26,21 +26,21 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator
 from torch import nn
 
 from ..bnmode import bn_mode as bn_mode_ctx
 from ..errors import BnlabError
+from ..progress import Progress
 from .hvp import HVP_METHODS, LossFn, batch_gradient, double_backward_block, func_block
+from .linop import SymmetricOperator
 from .params import FlatLayout, select_parameters
 
 LOSS_SCALES = ("mean", "batch-sum")
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]] | Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
 
-class HessianOperator:
+class HessianOperator(SymmetricOperator):
     """H = ∇²L(θ) over the selected parameters (see module docstring for L and conventions).
 
     Args:
@@ -106,6 +106,7 @@ class HessianOperator:
         self.cache_budget = cache_budget
         self.cache_info: dict[str, Any] = {"mode": cache_graphs if isinstance(cache_graphs, str) else
                                            ("on" if cache_graphs else "off")}
+        self.quiet = True  # False: show progress while the gradient graphs are built
 
     # ----------------------------------------------------------------- basics
     @property
@@ -115,10 +116,6 @@ class HessianOperator:
     @property
     def dtype(self) -> torch.dtype:
         return self._params[0].dtype
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.dim, self.dim)
 
     def batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         return self._batches() if callable(self._batches) else self._batches
@@ -144,14 +141,9 @@ class HessianOperator:
                 "num_param_tensors": len(self.param_names)}
 
     # ----------------------------------------------------------------- products
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """H v for a flat (dim,) vector."""
-        return self.matmat(v.reshape(1, -1))[0]
-
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """H V for the rows of V (m, dim): one pass over the data per `block_size` rows."""
-        if V.dim() != 2 or V.shape[1] != self.dim:
-            raise BnlabError(f"expected vectors of shape (m, {self.dim}), got {tuple(V.shape)}")
+        self._check(V)
         out = [self._block(V[i:i + self.block_size]) for i in range(0, V.shape[0], self.block_size)]
         return torch.cat(out)
 
@@ -223,9 +215,7 @@ class HessianOperator:
         self.cache_graphs = bool(estimate <= budget)
         self.cache_info.update(cached=self.cache_graphs, estimated_bytes=int(estimate), budget_bytes=int(budget))
         if self.cache_graphs:  # keep the graph just built as the first entry
-            rest = [batch_gradient(self.model, self._params, xb, yb, self.loss_fn, wb, create_graph=True)
-                    for i, ((xb, yb), wb) in enumerate(zip(self.batches(), self._weights())) if i > 0]
-            self._cache = [g, *rest]
+            self._cache = [g, *self._build_graphs(skip_first=True)]
             self._cache_key = self._params_key()
         del g
 
@@ -236,10 +226,20 @@ class HessianOperator:
         # Rebuild when any parameter was modified in place since the graphs were made.
         key = self._params_key()
         if self._cache is None or key != self._cache_key:
-            self._cache = [batch_gradient(self.model, self._params, x, y, self.loss_fn, w, create_graph=True)
-                           for (x, y), w in zip(self.batches(), self._weights())]
+            self._cache = self._build_graphs()
             self._cache_key = key
         return self._cache
+
+    def _build_graphs(self, skip_first: bool = False) -> list[torch.Tensor]:
+        """Every batch's gradient graph (the slow first step of a cached run: shown as progress)."""
+        bar = Progress(len(self.sizes), "hessian: gradient graphs", quiet=self.quiet, unit="batch")
+        graphs = []
+        for i, ((x, y), w) in enumerate(zip(self.batches(), self._weights())):
+            if not (skip_first and i == 0):
+                graphs.append(batch_gradient(self.model, self._params, x, y, self.loss_fn, w, create_graph=True))
+            bar.update(1)
+        bar.close()
+        return graphs
 
     @contextmanager
     def _session(self):  # noqa: ANN202
@@ -253,18 +253,6 @@ class HessianOperator:
         finally:
             for p, f in zip(self._params, flags):
                 p.requires_grad_(f)
-
-    # ----------------------------------------------------------------- scipy
-    def as_linear_operator(self) -> LinearOperator:
-        """A float64 scipy LinearOperator (numpy in, numpy out) that counts into `hvp_count`."""
-        def mv(x: np.ndarray) -> np.ndarray:
-            return self.matvec(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))).numpy()
-
-        def mm(X: np.ndarray) -> np.ndarray:
-            X = np.ascontiguousarray(X, dtype=np.float64)
-            return self.matmat(torch.from_numpy(X.T.copy())).numpy().T
-
-        return LinearOperator((self.dim, self.dim), matvec=mv, matmat=mm, rmatvec=mv, dtype=np.float64)
 
 
 def available_memory(device: torch.device) -> int | None:

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from ..errors import BnlabError
-from ._probe import apply, op_device, rademacher
+from ._probe import apply, rademacher
+from .linop import SymmetricOperator
 
 
 @dataclass
@@ -36,23 +37,23 @@ def _stderr(x: torch.Tensor) -> float:
     return float(x.std(unbiased=True) / math.sqrt(len(x))) if len(x) > 1 else float("inf")
 
 
-def hutchinson_trace(op: Any, num_probes: int = 30, seed: int = 0) -> TraceResult:
+def hutchinson_trace(op: SymmetricOperator, num_probes: int = 30, seed: int = 0) -> TraceResult:
     """tr(H) ≈ mean of zᵀHz over Rademacher z."""
     if num_probes < 1:
         raise BnlabError(f"need at least one probe, got {num_probes}")
     t0 = time.perf_counter()
-    Z = rademacher(num_probes, int(op.dim), seed, op_device(op))
+    Z = rademacher(num_probes, int(op.dim), seed, op.device)
     samples = (Z * apply(op, Z)).sum(1).cpu()
     return TraceResult(float(samples.mean()), _stderr(samples), "hutchinson", num_probes,
                        time.perf_counter() - t0, samples.tolist())
 
 
-def hutchpp_trace(op: Any, num_matvecs: int = 30, seed: int = 0) -> TraceResult:
+def hutchpp_trace(op: SymmetricOperator, num_matvecs: int = 30, seed: int = 0) -> TraceResult:
     """Hutch++: exact trace on a sketched top subspace + Hutchinson on the rest (num_matvecs in all)."""
     if num_matvecs < 3:
         raise BnlabError(f"Hutch++ needs at least 3 matvecs, got {num_matvecs}")
     t0 = time.perf_counter()
-    dim, device = int(op.dim), op_device(op)
+    dim, device = int(op.dim), op.device
     s = min(num_matvecs // 3, dim)
     r = num_matvecs - 2 * s
     S = rademacher(s, dim, seed, device)

@@ -110,15 +110,45 @@ def locate(data_dir: str | os.PathLike | None, url: str = URL) -> Path:
     return _extract(tarball, root)
 
 
+# What the official batches (and faithful re-encodings of them) pickle: numpy arrays and their dtypes,
+# and, for bytes written by Python 3 at protocol 2, codecs.encode. Anything else is refused before
+# it runs: a crafted "data_batch_1" could otherwise execute code on load.
+_SAFE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def load_pickle(path: Path) -> object:
+    """Unpickle a CIFAR-10 batch file, admitting only plain containers and numpy arrays."""
+    with open(path, "rb") as f:
+        return _BatchUnpickler(f, encoding="latin1").load()
+
+
 def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="latin1")
+        d = load_pickle(path)
+        if not isinstance(d, dict):
+            raise BnlabError(f"{path} is not a CIFAR-10 batch (holds a {type(d).__name__}, not a dict); {HOW_TO}")
         d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
         x = np.asarray(d["data"], dtype=np.uint8)
         y = np.asarray(d["labels"], dtype=np.int64)
     except FileNotFoundError:
         raise BnlabError(f"missing CIFAR-10 file {path}; {HOW_TO}") from None
+    except BnlabError:
+        raise
+    except pickle.UnpicklingError as e:
+        if "refusing" in str(e):
+            raise BnlabError(f"{path} is not a CIFAR-10 batch: it asks to load code ({e}); not loaded") from None
+        raise BnlabError(f"cannot read CIFAR-10 file {path} (UnpicklingError: {e}); {HOW_TO}") from None
     except Exception as e:  # corrupt pickle of any kind
         raise BnlabError(f"cannot read CIFAR-10 file {path} ({type(e).__name__}: {e}); {HOW_TO}") from None
     if x.ndim != 2 or x.shape[1] != 3072 or len(y) != len(x) or (len(y) and (y.min() < 0 or y.max() > 9)):

@@ -13,7 +13,7 @@ from . import cifar
 from .augment import augment_batch, draw_augmentation
 from .synthetic import make_synthetic
 
-# Page's normalisation, 0-255 scale (NOTES §1).
+# Page's normalisation, 0-255 scale (docs/background.md, "DavidNet").
 CIFAR_MEAN = (125.31, 122.95, 113.87)
 CIFAR_STD = (62.99, 62.09, 66.70)
 

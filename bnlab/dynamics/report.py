@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import asdict
@@ -10,25 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.jsonfile import write_json
 from .analysis import Report
 
 LAYER_COLUMNS = ("param", "numel", "scale_invariant", "invariance", "median_abs_cos", "checkpoint_abs_cos",
                  "w_norm_init", "w_norm_final", "norm_lagged_pred", "norm_ratio", "angle", "angle_pred", "ratio",
                  "angle_lagged_pred", "ratio_lagged", "rel_step", "rel_step_pred", "rel_step_ratio", "radial_cos",
                  "pythagoras_residual", "steps_to_equilibrium", "steps_to_settle", "relaxation_steps")
-
-
-def _clean(x: object) -> object:
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def write_columns(path: Path, cols: dict[str, np.ndarray]) -> None:
@@ -46,9 +33,7 @@ def write_report(report: Report, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"summary": out / "dynamics_summary.json", "layers": out / "dynamics_layers.csv",
              "series": out / "dynamics_series.csv"}
-    tmp = paths["summary"].with_name(".dynamics_summary.json.tmp")
-    tmp.write_text(json.dumps(_clean(report.summary()), indent=2) + "\n")
-    os.replace(tmp, paths["summary"])
+    write_json(paths["summary"], report.summary())
     rows = [asdict(r) for r in report.layers]
     write_columns(paths["layers"], {c: np.array([_csv(r[c]) for r in rows], dtype=object) for c in LAYER_COLUMNS})
     write_columns(paths["series"], report.series)

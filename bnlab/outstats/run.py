@@ -1,98 +1,106 @@
-"""`bnlab outstats` as a function: everything the command computes for one checkpoint.
+"""`bnlab outstats` as a function: options → `run_outstats(context, options)` → `OutstatsResult.write(out)`.
 
-The evaluation set, BN mode and Hessian come from the curvature engine's checkpoint builder,
-so `bnlab hessian` and `bnlab outstats` with the same options read identical batches.
+The evaluation set, BN mode and (when needed) the Hessian come from the analysis context, so
+`bnlab hessian` and `bnlab outstats` with the same evaluation options read identical batches.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import validate as check
 from ..bnmode import resolve_bn_mode
-from ..checkpoint import Checkpoint, load_checkpoint
-from ..curvature import DEFAULT_BATCH_SIZE, DEFAULT_NUM_SAMPLES, hessian_operator_from_checkpoint, top_eigenpairs
+from ..context import AnalysisContext, EvalSpec
+from ..curvature.hessian import DEFAULT_TOL
+from ..curvature.lanczos import top_eigenpairs
+from ..curvature.linop import ProjectedOperator
+from ..curvature.operator import LOSS_SCALES
 from ..errors import BnlabError
+from ..io.eigvecs import Eigvecs, read_eigvecs
+from ..io.jsonfile import write_json
 from ..models import build_model
 from .activations import activation_stats, default_layers
-from .gradients import stat_gradients
+from .gradients import check_stats, stat_gradients
 from .layers import per_layer_sq_norms
+from .moments import MOMENTS
 from .perturb import perturbation_table
-from .subspace import ProjectedOperator, orthonormal_basis, overlaps, random_overlaps
+from .subspace import orthonormal_basis, overlaps, random_overlaps
 from .target import Target
 
+SUMMARY_FILE = "outstats.json"
+TENSORS_FILE = "outstats.pt"
 
-@dataclass
+
+@dataclass(frozen=True)
 class OutstatsOptions:
+    """What `bnlab outstats` computes (the evaluation set is `eval`)."""
+
+    eval: EvalSpec = field(default_factory=EvalSpec)
     stats: tuple[str, ...] = ("mean", "var", "skew")
     module: str = "logits"
     channels: tuple[int, ...] | None = None
     moments: str = "per-batch"
     delta: float = 0.01
-    eigvecs: str | None = None  # a `bnlab hessian` output dir
-    num_eigs: int = 0  # compute this many top eigenvectors on the fly (if no --eigvecs)
+    eigvecs: str | None = None  # a `bnlab hessian` output dir (or its eigvecs.pt)
+    num_eigs: int = 0  # without eigvecs: compute this many top eigenvectors here
     project: bool = False
-    num_samples: int | None = DEFAULT_NUM_SAMPLES
-    batch_size: int = DEFAULT_BATCH_SIZE
-    bn_mode: str | None = None
     loss_scale: str = "mean"
-    tol: float = 1e-3
-    data_dir: str | None = None
-    device: str = "auto"
-    seed: int = 0
+    tol: float = DEFAULT_TOL
+    seed: int = 0  # random directions and probes
     histograms: bool = True
     hist_layers: tuple[str, ...] | None = None
-    quiet: bool = True
+
+    def validate(self) -> None:
+        self.eval.validate()
+        check_stats(self.stats)
+        check.choice("--moments", self.moments, MOMENTS)
+        check.in_range("--delta", self.delta, 0.0, 1.0, low_open=True)
+        check.integer("--num-eigs", self.num_eigs, 0)
+        check.choice("--loss-scale", self.loss_scale, LOSS_SCALES)
+        check.in_range("--tol", self.tol, 0.0, 1.0, low_open=True, high_open=True)
+        check.integer("--seed", self.seed, 0)
+        if self.channels is not None:
+            for c in self.channels:
+                check.integer("--channels", c, 0)
 
 
-def read_eigvecs(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
-    """(eigenvectors (k, dim), eigenvalues (k,) or None, settings) from a `bnlab hessian` output dir."""
-    folder = Path(folder)
-    path = folder / "eigvecs.pt"
-    if not path.is_file():
-        raise BnlabError(f"no eigvecs.pt in {folder}; run `bnlab hessian CKPT --out {folder}` first")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise BnlabError(f"{path} is not readable ({type(e).__name__})") from None
-    values = None
-    if isinstance(payload, dict):
-        vecs = payload.get("eigenvectors", payload.get("eigvecs"))
-        values = payload.get("eigenvalues")
-    else:
-        vecs = payload
-    if not isinstance(vecs, torch.Tensor) or vecs.dim() != 2:
-        raise BnlabError(f"{path} holds no (k, dim) eigenvector tensor")
-    settings: dict[str, Any] = dict(payload.get("settings") or {}) if isinstance(payload, dict) else {}
-    if isinstance(payload, dict) and "param_names" in payload:
-        settings["param_names"] = list(payload["param_names"])
-    meta = folder / "hessian.json"
-    if meta.is_file():
-        try:
-            record = json.loads(meta.read_text())
-        except ValueError:
-            raise BnlabError(f"{meta} is not valid JSON") from None
-        settings = {**record.get("settings", {}), **settings}
-        if values is None:
-            listed = record.get("eigen", {}).get("eigenvalues", record.get("eigenvalues"))
-            if listed is not None:
-                values = torch.tensor(listed, dtype=torch.float64)
-    return vecs.double(), (values.double() if isinstance(values, torch.Tensor) else values), settings
+@dataclass
+class OutstatsResult:
+    summary: dict[str, Any]  # what outstats.json holds
+    tensors: dict[str, Any]  # what outstats.pt holds (gradients, values, activations)
+
+    def write(self, out: str | Path) -> list[Path]:
+        from ..checkpoint import atomic_torch_save
+
+        out = Path(out)
+        return [write_json(out / SUMMARY_FILE, self.summary), atomic_torch_save(self.tensors, out / TENSORS_FILE)]
 
 
-def check_eigvecs_match(settings: dict[str, Any], op: Any, source: str) -> None:
+def check_eigvecs_match(ev: Eigvecs, op_settings: dict[str, Any], param_names: list[str], source: str) -> None:
     """Eigenvectors from `bnlab hessian` must belong to this checkpoint and parameter layout."""
-    theirs, ours = settings.get("checkpoint_sha256"), getattr(op, "settings", {}).get("checkpoint_sha256")
+    theirs, ours = ev.settings.get("checkpoint_sha256"), op_settings.get("checkpoint_sha256")
     if theirs and ours and theirs != ours:
         raise BnlabError(f"the eigenvectors in {source} were computed for another checkpoint "
-                         f"({settings.get('checkpoint', '?')}); rerun `bnlab hessian` on this one")
-    names = settings.get("param_names")
-    if names is not None and list(names) != list(op.param_names):
+                         f"({ev.settings.get('checkpoint', '?')}); rerun `bnlab hessian` on this one")
+    if list(ev.param_names) != list(param_names):
         raise BnlabError(f"the eigenvectors in {source} are over other parameters than this model's "
-                         f"(hessian --params {settings.get('params')}); overlaps need all trainable parameters")
+                         f"(hessian --params {ev.settings.get('params')}); overlaps need all trainable parameters")
+
+
+def check_inputs(ctx: AnalysisContext, opts: OutstatsOptions) -> Eigvecs | None:
+    """Everything that can be refused before the computation; returns the eigenvectors to use."""
+    opts.validate()
+    Target(opts.module, opts.channels).check(ctx.model)
+    if opts.eigvecs is None:
+        return None
+    from .gradients import trainable_parameters
+
+    ev = read_eigvecs(opts.eigvecs)
+    check_eigvecs_match(ev, ctx.settings(), trainable_parameters(ctx.model)[0], str(opts.eigvecs))
+    return ev
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -106,33 +114,27 @@ def _check_unchanged(model: torch.nn.Module, snap: dict[str, torch.Tensor]) -> N
         raise BnlabError(f"internal error: outstats changed the model ({', '.join(changed[:3])}); please report")
 
 
-def _init_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+def _init_model(ctx: AnalysisContext, dtype: torch.dtype) -> torch.nn.Module:
     """The checkpoint's architecture freshly initialised from its run's seed (for 'at init' plots)."""
-    torch.manual_seed(ckpt.config.seed)
-    return build_model(ckpt.config.model).to(device=device, dtype=dtype)
+    torch.manual_seed(ctx.config.seed)
+    return build_model(ctx.config.model).to(device=ctx.device, dtype=dtype)
 
 
-def compute_outstats(ckpt_path: str | Path, opts: OutstatsOptions) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(summary for outstats.json, tensors for outstats.pt) of one checkpoint; the model is unchanged."""
-    from ..device import resolve_device
-
-    dev = resolve_device(opts.device)
-    ckpt = load_checkpoint(ckpt_path, dev)
-    snap = _snapshot(ckpt.model)
-    op = hessian_operator_from_checkpoint(ckpt, num_samples=opts.num_samples, batch_size=opts.batch_size,
-                                          bn_mode=opts.bn_mode, data_dir=opts.data_dir, device=dev,
-                                          loss_scale=opts.loss_scale, eval_seed=opts.seed)
-    model, mode = op.model, op.bn_mode
-    batches = list(op.batches())
+def run_outstats(ctx: AnalysisContext, opts: OutstatsOptions, *, quiet: bool = True) -> OutstatsResult:
+    """Everything `bnlab outstats` computes for the context's checkpoint; the model is unchanged."""
+    ev = check_inputs(ctx, opts)
+    snap = _snapshot(ctx.checkpoint.model)
+    model, mode = ctx.model, ctx.bn_mode
+    batches = ctx.batch_list
     target = Target(opts.module, opts.channels)
     sg = stat_gradients(model, batches, stats=opts.stats, target=target, moments=opts.moments, mode=mode,
-                        quiet=opts.quiet)
+                        quiet=quiet)
     flat = sg.flat()
     layers, sq = per_layer_sq_norms(flat, sg.param_names, sg.param_shapes)
     labels = sg.labels()
+    settings = {k: v for k, v in vars(opts).items() if k != "eval"}
     summary: dict[str, Any] = {
-        "settings": {**{k: v for k, v in vars(opts).items() if k != "quiet"}, "bn_mode": mode,
-                     "stats": list(sg.stats), "hessian": op.settings,
+        "settings": {**settings, **ctx.settings(), "stats": list(sg.stats),
                      "statistic_definition": _definition(opts.moments, target)},
         "channels": sg.channels,
         "values": {s: sg.values[i].tolist() for i, s in enumerate(sg.stats)},
@@ -155,7 +157,11 @@ def compute_outstats(ckpt_path: str | Path, opts: OutstatsOptions) -> tuple[dict
                        "full_dim": basis_all.shape[1], "kept_rows": [labels[i] for i in kept], "rtol": rtol,
                        "random_overlap_full": random_overlaps(basis_all, 10, opts.seed).tolist(),
                        "random_overlap_expected": basis_all.shape[1] / basis_all.shape[0]}
-    eig = _eigvecs(op, opts)
+    op = None
+    if opts.project or (ev is None and opts.num_eigs > 0):  # the Hessian only when it is needed
+        op = ctx.hessian(loss_scale=opts.loss_scale)
+        op.quiet = quiet
+    eig = _eigvecs(ev, op, opts)
     if eig is not None:
         vecs, vals, source, hsettings = eig
         if vecs.shape[1] != basis_all.shape[0]:
@@ -176,26 +182,25 @@ def compute_outstats(ckpt_path: str | Path, opts: OutstatsOptions) -> tuple[dict
     if opts.histograms:
         hist_layers = list(opts.hist_layers) if opts.hist_layers else [*default_layers(model), "logits"]
         dtype = next(model.parameters()).dtype
-        init = _init_model(ckpt, dev, dtype)
+        init = _init_model(ctx, dtype)
         init_mode = resolve_bn_mode(init, None if mode == "none" else mode)
         acts = {"checkpoint": activation_stats(model, batches, hist_layers, mode=mode, seed=opts.seed),
                 "init": activation_stats(init, batches, hist_layers, mode=init_mode, seed=opts.seed)}
         summary["channel_mean_share"] = {when: {n: a[n]["layer_mean_share"] for n in hist_layers}
                                          for when, a in acts.items()}
         tensors["activations"] = acts
-    _check_unchanged(ckpt.model, snap)
-    return summary, tensors
+    _check_unchanged(ctx.checkpoint.model, snap)
+    return OutstatsResult(summary, tensors)
 
 
-def _eigvecs(op: Any, opts: OutstatsOptions) -> tuple[torch.Tensor, torch.Tensor | None, str, dict] | None:
-    if opts.eigvecs:
-        vecs, vals, settings = read_eigvecs(opts.eigvecs)
-        check_eigvecs_match(settings, op, str(opts.eigvecs))
-        return vecs, vals, str(opts.eigvecs), settings
+def _eigvecs(ev: Eigvecs | None, op: Any, opts: OutstatsOptions
+             ) -> tuple[torch.Tensor, torch.Tensor | None, str, dict] | None:
+    if ev is not None:
+        return ev.eigenvectors, ev.eigenvalues, str(opts.eigvecs), ev.settings
     if opts.num_eigs > 0:
         res = top_eigenpairs(op, opts.num_eigs, which="LA", tol=opts.tol, seed=opts.seed)
         return (res.eigenvectors, res.eigenvalues, f"computed (top {opts.num_eigs}, LA, tol {opts.tol})",
-                dict(op.settings) if hasattr(op, "settings") else {})
+                dict(op.settings))
     return None
 
 

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import BnlabError
-
 
 def orthonormal_basis(rows: torch.Tensor, rtol: float = 1e-8) -> tuple[torch.Tensor, list[int]]:
     """Orthonormal basis (P, r) of the span of the rows (K, P), built in row order, and the kept rows.
@@ -48,36 +46,3 @@ def random_overlaps(basis: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator(device=basis.device).manual_seed(seed)
     v = torch.randn(basis.shape[0], n, generator=g, device=basis.device, dtype=torch.float64)
     return overlaps(basis, v)
-
-
-class ProjectedOperator:
-    """(I - P) A (I - P) for a symmetric operator A (anything with .dim and .matvec) and P = Q Q^T.
-
-    A thin wrapper, so the curvature engine's eigensolver applies to it unchanged.
-    """
-
-    def __init__(self, op: object, basis: torch.Tensor) -> None:
-        if basis.shape[0] != op.dim:  # type: ignore[attr-defined]
-            raise BnlabError(f"basis has dimension {basis.shape[0]}, the operator {op.dim}")  # type: ignore[attr-defined]
-        self.op = op
-        self.basis = basis.double()
-        self.dim = op.dim  # type: ignore[attr-defined]
-
-    def project_out(self, v: torch.Tensor) -> torch.Tensor:
-        q = self.basis.to(v.device)
-        return v - q @ (q.T @ v)
-
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        v = v.double()
-        return self.project_out(self.op.matvec(self.project_out(v)).double())  # type: ignore[attr-defined]
-
-
-class DenseOperator:
-    """A dense symmetric matrix as an operator (tests, small problems)."""
-
-    def __init__(self, matrix: torch.Tensor) -> None:
-        self.matrix = matrix.double()
-        self.dim = matrix.shape[0]
-
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        return self.matrix @ v.double()

@@ -2,7 +2,8 @@
 
 ``"logits"`` means the model output centred over classes (z - mean_c z). Softmax, and so the loss
 and the predictions, ignore a shift common to all logits; centring removes that irrelevant
-direction, which is why the 10 class-mean gradients span at most 9 dimensions (NOTES §2).
+direction, which is why the 10 class-mean gradients span at most 9 dimensions (docs/background.md,
+"The batch-norm post").
 ``"logits_raw"`` is the output as is. Any other name is a module of ``model.named_modules()``
 whose output is captured with a forward hook.
 """

@@ -1,4 +1,4 @@
-"""`bnlab hessian` from the command line and analyse_checkpoint from Python, on synthetic checkpoints."""
+"""`bnlab hessian` from the command line and `bnlab.hessian` from Python, on synthetic checkpoints."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import bnlab
 from bnlab.checkpoint import load_checkpoint, save_checkpoint
 from bnlab.cli import main
 from bnlab.config import make_config
 from bnlab.curvature import hessian_operator_from_checkpoint
-from bnlab.curvature.report import analyse_checkpoint
 from bnlab.models import build_model
 
 
@@ -62,9 +62,9 @@ def test_running_mode_differs_and_python_api_matches(tmp_path):
     ck = make_ckpt(tmp_path, "bn")
     c = load_checkpoint(ck)
     sd = {k: v.clone() for k, v in c.model.state_dict().items()}
-    kw = dict(top_k=2, tol=1e-4, num_samples=40, batch_size=20, dtype=torch.float64)
-    rb, _, _ = analyse_checkpoint(c, bn_mode="batch", **kw)
-    rr, _, _ = analyse_checkpoint(c, bn_mode="running", **kw)
+    kw = dict(top_k=2, tol=1e-4, num_samples=40, batch_size=20, dtype="float64")
+    rb = bnlab.hessian(c, bn_mode="batch", **kw).record
+    rr = bnlab.hessian(c, bn_mode="running", **kw).record
     assert rb["settings"]["bn_mode"] == "batch" and rr["settings"]["bn_mode"] == "running"
     assert rb["eigen"]["eigenvalues"][0] != pytest.approx(rr["eigen"]["eigenvalues"][0], rel=1e-3)
     assert all(torch.equal(v, c.model.state_dict()[k]) for k, v in sd.items())
@@ -78,9 +78,9 @@ def test_running_mode_differs_and_python_api_matches(tmp_path):
 def test_cli_other_variants(tmp_path, variant):
     ck = make_ckpt(tmp_path, variant)
     r = run("hessian", ck, "--top-k", 1, "--tol", 1e-2, "--num-samples", 40, "--batch-size", 20, "--quiet",
-            "--no-verify")
+            "--no-verify", "--out", tmp_path / "h")
     assert r.exit_code == 0, r.output
-    rec = json.loads((tmp_path / "hessian_ck" / "hessian.json").read_text())
+    rec = json.loads((tmp_path / "h" / "hessian.json").read_text())
     assert rec["settings"]["bn_mode"] == ("batch" if variant == "ghost_bn" else "none")
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from bnlab.bnmode import bn_mode
 from bnlab.curvature import (
+    DenseOperator,
     HessianOperator,
     dense_hessian,
     hutchinson_trace,
@@ -61,14 +62,8 @@ def case(model: str, norm: str, mode: str):
     return net, batches, H
 
 
-class DenseOp:
-    """The dense matrix as an operator: tests the eigensolvers cheaply once the HVP is proven equal to it."""
-
-    def __init__(self, H):
-        self.H, self.dim = H, H.shape[0]
-
-    def matvec(self, v):
-        return self.H @ v
+# The dense matrix as an operator: tests the eigensolvers cheaply once the HVP is proven equal to it.
+DenseOp = DenseOperator
 
 
 # Cases whose eigenpairs are also computed end to end through the HVP operator (seconds each).

@@ -86,12 +86,13 @@ def test_report_files_and_cli(bn_run: Path, tmp_path: Path) -> None:
 
 
 def test_cli_errors(tmp_path: Path) -> None:
-    res = CliRunner().invoke(main, ["dynamics", str(tmp_path / "nope")])
+    res = CliRunner().invoke(main, ["dynamics", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "bnlab: error: run directory" in res.output
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(make_config("bn", **TINY).to_json())
-    res = CliRunner().invoke(main, ["dynamics", str(tmp_path / "run")])
+    res = CliRunner().invoke(main, ["dynamics", str(tmp_path / "run"), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "no dynamics.csv" in res.output
+    assert not (tmp_path / "o").exists()  # refused before the output folder was made
 
 
 def test_no_bn_net_is_not_scale_invariant(tmp_path: Path) -> None:

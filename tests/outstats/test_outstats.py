@@ -8,11 +8,9 @@ import torch
 from torch.func import functional_call, jacrev
 
 from bnlab.bnmode import bn_mode
-from bnlab.curvature import top_eigenpairs
+from bnlab.curvature import DenseOperator, ProjectedOperator, top_eigenpairs
 from bnlab.models import ModelSpec, build_model
 from bnlab.outstats import (
-    DenseOperator,
-    ProjectedOperator,
     Target,
     activation_stats,
     arccos_recursion,

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from bnlab.cli import main
 from bnlab.dynamics import analyse_run
 from bnlab.errors import BnlabError
-from bnlab.sweep import Grid, parse_grid, point_dir, read_grid_file, run_sweep, summarise_sweep
+from bnlab.sweep import Grid, parse_grid, point_dir, prepare_sweep_dir, read_grid_file, run_sweep, summarise_sweep
 from bnlab.train import train
 
 BASE = dict(width=2, dataset="synthetic", synthetic_train=256, synthetic_test=100, batch_size=64, epochs=2,
@@ -47,7 +47,7 @@ def test_sweep_resume_and_summary(tmp_path: Path) -> None:
     grid = Grid(axes=parse_grid("lr=0.1,0.2 wd=5e-3"), base=BASE, variant="bn")
     pts = grid.points()
     # point 1 "crashed" after its first epoch: a resumable run directory with last.pt
-    point_dir(out, pts[1]).parent.mkdir(parents=True)
+    prepare_sweep_dir(grid, out)
     train(grid.config(pts[1]), point_dir(out, pts[1]), device="cpu", quiet=True, stop_after_epoch=1)
     first = run_sweep(grid, out, device="cpu", quiet=True, only=[0])
     assert first.ran == {0: "finished"} and not first.failed

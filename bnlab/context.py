@@ -1,0 +1,194 @@
+"""The analysis context: a checkpoint's model, its fixed evaluation batches, BN mode and loss, built once.
+
+Every analysis of a checkpoint (`bnlab hessian`, `bnlab outstats`, the reproduction pipeline) reads
+the same thing: the run's training loss on a fixed, class-balanced, unaugmented set of training
+images, in fixed batches, with BN in an explicit mode. `build_context` makes it from a loaded
+`Checkpoint` (the CLI loads the file and resolves the device once, at the edge):
+
+- the data are found as the checkpoint's run found them (its recorded DataSpec, subset drawn with
+  the run's seed), or in `EvalSpec.data_dir`;
+- `num_samples` images are drawn class-balanced with `eval_seed` and cut into batches of
+  `batch_size` (the last one smaller when it does not divide);
+- the loss is the run's (cross-entropy with its label smoothing);
+- the model is used as it is, or a copy is moved to the device / dtype asked for, so the caller's
+  model never changes.
+
+`settings()` records all of it (and the checkpoint's sha256) for the result files.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import validate as check
+from .bnmode import BN_MODES, resolve_bn_mode
+from .checkpoint import Checkpoint, file_hash, load_checkpoint
+from .data import Data, eval_batches, eval_set, load_data
+from .device import resolve_device
+from .errors import BnlabError
+from .norms import GhostBatchNorm
+
+DEFAULT_NUM_SAMPLES = 2560
+DEFAULT_BATCH_SIZE = 256  # as in the batch-norm post
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Which fixed data an analysis evaluates the loss on, and how BN sees it."""
+
+    num_samples: int | None = DEFAULT_NUM_SAMPLES  # None: the whole (subset of the) training set
+    batch_size: int = DEFAULT_BATCH_SIZE
+    bn_mode: str | None = None  # None: "batch" for models with BN, "none" otherwise
+    eval_seed: int = 0
+    data_dir: str | None = None  # None: where the checkpoint's run found its data
+    dtype: str | None = None  # None: the checkpoint's (float32)
+
+    def validate(self) -> None:
+        if self.num_samples is not None:
+            check.integer("--num-samples", self.num_samples, 10)
+            if self.num_samples % 10:
+                raise BnlabError(f"--num-samples must be a positive multiple of 10 (class-balanced), "
+                                 f"got {self.num_samples}")
+        check.integer("--batch-size", self.batch_size, 1)
+        check.integer("--eval-seed", self.eval_seed, 0)
+        if self.bn_mode is not None:
+            check.choice("--bn-mode", self.bn_mode, BN_MODES)
+        if self.dtype is not None:
+            check.choice("--dtype", self.dtype, DTYPES)
+
+
+def batch_sizes(n: int, b: int) -> list[int]:
+    """Sizes of the fixed batches of n examples cut into batches of b."""
+    return [b] * (n // b) + ([n % b] if n % b else [])
+
+
+@dataclass
+class AnalysisContext:
+    checkpoint: Checkpoint
+    model: nn.Module  # on `device` in `dtype`; the checkpoint's own model or a moved copy
+    device: torch.device
+    data: Data
+    x: torch.Tensor  # the fixed evaluation images (uint8, on the device)
+    y: torch.Tensor
+    spec: EvalSpec
+    bn_mode: str  # resolved: "batch", "running" or "none"
+    loss_fn: Any = field(repr=False)  # (logits, y) -> mean loss of the batch
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def config(self) -> Any:
+        return self.checkpoint.config
+
+    @property
+    def sizes(self) -> list[int]:
+        return batch_sizes(len(self.y), self.spec.batch_size)
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The fixed batches, normalised on the fly in the model's dtype (memory O(batch))."""
+        for xb, yb in eval_batches(self.x, self.y, self.spec.batch_size, self.data):
+            yield xb.to(self.dtype), yb
+
+    @functools.cached_property
+    def batch_list(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The fixed batches, materialised once (for analyses that pass over them many times)."""
+        return list(self.batches())
+
+    def hessian(self, *, params: Sequence[str] | None = None, loss_scale: str = "mean",
+                weight_decay_term: bool | float = False, method: str = "double_backward",
+                cache_graphs: bool | str = "auto", block_size: int = 16) -> Any:
+        """The HessianOperator of the training loss on this context's batches, with `.settings`.
+
+        weight_decay_term: True adds the run's wd·I (all parameters are decayed, as trained), a float
+        adds that coefficient.
+        """
+        from .curvature.operator import HessianOperator
+        from .curvature.params import parse_param_spec
+
+        patterns = parse_param_spec(params) if isinstance(params, str) else params
+        wd = float(self.config.weight_decay) if weight_decay_term is True else float(weight_decay_term or 0.0)
+        op = HessianOperator(self.model, self.batches, loss_fn=self.loss_fn, bn_mode=self.bn_mode,
+                             params=patterns, loss_scale=loss_scale, batch_size=self.spec.batch_size,
+                             weight_decay=wd, method=method, cache_graphs=cache_graphs, block_size=block_size)
+        op.settings = {
+            **op.describe(), **self.settings(),
+            "params": list(patterns or ["*"]),
+            "units": ("mean loss over the evaluation set" if loss_scale == "mean"
+                      else f"loss summed over a batch of {op.batch_size} (= {op.batch_size} x mean-loss Hessian)"),
+        }
+        return op
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that defines what this context evaluates, for the record."""
+        cfg, path = self.config, Path(self.checkpoint.path)
+        return {
+            "checkpoint": str(path), "checkpoint_sha256": _sha256(path),
+            "variant": cfg.variant, "model": dataclasses.asdict(cfg.model),
+            "data_source": self.data.source, "dataset": cfg.data.dataset, "data_subset": cfg.data.subset,
+            "num_samples": len(self.y), "batch_size": self.spec.batch_size, "num_batches": len(self.sizes),
+            "eval_seed": self.spec.eval_seed, "bn_mode": self.bn_mode, "augmentation": "none",
+            "label_smoothing": cfg.label_smoothing, "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "loss": "cross_entropy" + (f"(label_smoothing={cfg.label_smoothing})" if cfg.label_smoothing else ""),
+        }
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_cached(path: str, mtime_ns: int, size: int) -> str:
+    return file_hash(path)
+
+
+def _sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    st = path.stat()
+    return _sha256_cached(str(path), st.st_mtime_ns, st.st_size)
+
+
+def build_context(ckpt: Checkpoint | str | os.PathLike, spec: EvalSpec | None = None, *,
+                  device: str | torch.device | None = None, data: Data | None = None) -> AnalysisContext:
+    """The analysis context of `ckpt` (a loaded Checkpoint, or a path to load) for `spec`.
+
+    data: an already loaded Data to reuse (must be the run's). Raises BnlabError, before any heavy
+    work, for an evaluation set BN's batch mode cannot use (a batch of 1, ghost splits not dividing).
+    """
+    spec = spec or EvalSpec()
+    spec.validate()
+    dev = resolve_device(device) if not isinstance(device, torch.device) else device
+    if not isinstance(ckpt, Checkpoint):
+        ckpt = load_checkpoint(ckpt, dev)
+    model = ckpt.model
+    want = getattr(torch, spec.dtype) if spec.dtype else next(model.parameters()).dtype
+    p0 = next(model.parameters())
+    if p0.device != dev or p0.dtype != want:
+        model = copy.deepcopy(model).to(device=dev, dtype=want)  # the caller's model stays as it was
+    mode = resolve_bn_mode(model, spec.bn_mode)
+    data_spec = ckpt.config.data if spec.data_dir is None else dataclasses.replace(ckpt.config.data,
+                                                                                   data_dir=str(spec.data_dir))
+    if data is None:
+        data = load_data(data_spec, dev, seed=ckpt.config.seed)
+    x, y = eval_set(data, spec.num_samples, seed=spec.eval_seed)
+    sizes = batch_sizes(len(y), spec.batch_size)
+    if mode == "batch":
+        for s in {m.splits for m in model.modules() if isinstance(m, GhostBatchNorm)}:
+            if any(n % s for n in sizes):
+                raise BnlabError(f"ghost BN with {s} splits needs every batch divisible by {s}: choose --batch-size "
+                                 f"and --num-samples as multiples of {s} (batches here: {sorted(set(sizes))})")
+        if min(sizes) < 2:
+            raise BnlabError("BN in batch mode needs batches of at least 2 examples; change --num-samples")
+    loss_fn = functools.partial(F.cross_entropy, label_smoothing=ckpt.config.label_smoothing)
+    return AnalysisContext(checkpoint=ckpt, model=model, device=dev, data=data, x=x, y=y, spec=spec,
+                           bn_mode=mode, loss_fn=loss_fn)

@@ -1,0 +1,71 @@
+"""`bnlab collapse` as a function: options → `run_collapse(options)` → `CollapseResult.write(out)`.
+
+A deep fully connected ReLU net at init, with and without centring: the channel-mean share per
+layer against the arc-cosine recursion (the batch-norm post's argument for why deep nets without
+normalisation collapse to near-constant outputs; see docs/background.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import validate as check
+from ..errors import BnlabError
+from ..io.jsonfile import write_json
+from .fcnet import fc_collapse
+
+RECORD_FILE = "collapse.json"
+VALUES_FILE = "collapse_values.pt"
+
+
+@dataclass(frozen=True)
+class CollapseOptions:
+    depth: int = 50
+    width: int = 2048
+    n_inputs: int = 1000
+    hist_layers: tuple[int, ...] = (1, 2, 5, 10, 20, 50)  # layers beyond `depth` are dropped
+    hist_channels: int = 8
+    seed: int = 0
+
+    def validate(self) -> None:
+        check.integer("--depth", self.depth, 1)
+        check.integer("--width", self.width, 1)
+        check.integer("--inputs", self.n_inputs, 2)
+        check.integer("--hist-channels", self.hist_channels, 1)
+        check.integer("--seed", self.seed, 0)
+        for layer in self.hist_layers:
+            check.integer("--hist-layers", layer, 1)
+        if self.hist_channels > self.width:
+            raise BnlabError(f"--hist-channels {self.hist_channels} exceeds --width {self.width}")
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted({n for n in self.hist_layers if n <= self.depth}))
+
+
+@dataclass
+class CollapseResult:
+    record: dict[str, Any]  # what collapse.json holds
+    values: dict[str, dict[str, torch.Tensor]]  # plain/centred -> layer -> (channels, inputs)
+
+    def write(self, out: str | Path) -> list[Path]:
+        from ..checkpoint import atomic_torch_save
+
+        out = Path(out)
+        return [write_json(out / RECORD_FILE, self.record, indent=1), atomic_torch_save(self.values, out / VALUES_FILE)]
+
+
+def run_collapse(opts: CollapseOptions, *, device: str | torch.device = "cpu") -> CollapseResult:
+    opts.validate()
+    runs = {name: fc_collapse(opts.depth, opts.width, opts.n_inputs, centre=centre, seed=opts.seed,
+                              hist_layers=opts.layers, hist_channels=opts.hist_channels, device=device)
+            for name, centre in (("plain", False), ("centred", True))}
+    record = {"depth": opts.depth, "width": opts.width, "n_inputs": opts.n_inputs, "seed": opts.seed,
+              "device": str(device), "hist_layers": list(opts.layers),
+              "theory_correlation": runs["plain"]["theory"], "theory_share": runs["plain"]["theory_share"],
+              "share_plain": runs["plain"]["shares"], "share_centred": runs["centred"]["shares"]}
+    values = {name: {str(k): v for k, v in r["values"].items()} for name, r in runs.items()}
+    return CollapseResult(record, values)

@@ -1,0 +1,191 @@
+"""Hyper-parameter sweeps: the grid (its spec, its points, its file grid.json).
+
+Grid spec (``--grid``): whitespace-separated ``key=v1,v2,...`` axes, e.g.
+``"lr=0.1,0.2,0.4 wd=1.25e-4,2.5e-4,5e-4 momentum=0.9"``. Keys are `bnlab.config.make_config`'s flat
+options (``lr``, ``weight_decay``, ``momentum``, ``nesterov``, ``width``, ``epochs``, ``seed``, ...) or the
+aliases in `ALIASES` (``wd``, ``bs``). Points are the Cartesian product, last axis fastest.
+
+Sweep directory layout::
+
+    OUT/grid.json            the grid file (format below); written once, checked on every rerun
+    OUT/points/NAME/         one ordinary run directory per point (`bnlab dynamics` works on it)
+    OUT/summary.csv, OUT/summary.json
+
+Grid file format (``grid.json``, JSON object)::
+
+    {"format": "bnlab-sweep-grid", "version": 1,
+     "variant": "bn" | null,
+     "base": {flat make_config options shared by every point},
+     "axes": [["lr", [0.1, 0.2]], ["weight_decay", [0.0005]], ...],
+      "threads": 1,
+     "points": [{"index": 0, "name": "lr=0.1_weight_decay=0.0005", "overrides": {"lr": 0.1, ...}}, ...]}
+
+"points" is derived from "axes" (and rewritten identically); a cluster job array runs one point per
+task with ``bnlab sweep --grid-file OUT/grid.json --out OUT --point $TASK_ID --no-summary`` and a last
+``bnlab sweep --grid-file OUT/grid.json --out OUT --summary-only`` writes the summary.
+
+Resume: a point whose status.json says finished or diverged is skipped; a point with a last.pt
+(crashed or interrupted) is resumed from it; anything else is started afresh.
+
+Threads: every point trains with the grid's fixed ``threads`` torch threads (default 1), recorded
+in grid.json, whatever ``--jobs`` is: CPU kernels reduce in an order that depends on the thread
+count, so a fixed count makes a point's result independent of -j and of resumption.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import validate as check
+from ..config import DataSpec, TrainConfig, make_config
+from ..errors import BnlabError
+from ..io.jsonfile import read_json
+from ..models import ModelSpec
+
+GRID_FORMAT = "bnlab-sweep-grid"
+GRID_VERSION = 2  # 2: "threads" per point
+ALIASES = {"wd": "weight_decay", "bs": "batch_size"}
+
+
+def _field_types() -> dict[str, str]:
+    out = {}
+    for cls in (ModelSpec, DataSpec, TrainConfig):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in ("model", "data"):
+                out[f.name] = str(hints[f.name])
+    return out
+
+
+FIELD_TYPES = _field_types()
+
+
+def canonical_key(key: str) -> str:
+    key = ALIASES.get(key, key).replace("-", "_")
+    if key not in FIELD_TYPES:
+        raise BnlabError(f"unknown grid key {key!r}; use a training option such as lr, wd, momentum, nesterov, "
+                         f"width, epochs, seed, batch_size")
+    return key
+
+
+def parse_value(key: str, text: str) -> Any:
+    """A grid/option value converted to its config field's type (key already canonical)."""
+    kind = FIELD_TYPES[key]
+    text = text.strip()
+    if text.lower() in ("none", "null") and "None" in kind:
+        return None
+    try:
+        if "bool" in kind:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if "tuple" in kind:
+            return tuple(float(v) for v in text.split(":"))
+        if "float" in kind:
+            return float(text)
+        if "int" in kind:
+            return int(text)
+    except ValueError:
+        raise BnlabError(f"bad value {text!r} for grid key {key} (expects {kind})") from None
+    return text
+
+
+def parse_grid(spec: str) -> list[tuple[str, list[Any]]]:
+    """``"lr=0.1,0.2 wd=5e-4"`` -> [("lr", [0.1, 0.2]), ("weight_decay", [0.0005])]."""
+    axes: list[tuple[str, list[Any]]] = []
+    for item in spec.replace(";", " ").split():
+        if "=" not in item:
+            raise BnlabError(f"bad grid spec item {item!r}: expected key=v1,v2,...")
+        key, _, values = item.partition("=")
+        key = canonical_key(key.strip())
+        if any(k == key for k, _ in axes):
+            raise BnlabError(f"grid key {key} given twice")
+        vals = [parse_value(key, v) for v in values.split(",") if v.strip()]
+        if not vals:
+            raise BnlabError(f"grid key {key} has no values")
+        axes.append((key, vals))
+    if not axes:
+        raise BnlabError("empty grid spec; expected e.g. \"lr=0.1,0.2 wd=5e-4\"")
+    return axes
+
+
+def _fmt(v: Any) -> str:
+    return format(v, "g") if isinstance(v, float) else str(v)
+
+
+@dataclass
+class Point:
+    index: int
+    name: str
+    overrides: dict[str, Any]
+
+
+@dataclass
+class Grid:
+    axes: list[tuple[str, list[Any]]]
+    base: dict[str, Any] = field(default_factory=dict)
+    variant: str | None = None
+    threads: int = 1  # torch threads of every point (part of a point's identity; see module docs)
+
+    def validate(self) -> list[Point]:
+        """Every point's config checked (one line on the first bad one); returns the points."""
+        check.integer("--threads", self.threads, 1)
+        points = self.points()
+        for p in points:
+            try:
+                self.config(p)
+            except BnlabError as e:
+                raise BnlabError(f"grid point {p.name}: {e}") from None
+        return points
+
+    def points(self) -> list[Point]:
+        keys = [k for k, _ in self.axes]
+        out = []
+        for i, combo in enumerate(itertools.product(*(v for _, v in self.axes))):
+            ov = dict(zip(keys, combo))
+            out.append(Point(i, "_".join(f"{k}={_fmt(v)}" for k, v in ov.items()), ov))
+        return out
+
+    def config(self, point: Point) -> TrainConfig:
+        clash = set(self.base) & set(point.overrides)
+        if clash:
+            raise BnlabError(f"option(s) {', '.join(sorted(clash))} given both as a grid axis and as a train option")
+        options = {**self.base, **point.overrides}
+        return make_config(options.pop("variant", self.variant), **options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": GRID_FORMAT, "version": GRID_VERSION, "variant": self.variant, "base": self.base,
+                "axes": [[k, v] for k, v in self.axes], "threads": self.threads,
+                "points": [dataclasses.asdict(p) for p in self.points()]}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Grid:
+        """The grid of a grid.json object; anything not of the documented shape is refused."""
+        if not isinstance(d, dict) or d.get("format") != GRID_FORMAT:
+            raise BnlabError(f"not a bnlab grid file (no \"format\": \"{GRID_FORMAT}\")")
+        if not isinstance(d.get("version", 1), int) or d.get("version", 1) > GRID_VERSION:
+            raise BnlabError("grid file written by a newer bnlab; upgrade bnlab")
+        base, axes, variant = d.get("base", {}), d.get("axes"), d.get("variant")
+        if not isinstance(base, dict):
+            raise BnlabError("grid file: \"base\" must be an object of train options")
+        if not isinstance(axes, list) or not axes or not all(
+                isinstance(a, list) and len(a) == 2 and isinstance(a[0], str) and isinstance(a[1], list) and a[1]
+                for a in axes):
+            raise BnlabError("grid file: \"axes\" must be a non-empty list of [key, [values...]] pairs")
+        if variant is not None and not isinstance(variant, str):
+            raise BnlabError("grid file: \"variant\" must be a string or null")
+        threads = d.get("threads", 1)
+        base = {canonical_key(k): (tuple(v) if isinstance(v, list) else v) for k, v in base.items()}
+        return cls(axes=[(canonical_key(k), list(v)) for k, v in axes], base=base, variant=variant,
+                   threads=threads)
+
+
+def read_grid_file(path: str | os.PathLike) -> Grid:
+    return Grid.from_dict(read_json(Path(path), "grid file"))

@@ -1,0 +1,215 @@
+"""Running a sweep's points: resumable, parallel, and shared safely between processes.
+
+Every point is trained by `bnlab.train.train` into OUT/points/NAME, an ordinary run directory.
+A process claims a point with an OS-level lock on OUT/points/.NAME.lock (held while it trains the
+point; the kernel drops it when the process dies, however it dies). So:
+
+- `run_sweep(..., jobs=N)` trains N points at a time in worker processes of its own; a plain sweep
+  holds the sweep directory's lock exclusively, so a second plain sweep of the same folder is refused;
+- `run_sweep(..., worker=True)` (`bnlab sweep DIR --worker`, started any number of times on any
+  machines sharing the folder) holds it shared and claims the next unclaimed, unfinished point,
+  so nothing runs twice and a dead worker's point is resumed by the next worker that reaches it.
+
+Worker processes of `jobs > 1` watch their parent and exit when it dies (no orphans training on).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import errno
+import multiprocessing as mp
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainConfig
+from ..errors import BnlabError
+from ..io.jsonfile import read_json, write_json
+from ..progress import Progress
+from ..rundir import LOCK_NAME, check_out_dir
+from .grid import Grid, Point
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks
+    fcntl = None  # type: ignore[assignment]
+
+DONE = ("finished", "diverged")
+GRID_FILE = "grid.json"
+
+
+def point_dir(out: Path, point: Point) -> Path:
+    return out / "points" / point.name
+
+
+def point_state(run_dir: Path) -> str:
+    """finished | diverged | resumable (has last.pt) | new."""
+    try:
+        status = read_json(run_dir / "status.json").get("status")
+    except (BnlabError, AttributeError):
+        status = None
+    if status in DONE:
+        return status
+    return "resumable" if (run_dir / "last.pt").is_file() else "new"
+
+
+@contextmanager
+def _flock(path: Path, shared: bool = False, wait: bool = False) -> Iterator[bool]:
+    """Hold an flock on `path` for the block; yields False (holding nothing) if it is taken."""
+    if fcntl is None:
+        yield True
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def prepare_sweep_dir(grid: Grid, out: Path) -> list[Point]:
+    """Check every point, then create OUT and write grid.json; refuse a folder holding anything else.
+
+    OUT must be new, empty, or a sweep of the same grid (rerunning resumes it).
+    """
+    points = grid.validate()
+    check_out_dir(out, force=True)  # a path that is a file, a dangling link, an unwritable folder
+    path = out / GRID_FILE
+    if path.exists():
+        from .grid import read_grid_file
+
+        old = read_grid_file(path)
+        if old.to_dict() != grid.to_dict():
+            raise BnlabError(f"{out} holds a sweep with a different grid (see {path}); use another --out")
+    elif out.exists() and any(c.name != LOCK_NAME for c in out.iterdir()):
+        raise BnlabError(f"{out} is not empty and holds no sweep ({GRID_FILE}); choose another --out")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(path, grid.to_dict())
+    (out / "points").mkdir(exist_ok=True)
+    return points
+
+
+def run_point(config_dict: dict[str, Any], run_dir: str, device: str, threads: int, retries: int,
+              quiet: bool) -> tuple[str, str]:
+    """Claim and train one point to completion in this process: (status, message).
+
+    Top-level, for process pools. Trains with `threads` torch threads and restores the caller's
+    setting afterwards. ("claimed", ...) means another process holds the point right now.
+    """
+    import torch
+
+    rd = Path(run_dir)
+    with _flock(rd.parent / f".{rd.name}.lock") as mine:
+        if not mine:
+            return "claimed", "another process is training this point"
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return _run_point(config_dict, rd, device, retries, quiet)
+        finally:
+            torch.set_num_threads(before)
+
+
+def _run_point(config_dict: dict[str, Any], rd: Path, device: str, retries: int, quiet: bool) -> tuple[str, str]:
+    from ..train import train
+
+    config = TrainConfig.from_dict(config_dict)
+    last_error = ""
+    for _attempt in range(retries + 1):
+        state = point_state(rd)
+        if state in DONE:
+            return state, "done"
+        if (rd / "config.json").is_file():
+            old = TrainConfig.from_dict(read_json(rd / "config.json", "run config"))
+            if old != config:
+                return "error", f"{rd} holds a run with a different config"
+        try:
+            if state == "resumable":
+                res = train(None, rd, device=device, resume=True, quiet=quiet)
+            else:
+                res = train(config, rd, device=device, force=True, quiet=quiet)
+            return res.status, "ran"
+        except Exception as e:  # a crashed point is retried (resumed from last.pt when there is one)
+            last_error = f"{type(e).__name__}: {e}"
+    return "crashed", last_error
+
+
+def _worker_init() -> None:
+    from ..runtime import exit_with_parent
+
+    exit_with_parent()
+
+
+@dataclass
+class SweepOutcome:
+    ran: dict[int, str]  # index -> status of points run now
+    skipped: list[int]  # indices already finished/diverged
+    failed: dict[int, str]  # index -> error message
+    claimed: list[int]  # indices another process was training
+
+
+def run_sweep(grid: Grid, out: str | os.PathLike, *, jobs: int = 1, device: str = "cpu", retries: int = 1,
+              only: list[int] | None = None, quiet: bool = False, worker: bool = False) -> SweepOutcome:
+    """Run every (or only the listed) point not yet done, `jobs` at a time in separate processes.
+
+    worker: share the folder with other workers (see module docs) instead of owning it.
+    """
+    out = Path(out)
+    points = prepare_sweep_dir(grid, out)
+    if only is not None:
+        bad = [i for i in only if not 0 <= i < len(points)]
+        if bad:
+            raise BnlabError(f"--point {bad[0]} out of range: the grid has {len(points)} points (0..{len(points) - 1})")
+        points = [points[i] for i in only]
+    with _flock(out / LOCK_NAME, shared=worker) as ok:
+        if not ok:
+            raise BnlabError(f"{out} is in use by another bnlab sweep"
+                             + (" (not started with --worker)" if worker else "; to share it, start every "
+                                "process with --worker"))
+        return _run_points(grid, out, points, jobs, device, retries, quiet)
+
+
+def _run_points(grid: Grid, out: Path, points: list[Point], jobs: int, device: str, retries: int,
+                quiet: bool) -> SweepOutcome:
+    skipped = [p.index for p in points if point_state(point_dir(out, p)) in DONE]
+    todo = [p for p in points if p.index not in skipped]
+    outcome = SweepOutcome(ran={}, skipped=skipped, failed={}, claimed=[])
+    if not todo:
+        return outcome
+    jobs = max(1, min(jobs, len(todo)))
+    args = [(grid.config(p).to_dict(), str(point_dir(out, p)), device, grid.threads, retries, quiet or jobs > 1)
+            for p in todo]
+    bar = Progress(len(todo), "sweep points", quiet=quiet, unit="point")
+
+    def record(p: Point, status: str, msg: str) -> None:
+        if status in DONE:
+            outcome.ran[p.index] = status
+        elif status == "claimed":
+            outcome.claimed.append(p.index)
+        else:
+            outcome.failed[p.index] = msg or status
+        bar.update(1, f"{p.name}: {status}")
+
+    if jobs == 1:
+        for p, a in zip(todo, args):
+            record(p, *run_point(*a))
+    else:
+        # spawn: no forked copies of torch's thread pools; workers exit if this process dies
+        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+            futures = {pool.submit(run_point, *a): p for p, a in zip(todo, args)}
+            for fut in cf.as_completed(futures):
+                try:
+                    record(futures[fut], *fut.result())
+                except Exception as e:  # the worker process itself died
+                    record(futures[fut], "crashed", f"{type(e).__name__}: {e}")
+    bar.close()
+    return outcome
