@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The batch-norm post's three-model comparison (docs/background.md, "The batch-norm post"), measured with `bnlab outstats`.
+"""The batch-norm post's three-model comparison (docs/background.md, "The batch-norm post"),
+measured with `bnlab outstats`.
 
 Pipeline (finished steps are reused):
 1. train the simple net with Softplus(β=10) and BN (gamma=1, beta=0 frozen), max lr 5.0, and without
@@ -28,9 +29,9 @@ from pathlib import Path
 
 import torch
 
+import bnlab
 from bnlab.config import make_config
 from bnlab.freeze import freeze_checkpoint
-from bnlab.outstats import OutstatsOptions, compute_outstats
 from bnlab.train import train
 
 # The post's numbers (docs/background.md), batch-summed loss units (batch 256) for eigenvalues.
@@ -72,13 +73,12 @@ def outstats(ckpt: Path, s: dict, data_dir: str, out: Path) -> dict:
     path = out / "outstats.json"
     if path.is_file():
         return json.loads(path.read_text())
-    opts = OutstatsOptions(num_samples=s["num_samples"], batch_size=s["eval_batch"], loss_scale="batch-sum",
-                           num_eigs=s["num_eigs"], project=True, data_dir=data_dir, device="cpu", quiet=False)
-    summary, tensors = compute_outstats(ckpt, opts)
+    result = bnlab.output_stats(ckpt, num_samples=s["num_samples"], batch_size=s["eval_batch"],
+                                loss_scale="batch-sum", num_eigs=s["num_eigs"], project=True, data_dir=data_dir,
+                                device="cpu", quiet=False)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(tensors, out / "outstats.pt")
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return summary
+    result.write(out)
+    return result.summary
 
 
 def row(name: str, s: dict, meta: dict) -> dict:
