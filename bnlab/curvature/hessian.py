@@ -137,12 +137,14 @@ def estimated_hvps(k: int, max_hvps: int | None) -> int:
 
 
 def run_hessian(ctx: AnalysisContext, opts: HessianOptions, *, quiet: bool = True,
-                op: Any = None) -> HessianResult:
+                op: Any = None, v0: torch.Tensor | None = None) -> HessianResult:
     """Top-k eigenpairs (and optionally SLQ density and Hutch++ trace) of the context's Hessian.
 
-    op: an operator already made by `make_operator` for these options (reused, e.g. along a series).
+    op: an operator already made by `make_operator` for these options. v0: start vectors (rows),
+    e.g. the previous checkpoint's eigenvectors along a series (instead of opts.warm_start).
     """
-    v0 = check_inputs(ctx, opts)
+    warm = check_inputs(ctx, opts)
+    v0 = v0 if v0 is not None else warm
     t0 = time.perf_counter()
     op = op if op is not None else make_operator(ctx, opts, quiet=quiet)
     ckpt = ctx.checkpoint
@@ -161,7 +163,8 @@ def run_hessian(ctx: AnalysisContext, opts: HessianOptions, *, quiet: bool = Tru
             "residuals_measured": result.verified, "converged": result.converged.tolist(),
             "all_converged": bool(result.converged.all()), "hvp_count": result.hvp_count,
             "verify_hvps": result.verify_hvps, "restarts": result.restarts, "wall_time": result.wall_time,
-            "warm_start": str(opts.warm_start) if opts.warm_start else None, "seed": opts.seed,
+            "warm_start": (str(opts.warm_start) if opts.warm_start else
+                           "given start vectors" if v0 is not None else None), "seed": opts.seed,
         }
     if opts.density:
         record["density"] = slq_density(op, num_probes=opts.density_probes, lanczos_steps=opts.density_steps,
