@@ -21,9 +21,10 @@ from ..curvature.operator import LOSS_SCALES
 from ..errors import BnlabError
 from ..io.eigvecs import Eigvecs, read_eigvecs
 from ..io.jsonfile import write_json
+from ..io.torchfile import atomic_torch_save
 from ..models import build_model
 from .activations import activation_stats, default_layers
-from .gradients import check_stats, stat_gradients
+from .gradients import check_stats, stat_gradients, trainable_parameters
 from .layers import per_layer_sq_norms
 from .moments import MOMENTS
 from .perturb import perturbation_table
@@ -73,8 +74,6 @@ class OutstatsResult:
     tensors: dict[str, Any]  # what outstats.pt holds (gradients, values, activations)
 
     def write(self, out: str | Path) -> list[Path]:
-        from ..checkpoint import atomic_torch_save
-
         out = Path(out)
         return [write_json(out / SUMMARY_FILE, self.summary), atomic_torch_save(self.tensors, out / TENSORS_FILE)]
 
@@ -96,8 +95,6 @@ def check_inputs(ctx: AnalysisContext, opts: OutstatsOptions) -> Eigvecs | None:
     Target(opts.module, opts.channels).check(ctx.model)
     if opts.eigvecs is None:
         return None
-    from .gradients import trainable_parameters
-
     ev = read_eigvecs(opts.eigvecs)
     check_eigvecs_match(ev, ctx.settings(), trainable_parameters(ctx.model)[0], str(opts.eigvecs))
     return ev
