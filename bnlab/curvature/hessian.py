@@ -180,17 +180,26 @@ def run_hessian(ctx: AnalysisContext, opts: HessianOptions, *, quiet: bool = Tru
 
 
 def _eigenpairs(op: Any, opts: HessianOptions, v0: torch.Tensor | None, quiet: bool) -> EigenResult:
-    start = op.hvp_count
-    progress = Progress(estimated_hvps(opts.top_k, opts.max_hvps), "hessian: HVPs (total estimated)",
-                        quiet=quiet, unit="HVP")
+    return solve_with_progress(op, opts.top_k, which=opts.which, tol=opts.tol, v0=v0, method=opts.eigensolver,
+                               ncv=opts.ncv, max_hvps=opts.max_hvps, seed=opts.seed, verify=opts.verify,
+                               desc="hessian: HVPs", quiet=quiet)
+
+
+def solve_with_progress(op: Any, k: int, *, desc: str, quiet: bool, which: str = "LA", tol: float = DEFAULT_TOL,
+                        v0: torch.Tensor | None = None, method: str = "lanczos", ncv: int | None = None,
+                        max_hvps: int | None = None, seed: int = 0, verify: bool = True) -> EigenResult:
+    """`top_eigenpairs` with a progress bar over the products (the total is an estimate)."""
+    start = op.hvp_count if hasattr(op, "hvp_count") else 0
+    progress = Progress(estimated_hvps(k, max_hvps), f"{desc} (total estimated)", quiet=quiet, unit="HVP")
 
     def show(hvps: int, rel: Any) -> None:
         worst = max(rel) if len(rel) else 0.0
-        done = int(sum(r <= opts.tol for r in rel))
+        done = int(sum(r <= tol for r in rel))
         progress.update(hvps - progress.n, postfix=f"converged {done}/{len(rel)}, max rel. residual {worst:.1e}")
 
-    result = top_eigenpairs(op, opts.top_k, which=opts.which, tol=opts.tol, v0=v0, method=opts.eigensolver,
-                            ncv=opts.ncv, max_hvps=opts.max_hvps, seed=opts.seed, verify=opts.verify, callback=show)
-    progress.update(op.hvp_count - start - progress.n)
-    progress.close(postfix=f"{result.hvp_count} HVPs, {int(result.converged.sum())}/{opts.top_k} converged")
+    result = top_eigenpairs(op, k, which=which, tol=tol, v0=v0, method=method, ncv=ncv, max_hvps=max_hvps,
+                            seed=seed, verify=verify, callback=show)
+    used = (op.hvp_count - start) if hasattr(op, "hvp_count") else result.hvp_count + result.verify_hvps
+    progress.update(max(0, used - progress.n))
+    progress.close(postfix=f"{result.hvp_count} HVPs, {int(result.converged.sum())}/{k} converged")
     return result
