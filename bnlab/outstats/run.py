@@ -120,11 +120,40 @@ def run_outstats(ctx: AnalysisContext, opts: OutstatsOptions, *, quiet: bool = T
     """Everything `bnlab outstats` computes for the context's checkpoint; the model is unchanged."""
     ev = check_inputs(ctx, opts)
     snap = _snapshot(ctx.checkpoint.model)
-    model, mode = ctx.model, ctx.bn_mode
-    batches = ctx.batch_list
     target = Target(opts.module, opts.channels)
-    sg = stat_gradients(model, batches, stats=opts.stats, target=target, moments=opts.moments, mode=mode,
-                        quiet=quiet)
+    sg = stat_gradients(ctx.model, ctx.batch_list, stats=opts.stats, target=target, moments=opts.moments,
+                        mode=ctx.bn_mode, quiet=quiet)
+    summary, tensors = _gradient_summary(ctx, opts, sg, target)
+    if target.is_logits and "mean" in sg.stats:
+        summary["perturbation"] = perturbation_table(ctx.model, ctx.batch_list, sg.of("mean"), mode=ctx.bn_mode,
+                                                     delta=opts.delta, seed=opts.seed, classes=sg.channels)
+    basis_means, basis_all = _spans(sg, opts, summary, ctx.dtype)
+    op = None
+    if opts.project or (ev is None and opts.num_eigs > 0):  # the Hessian only when it is needed
+        op = ctx.hessian(loss_scale=opts.loss_scale)
+        op.quiet = quiet
+    eig = _eigvecs(ev, op, opts, quiet)
+    if eig is not None:
+        summary["eigen"] = _eigen_overlaps(eig, basis_means, basis_all)
+    if opts.project:
+        k = max(opts.num_eigs, 1) if eig is None else max(opts.num_eigs, eig[0].shape[0])
+        res = solve_with_progress(ProjectedOperator(op, basis_all), k, tol=opts.tol, seed=opts.seed, verify=False,
+                                  desc="outstats: projected Hessian", quiet=quiet)
+        summary["projected"] = {"k": k, "eigenvalues": res.eigenvalues.tolist(),
+                                "converged": res.converged.tolist(), "hvps": res.hvp_count,
+                                "span_dim": basis_all.shape[1], "loss_scale": opts.loss_scale}
+    if opts.histograms:
+        acts = _activations(ctx, opts)
+        summary["channel_mean_share"] = {when: {n: layer["layer_mean_share"] for n, layer in a.items()}
+                                         for when, a in acts.items()}
+        tensors["activations"] = acts
+    _check_unchanged(ctx.checkpoint.model, snap)
+    return OutstatsResult(summary, tensors)
+
+
+def _gradient_summary(ctx: AnalysisContext, opts: OutstatsOptions, sg: Any, target: Target
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The statistics, their gradients' norms and per-layer split: (summary, tensors) to start from."""
     flat = sg.flat()
     layers, sq = per_layer_sq_norms(flat, sg.param_names, sg.param_shapes)
     labels = sg.labels()
@@ -141,53 +170,49 @@ def run_outstats(ctx: AnalysisContext, opts: OutstatsOptions, *, quiet: bool = T
     }
     tensors: dict[str, Any] = {"grads": flat.float().cpu(), "labels": labels, "values": sg.values.cpu(),
                                "param_names": sg.param_names, "layer_sq_norms": sq.cpu()}
-    if target.is_logits and "mean" in sg.stats:
-        summary["perturbation"] = perturbation_table(model, batches, sg.of("mean"), mode=mode, delta=opts.delta,
-                                                     seed=opts.seed, classes=sg.channels)
+    return summary, tensors
+
+
+def _spans(sg: Any, opts: OutstatsOptions, summary: dict[str, Any], model_dtype: torch.dtype
+           ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Orthonormal bases of the means' span and of the full span; records their dimensions."""
     # Gradients carry the model dtype's rounding: a row whose remainder is below ~1000 eps of it is
     # dependent (e.g. the 10th centred-logit mean gradient, which sums with the others to zero).
-    rtol = 1000 * torch.finfo(next(model.parameters()).dtype).eps
+    rtol = 1000 * torch.finfo(model_dtype).eps
+    labels = sg.labels()
     basis_means = orthonormal_basis(sg.flat(["mean"]), rtol)[0] if "mean" in sg.stats else None
-    basis_all, kept = orthonormal_basis(flat, rtol)
+    basis_all, kept = orthonormal_basis(sg.flat(), rtol)
     summary["span"] = {"means_dim": None if basis_means is None else basis_means.shape[1],
                        "full_dim": basis_all.shape[1], "kept_rows": [labels[i] for i in kept], "rtol": rtol,
                        "random_overlap_full": random_overlaps(basis_all, 10, opts.seed).tolist(),
                        "random_overlap_expected": basis_all.shape[1] / basis_all.shape[0]}
-    op = None
-    if opts.project or (ev is None and opts.num_eigs > 0):  # the Hessian only when it is needed
-        op = ctx.hessian(loss_scale=opts.loss_scale)
-        op.quiet = quiet
-    eig = _eigvecs(ev, op, opts, quiet)
-    if eig is not None:
-        vecs, vals, source, hsettings = eig
-        if vecs.shape[1] != basis_all.shape[0]:
-            raise BnlabError(f"eigenvectors have dimension {vecs.shape[1]}, this model {basis_all.shape[0]}: "
-                             "were they computed for this checkpoint with all parameters?")
-        summary["eigen"] = {"source": source, "eigenvalues": None if vals is None else vals.tolist(),
-                            "hessian_settings": {k: hsettings.get(k) for k in ("bn_mode", "units", "num_samples",
-                                                                               "batch_size", "loss_scale")},
-                            "overlap_full": overlaps(basis_all, vecs.T.to(basis_all.device)).tolist()}
-        if basis_means is not None:
-            summary["eigen"]["overlap_means"] = overlaps(basis_means, vecs.T.to(basis_means.device)).tolist()
-    if opts.project:
-        k = max(opts.num_eigs, 1) if eig is None else max(opts.num_eigs, eig[0].shape[0])
-        res = solve_with_progress(ProjectedOperator(op, basis_all), k, tol=opts.tol, seed=opts.seed, verify=False,
-                                  desc="outstats: projected Hessian", quiet=quiet)
-        summary["projected"] = {"k": k, "eigenvalues": res.eigenvalues.tolist(),
-                                "converged": res.converged.tolist(), "hvps": res.hvp_count,
-                                "span_dim": basis_all.shape[1], "loss_scale": opts.loss_scale}
-    if opts.histograms:
-        hist_layers = list(opts.hist_layers) if opts.hist_layers else [*default_layers(model), "logits"]
-        dtype = next(model.parameters()).dtype
-        init = _init_model(ctx, dtype)
-        init_mode = resolve_bn_mode(init, None if mode == "none" else mode)
-        acts = {"checkpoint": activation_stats(model, batches, hist_layers, mode=mode, seed=opts.seed),
-                "init": activation_stats(init, batches, hist_layers, mode=init_mode, seed=opts.seed)}
-        summary["channel_mean_share"] = {when: {n: a[n]["layer_mean_share"] for n in hist_layers}
-                                         for when, a in acts.items()}
-        tensors["activations"] = acts
-    _check_unchanged(ctx.checkpoint.model, snap)
-    return OutstatsResult(summary, tensors)
+    return basis_means, basis_all
+
+
+def _eigen_overlaps(eig: tuple[torch.Tensor, torch.Tensor | None, str, dict], basis_means: torch.Tensor | None,
+                    basis_all: torch.Tensor) -> dict[str, Any]:
+    """Squared overlaps of each Hessian eigenvector with the spans (and where the vectors came from)."""
+    vecs, vals, source, hsettings = eig
+    if vecs.shape[1] != basis_all.shape[0]:
+        raise BnlabError(f"eigenvectors have dimension {vecs.shape[1]}, this model {basis_all.shape[0]}: "
+                         "were they computed for this checkpoint with all parameters?")
+    out = {"source": source, "eigenvalues": None if vals is None else vals.tolist(),
+           "hessian_settings": {k: hsettings.get(k) for k in ("bn_mode", "units", "num_samples", "batch_size",
+                                                              "loss_scale")},
+           "overlap_full": overlaps(basis_all, vecs.T.to(basis_all.device)).tolist()}
+    if basis_means is not None:
+        out["overlap_means"] = overlaps(basis_means, vecs.T.to(basis_means.device)).tolist()
+    return out
+
+
+def _activations(ctx: AnalysisContext, opts: OutstatsOptions) -> dict[str, dict[str, Any]]:
+    """Per-layer activation statistics of the checkpoint and of its architecture at initialisation."""
+    model, mode = ctx.model, ctx.bn_mode
+    hist_layers = list(opts.hist_layers) if opts.hist_layers else [*default_layers(model), "logits"]
+    init = _init_model(ctx, next(model.parameters()).dtype)
+    init_mode = resolve_bn_mode(init, None if mode == "none" else mode)
+    return {"checkpoint": activation_stats(model, ctx.batch_list, hist_layers, mode=mode, seed=opts.seed),
+            "init": activation_stats(init, ctx.batch_list, hist_layers, mode=init_mode, seed=opts.seed)}
 
 
 def _eigvecs(ev: Eigvecs | None, op: Any, opts: OutstatsOptions, quiet: bool
