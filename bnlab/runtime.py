@@ -48,17 +48,13 @@ def tune_allocator() -> dict[str, Any]:
     return record
 
 
-def memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last everywhere: 1.25-1.4x faster convs on CPU (oneDNN) and on CUDA (tensor cores)."""
-    return torch.channels_last
-
-
 def runtime_info(device: torch.device) -> dict[str, Any]:
     """What the process runs with: allocator tuning, threads, memory format, device name."""
     info: dict[str, Any] = {"allocator": tune_allocator(), "torch_threads": torch.get_num_threads(),
                             "memory_format": "channels_last", "device": str(device)}
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
+        info["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     return info
 
 

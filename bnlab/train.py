@@ -162,6 +162,8 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, device: str | torc
     tune_allocator()
     out = Path(out_dir)
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv kernels once
     payload = None
     if resume:
         config, payload = _resume_point(out)
