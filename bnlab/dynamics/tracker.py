@@ -26,6 +26,22 @@ def _angle(dw2: torch.Tensor, dwb: torch.Tensor, na: torch.Tensor, nb: torch.Ten
     return 2 * torch.asin((d2.clamp_min(0).sqrt() / 2).clamp(max=1.0))
 
 
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """All of t's elements as a 1-D view when its memory allows (order is irrelevant: we only sum)."""
+    if t.is_contiguous():
+        return t.view(-1)
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1)  # a view: channels_last is contiguous in NHWC order
+    return t.reshape(-1)
+
+
+def _dots(a: list[torch.Tensor], b: list[torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
+    """<a_i, b_i> for every pair, in float32, in a handful of kernels (not one per tensor: on a GPU
+    per-tensor reductions made the log cost more than half of a training step)."""
+    prods = torch._foreach_mul(a, b)
+    return torch.segment_reduce(torch.cat([_flat(p) for p in prods]).float(), "sum", lengths=lengths)
+
+
 class DynamicsTracker:
     """Call `before_step` after backward and `after_step` after optimizer.step()."""
 
@@ -34,6 +50,7 @@ class DynamicsTracker:
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.numel = [p.numel() for p in self.params]
+        self.lengths = torch.tensor(self.numel, device=self.params[0].device if self.params else "cpu")
         self.prev = [torch.empty_like(p) for p in self.params]
         self.channels = channels
         self.ch_idx = [i for i, p in enumerate(self.params) if p.dim() >= 2] if channels else []
@@ -47,7 +64,7 @@ class DynamicsTracker:
         torch._foreach_copy_(self.prev, [p.detach() for p in self.params])
         wb = torch.stack(torch._foreach_norm(self.prev))
         gn = torch.stack(torch._foreach_norm(grads))
-        wg = torch.stack([torch.vdot(w.flatten().float(), g.flatten().float()) for w, g in zip(self.prev, grads)])
+        wg = _dots(self.prev, grads, self.lengths)
         self._before = (wb, gn, wg)
         if self.channels:
             self._ch_before = []
@@ -62,7 +79,7 @@ class DynamicsTracker:
         dws = torch._foreach_sub([p.detach() for p in self.params], self.prev)
         wa = torch.stack(torch._foreach_norm([p.detach() for p in self.params]))
         dn = torch.stack(torch._foreach_norm(dws))
-        dwb = torch.stack([torch.vdot(d.flatten().float(), b.flatten().float()) for d, b in zip(dws, self.prev)])
+        dwb = _dots(dws, self.prev, self.lengths)
         # Undefined for a zero tensor (BN biases at init): NaN rather than a huge number.
         nan = torch.tensor(float("nan"), device=wb.device)
         rel = torch.where(wb > 0, dn / wb, nan)
