@@ -20,8 +20,8 @@ class BnlabGroup(click.Group):
         extra.pop("standalone_mode", None)
         try:
             rv = super().main(args, prog_name or "bnlab", standalone_mode=False, **extra)  # type: ignore[arg-type]
-        except BnlabError as e:
-            _fail(str(e))
+        except BnlabError as e:  # under torchrun, a refusal all ranks share is printed by rank 0 alone
+            _fail(str(e), quiet=getattr(e, "quiet", False))
         except OSError as e:  # the file system said no (permissions, full disk, a path that is a file, ...)
             where = f"{e.filename}: " if e.filename else ""
             _fail(f"cannot write or read {where}{e.strerror or e}")
@@ -35,8 +35,9 @@ class BnlabGroup(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"bnlab: error: {' '.join(message.split())}", err=True)
+def _fail(message: str, code: int = 2, quiet: bool = False) -> None:
+    if not quiet:
+        click.echo(f"bnlab: error: {' '.join(message.split())}", err=True)
     sys.exit(code)
 
 

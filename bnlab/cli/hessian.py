@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from .. import distributed
 from ..context import build_context
 from ..curvature.hessian import CACHE_GRAPHS, HessianOptions, HessianResult, check_inputs, run_hessian
 from ..curvature.hvp import HVP_METHODS
@@ -66,12 +67,16 @@ def command(ckpt: str, out: str, force: bool, device: str, quiet: bool, params: 
     """
     opts = HessianOptions(eval=eval_spec(options), params=str_list(params), verify=not no_verify, **options)
     opts.validate()
-    loaded, dev = load_for_analysis(ckpt, device)
-    ctx = build_context(loaded, opts.eval, device=dev)
-    check_inputs(ctx, opts)
-    with claim_out_dir(out, force=force) as out_dir:
-        result = run_hessian(ctx, opts, quiet=quiet)
-        result.write(out_dir)
+    with distributed.launch(device) as dev:  # under torchrun: every rank computes, rank 0 writes
+        main = distributed.is_main()
+        loaded = distributed.agree(lambda: load_for_analysis(ckpt, dev)[0])
+        ctx = distributed.agree(lambda: build_context(loaded, opts.eval, device=dev))
+        distributed.agree(lambda: check_inputs(ctx, opts))
+        with distributed.main_context(lambda: claim_out_dir(out, force=force)) as out_dir:
+            result = run_hessian(ctx, opts, quiet=quiet or not main)
+            distributed.on_main(lambda: result.write(out_dir))
+    if not main:
+        return
     _echo_summary(ckpt, result, opts, Path(out))
 
 

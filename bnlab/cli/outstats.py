@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from .. import distributed
 from ..context import build_context
 from ..outstats import MOMENTS
 from ..outstats.run import OutstatsOptions, OutstatsResult, check_inputs, run_outstats
@@ -61,12 +62,16 @@ def command(ckpt: str, stats: str, channels: str | None, hist_layers: str | None
                            channels=int_list(channels, "--channels"), hist_layers=str_list(hist_layers),
                            histograms=not no_histograms, **options)
     opts.validate()
-    loaded, dev = load_for_analysis(ckpt, device)
-    ctx = build_context(loaded, opts.eval, device=dev)
-    check_inputs(ctx, opts)
-    with claim_out_dir(out, force=force) as out_dir:
-        result = run_outstats(ctx, opts, quiet=quiet)
-        result.write(out_dir)
+    with distributed.launch(device) as dev:  # under torchrun: every rank computes, rank 0 writes
+        main = distributed.is_main()
+        loaded = distributed.agree(lambda: load_for_analysis(ckpt, dev)[0])
+        ctx = distributed.agree(lambda: build_context(loaded, opts.eval, device=dev))
+        distributed.agree(lambda: check_inputs(ctx, opts))
+        with distributed.main_context(lambda: claim_out_dir(out, force=force)) as out_dir:
+            result = run_outstats(ctx, opts, quiet=quiet or not main)
+            distributed.on_main(lambda: result.write(out_dir))
+    if not main:
+        return
     _echo_summary(result, Path(out))
 
 
