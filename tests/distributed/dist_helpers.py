@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from bnlab import ddp
+from bnlab.checkpoint import save_checkpoint
 from bnlab.config import TrainConfig, make_config
 from bnlab.data import load_data, train_batches
 from bnlab.models import ModelSpec, build_model
@@ -74,13 +75,13 @@ def one_step(config: TrainConfig, rank: int = 0, world: int = 1) -> dict[str, An
     """
     data = load_data(config.data, "cpu", seed=config.seed)
     torch.manual_seed(config.seed)
-    model = ddp.for_ranks(build_model(config.model).double(), config, world)
+    model = ddp.for_ranks(build_model(config.model).double(), config, world).to(memory_format=torch.channels_last)
     forward = ddp.wrap(model, torch.device("cpu")) if world > 1 else model
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                           weight_decay=config.weight_decay)
     x, y = next(train_batches(data, config.data, config.batch_size, config.seed, 0, shard=(rank, world)))
     model.train()
-    loss = F.cross_entropy(forward(x.double()), y)
+    loss = F.cross_entropy(forward(x.double().contiguous(memory_format=torch.channels_last)), y)
     opt.zero_grad()
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
@@ -98,6 +99,20 @@ def e2e_config(norm: str = "bn", **options: Any) -> TrainConfig:
 
 
 # ----------------------------------------------------------------------------- curvature fixtures
+# The commands' checkpoint: a width-1 DavidNet (BN, softplus). 20 examples in batches of 8 make 3
+# batches (8, 8, 4): 1 on rank 0, 2 on rank 1.
+EVAL_ARGS = ["--num-samples", "20", "--batch-size", "8", "--dtype", "float64", "-q"]
+HESSIAN_ARGS = ["--top-k", "2", *EVAL_ARGS]
+OUTSTATS_ARGS = ["--stats", "mean,var", "--num-eigs", "1", "--no-histograms", *EVAL_ARGS]
+
+
+def write_checkpoint(path: Path) -> Path:
+    cfg = make_config("bn", width=1, dataset="synthetic", synthetic_train=200, synthetic_test=50, act="softplus")
+    torch.manual_seed(0)
+    save_checkpoint(path, {"config": cfg.to_dict(), "model": build_model(cfg.model).state_dict()})
+    return path
+
+
 def tiny_net() -> torch.nn.Module:
     torch.manual_seed(0)
     net = build_model(ModelSpec(width=2, norm="bn", act="softplus")).double()

@@ -1,19 +1,34 @@
-"""One rank of the distributed numerics checks (started by test_dist_numerics.py through `launch`).
+"""One rank of the distributed checks (started by test_dist_numerics.py through `launch`).
 
     python dist_worker.py OUT_DIR     # under RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT
 
 Joins the gloo group as `bnlab` commands do, computes every check's distributed side and saves
-it to OUT_DIR/rank{r}.pt; the test compares with the single-process references.
+it to OUT_DIR/rank{r}.pt; the test compares with the single-process references. The `bnlab
+hessian` / `bnlab outstats` commands run here in-process inside the joined group (one process
+start per rank for everything: starting Python with torch is most of a check's cost).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 from pathlib import Path
 
 import torch
-from dist_helpers import LOSS, e2e_config, one_step, probe_vectors, step_config, tiny_batches, tiny_net
+from dist_helpers import (
+    HESSIAN_ARGS,
+    LOSS,
+    OUTSTATS_ARGS,
+    e2e_config,
+    one_step,
+    probe_vectors,
+    step_config,
+    tiny_batches,
+    tiny_net,
+)
 
 from bnlab import distributed
+from bnlab.cli import main as cli
 from bnlab.curvature import HessianOperator, top_eigenpairs
 from bnlab.outstats.gradients import stat_gradients
 from bnlab.rundir import claim_out_dir
@@ -29,7 +44,7 @@ def hessian_checks() -> dict:
         out[f"hv_cache{cache}"] = op.matmat(probe_vectors(op.dim))
     op = HessianOperator(net, batches, loss_fn=LOSS, bn_mode="batch")
     out["grad"], out["loss"] = op.gradient(), op.loss()
-    res = top_eigenpairs(op, 3, tol=1e-9, max_hvps=800)
+    res = top_eigenpairs(op, 3, tol=1e-6)
     out["eigenvalues"], out["eigenvectors"], out["converged"] = res.eigenvalues, res.eigenvectors, res.converged
     out["describe"] = op.describe()
     for moments in ("per-batch", "pooled"):
@@ -48,6 +63,17 @@ def refusal_check(folder: Path) -> dict:
         return {"raised": True, "message": str(e), "quiet": e.quiet}
 
 
+def command(args: list[str]) -> dict:
+    """A `bnlab` command run in this process (inside the joined group): exit code and stdout."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        try:
+            cli(args)
+        except SystemExit as e:
+            return {"code": e.code, "stdout": buf.getvalue()}
+    return {"code": None, "stdout": buf.getvalue()}
+
+
 def main(out: Path) -> None:
     with distributed.launch("cpu"):
         r, world = distributed.rank(), distributed.world_size()
@@ -58,6 +84,9 @@ def main(out: Path) -> None:
         results["hessian"] = hessian_checks()
         results["refusal"] = refusal_check(out / "not_empty")
         results["train"] = train(e2e_config("bn"), out / "run", device="cpu", quiet=True).metrics
+        ck = str(out / "ck.pt")
+        results["cli_hessian"] = command(["hessian", ck, *HESSIAN_ARGS, "--out", str(out / "hessian")])
+        results["cli_outstats"] = command(["outstats", ck, *OUTSTATS_ARGS, "--out", str(out / "outstats")])
         torch.save(results, out / f"rank{r}.pt")
 
 

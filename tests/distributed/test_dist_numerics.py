@@ -1,6 +1,7 @@
 """torch.distributed, 2 gloo ranks on CPU, against one process (float64): a training step with sync BN
 and with per-rank BN (= ghost BN with one split per rank), sharded HVPs, eigenpairs and output-statistic
-gradients, a whole training run, and a refusal on one rank reaching both."""
+gradients, a whole training run, `bnlab hessian` / `bnlab outstats` inside the group, and a refusal on
+one rank reaching both. All of it comes from one start of two rank processes (dist_worker.py)."""
 from __future__ import annotations
 
 import csv
@@ -10,8 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from dist_helpers import (
+    HESSIAN_ARGS,
     LOSS,
+    OUTSTATS_ARGS,
     WORKER,
     e2e_config,
     launch,
@@ -20,9 +24,11 @@ from dist_helpers import (
     step_config,
     tiny_batches,
     tiny_net,
+    write_checkpoint,
 )
 
 from bnlab import load_checkpoint
+from bnlab.cli import main
 from bnlab.curvature import HessianOperator, top_eigenpairs
 from bnlab.outstats.gradients import stat_gradients
 from bnlab.train import train
@@ -31,6 +37,7 @@ from bnlab.train import train
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("dist")
+    write_checkpoint(out / "ck.pt")
     (out / "not_empty").mkdir()
     (out / "not_empty" / "keep.txt").write_text("someone else's file")
     procs = launch([sys.executable, str(WORKER), str(out)], world=2)
@@ -90,7 +97,7 @@ def single_hessian() -> dict:
         out[f"hv_cache{cache}"] = op.matmat(probe_vectors(op.dim))
     op = HessianOperator(net, batches, loss_fn=LOSS, bn_mode="batch")
     out["grad"], out["loss"] = op.gradient(), op.loss()
-    res = top_eigenpairs(op, 3, tol=1e-9, max_hvps=800)
+    res = top_eigenpairs(op, 3, tol=1e-6)
     out["eigenvalues"], out["eigenvectors"] = res.eigenvalues, res.eigenvectors
     for moments in ("per-batch", "pooled"):
         sg = stat_gradients(net, batches, stats=("mean", "var"), moments=moments, mode="batch")
@@ -173,3 +180,42 @@ def test_two_rank_run_equals_a_one_process_ghost_bn_run(ranks: tuple[Path, list[
     assert record["history"] == [{"from_epoch": 0, "world_size": 2}]
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in ref_dir.iterdir())
+
+
+def _one_process(command: str, args: list[str], out: Path) -> Path:
+    r = CliRunner().invoke(main, [command, str(out.parent / "ck.pt"), *args, "--out", str(out)],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def _ran(res: list[dict], key: str) -> None:
+    assert [r[key]["code"] for r in res] == [0, 0], [r[key] for r in res]
+    assert res[0][key]["stdout"].strip() and res[1][key]["stdout"] == ""  # rank 0 reports, rank 1 is silent
+
+
+def test_hessian_command_in_the_group_equals_one_process(ranks: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    out, res = ranks
+    _ran(res, "cli_hessian")
+    (tmp_path / "ck.pt").symlink_to(out / "ck.pt")
+    one = _one_process("hessian", HESSIAN_ARGS, tmp_path / "one")
+    a, b = (json.loads((d / "hessian.json").read_text()) for d in (one, out / "hessian"))
+    assert b["eigen"]["eigenvalues"] == pytest.approx(a["eigen"]["eigenvalues"], rel=1e-10)
+    assert b["eigen"]["hvp_count"] == a["eigen"]["hvp_count"]
+    assert b["settings"]["distributed"] == {"world_size": 2, "backend": "gloo", "batches_per_rank": [1, 2]}
+    assert "distributed" not in a["settings"]  # one process writes what it always wrote
+    va, vb = (torch.load(d / "eigvecs.pt", weights_only=True)["eigenvectors"] for d in (one, out / "hessian"))
+    assert ((va.double() * vb.double()).sum(1).abs() - 1).abs().max() <= 1e-6  # stored as float32
+
+
+def test_outstats_command_in_the_group_equals_one_process(ranks: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    out, res = ranks
+    _ran(res, "cli_outstats")
+    (tmp_path / "ck.pt").symlink_to(out / "ck.pt")
+    one = _one_process("outstats", OUTSTATS_ARGS, tmp_path / "one")
+    a, b = (json.loads((d / "outstats.json").read_text()) for d in (one, out / "outstats"))
+    for stat in ("mean", "var"):
+        assert b["grad_norms"][stat] == pytest.approx(a["grad_norms"][stat], rel=1e-10)
+        assert b["values"][stat] == pytest.approx(a["values"][stat], rel=1e-10, abs=1e-14)
+    assert b["eigen"]["eigenvalues"] == pytest.approx(a["eigen"]["eigenvalues"], rel=1e-10)
+    assert b["eigen"]["overlap_full"] == pytest.approx(a["eigen"]["overlap_full"], rel=1e-8, abs=1e-12)
