@@ -17,11 +17,10 @@ chunks that ghost BN keeps. With sync BN every rank holds the same buffers alrea
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
-import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -29,6 +28,22 @@ from . import distributed
 from .config import TrainConfig
 from .errors import BnlabError
 from .norms import GhostBatchNorm
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """y = Σ_ranks x, differentiable: the gradient of every rank's x is Σ_ranks of the gradients of y."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return distributed.all_reduce_sum(x.clone(memory_format=torch.contiguous_format))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return distributed.all_reduce_sum(grad.clone(memory_format=torch.contiguous_format))
+
+
+def _sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    return _SumOverRanks.apply(x)
 
 
 class SyncBatchNorm2d(nn.BatchNorm2d):
@@ -48,11 +63,11 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         # Differentiable sums (their backward all_reduces the gradients), two passes for accuracy:
         # the mean first, then the variance about it.
         local = torch.cat([x.sum(dim=(0, 2, 3)), x.new_full((1,), x.numel() / c)])
-        total = dist_fn.all_reduce(local, op=dist.ReduceOp.SUM)
+        total = _sum_over_ranks(local)
         n = total[c].detach()
         mean = total[:c] / n
         xc = x - mean.view(1, -1, 1, 1)
-        var = dist_fn.all_reduce((xc * xc).sum(dim=(0, 2, 3)), op=dist.ReduceOp.SUM) / n
+        var = _sum_over_ranks((xc * xc).sum(dim=(0, 2, 3))) / n
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -101,8 +116,11 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+    # Newer torch renames the switch (and still syncs buffers once at construction: harmless, every
+    # rank starts from the same state).
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
 
 
 def _running_buffers(model: nn.Module) -> list[torch.Tensor]:

@@ -63,6 +63,24 @@ def refusal_check(folder: Path) -> dict:
         return {"raised": True, "message": str(e), "quiet": e.quiet}
 
 
+def divergence_check(out: Path) -> dict:
+    """A non-finite loss on rank 1 alone must stop both ranks at the same step, for the same reason."""
+    import bnlab.train as trainer
+
+    real = trainer.train_batches
+
+    def poisoned(*args: object, **kwargs: object):  # noqa: ANN202
+        for i, (x, y) in enumerate(real(*args, **kwargs)):
+            yield (torch.full_like(x, float("nan")) if i == 1 and distributed.rank() == 1 else x), y
+
+    trainer.train_batches = poisoned
+    try:
+        res = train(e2e_config("bn", log_every=0), out, device="cpu", quiet=True)
+    finally:
+        trainer.train_batches = real
+    return {"status": res.status, "diverged": res.diverged}
+
+
 def command(args: list[str]) -> dict:
     """A `bnlab` command run in this process (inside the joined group): exit code and stdout."""
     buf = io.StringIO()
@@ -84,6 +102,7 @@ def main(out: Path) -> None:
         results["hessian"] = hessian_checks()
         results["refusal"] = refusal_check(out / "not_empty")
         results["train"] = train(e2e_config("bn"), out / "run", device="cpu", quiet=True).metrics
+        results["diverge"] = divergence_check(out / "diverged")
         ck = str(out / "ck.pt")
         results["cli_hessian"] = command(["hessian", ck, *HESSIAN_ARGS, "--out", str(out / "hessian")])
         results["cli_outstats"] = command(["outstats", ck, *OUTSTATS_ARGS, "--out", str(out / "outstats")])

@@ -182,6 +182,17 @@ def test_two_rank_run_equals_a_one_process_ghost_bn_run(ranks: tuple[Path, list[
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in ref_dir.iterdir())
 
 
+def test_one_ranks_non_finite_loss_stops_every_rank(ranks: tuple[Path, list[dict]]) -> None:
+    out, res = ranks
+    for r in res:  # rank 0's own loss was finite: it stops because the flag is reduced over the ranks
+        assert r["diverge"]["status"] == "diverged"
+        assert r["diverge"]["diverged"]["step"] == 2 and r["diverge"]["diverged"]["reason"] == "non-finite loss"
+    final = load_checkpoint(out / "diverged" / "final.pt")
+    assert final.meta["status"] == "diverged" and final.meta["step"] == 1
+    assert all(torch.isfinite(v).all() for v in final.model.state_dict().values() if v.is_floating_point())
+    assert json.loads((out / "diverged" / "status.json").read_text())["status"] == "diverged"
+
+
 def _one_process(command: str, args: list[str], out: Path) -> Path:
     r = CliRunner().invoke(main, [command, str(out.parent / "ck.pt"), *args, "--out", str(out)],
                            catch_exceptions=False)
