@@ -64,6 +64,8 @@ def command(ckpt: str, out: str, force: bool, device: str, quiet: bool, params: 
 
     Every setting (BN mode, units, evaluation set, checkpoint hash) is recorded in hessian.json.
     Computing never changes the model (parameters and BN buffers stay bit-identical).
+    Under `torchrun --nproc-per-node N -m bnlab hessian ...` the fixed batches are sharded over the
+    N processes (one all_reduce per HVP); rank 0 writes.
     """
     opts = HessianOptions(eval=eval_spec(options), params=str_list(params), verify=not no_verify, **options)
     opts.validate()

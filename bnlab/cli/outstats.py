@@ -57,7 +57,9 @@ def command(ckpt: str, stats: str, channels: str | None, hist_layers: str | None
             force: bool, device: str, quiet: bool, **options: Any) -> None:
     """Gradients of per-channel output statistics of CKPT (see docs/background.md), their per-layer
     split, the δ-step perturbation test, overlaps of Hessian eigenvectors with the gradient spans and
-    the Hessian with those spans projected out. Writes outstats.json and outstats.pt to --out."""
+    the Hessian with those spans projected out. Writes outstats.json and outstats.pt to --out.
+    Under `torchrun --nproc-per-node N -m bnlab outstats ...` gradients and Hessian products are
+    sharded over the N processes by whole batches; rank 0 writes."""
     opts = OutstatsOptions(eval=eval_spec(options), stats=str_list(stats) or (),
                            channels=int_list(channels, "--channels"), hist_layers=str_list(hist_layers),
                            histograms=not no_histograms, **options)
