@@ -10,7 +10,8 @@ The rules every distributed command follows:
 - every rank validates, loads and computes; rank 0 alone claims output folders and writes files;
 - a refusal on any rank is a refusal on every rank (`agree`): the ranks exchange their errors
   before the next collective computation, so no rank waits forever on one that gave up, and rank 0
-  prints the one line (the others exit with the same code, silently);
+  prints the one line (the others exit with the same code, silently; `printed_here`). Options are
+  validated alike on every rank before the group is joined, so those refusals are rank 0's to print too;
 - work is split by whole units (a training batch by contiguous rows, an analysis's fixed batches by
   contiguous blocks of batches: `shard_range`), and partial results are summed with one all_reduce
   (`all_reduce_sum`, which also counts the bytes it moves, for the benchmarks).
@@ -98,8 +99,10 @@ def rank_device(name: str | torch.device | None = "auto") -> torch.device:
         raise BnlabError(f"--device {dev} under torchrun: each process uses the GPU of its local rank "
                          f"(cuda:LOCAL_RANK); pass --device cuda (or auto)")
     if local >= torch.cuda.device_count():
-        raise BnlabError(f"local rank {local} has no GPU (this node has {torch.cuda.device_count()}); "
-                         "start at most that many processes per node")
+        error = BnlabError(f"local rank {local} has no GPU (this node has {torch.cuda.device_count()}); "
+                           "start at most that many processes per node")
+        error.rank_specific = True  # type: ignore[attr-defined]
+        raise error
     return torch.device("cuda", local)
 
 
@@ -111,7 +114,8 @@ def launch(device: str | torch.device | None = "auto") -> Iterator[torch.device]
     and left alone.
     """
     if env_world_size() == 1 or (dist.is_available() and dist.is_initialized()):
-        yield rank_device(device)
+        with _in_group():
+            yield rank_device(device)
         return
     if not dist.is_available():
         raise BnlabError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
@@ -121,9 +125,32 @@ def launch(device: str | torch.device | None = "auto") -> Iterator[torch.device]
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
                             device_id=dev if dev.type == "cuda" else None)
     try:
-        yield dev
+        with _in_group():
+            yield dev
     finally:
         dist.destroy_process_group()
+
+
+@contextmanager
+def _in_group() -> Iterator[None]:
+    try:
+        yield
+    except BnlabError as e:  # raised on this rank after joining: possibly this rank's alone
+        e.in_group = True  # type: ignore[attr-defined]
+        raise
+
+
+def printed_here(error: BaseException) -> bool:
+    """Whether this process prints `error`'s one line (see the module docs): always in one process;
+    under torchrun rank 0 prints the refusals every rank makes alike, each rank its own others."""
+    if getattr(error, "quiet", False):
+        return False
+    if getattr(error, "in_group", False) or getattr(error, "rank_specific", False):
+        return True
+    try:
+        return env_world_size() == 1 or int(os.environ.get("RANK", "0")) == 0
+    except (BnlabError, ValueError):
+        return True
 
 
 # ----------------------------------------------------------------------------- agreement

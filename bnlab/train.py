@@ -193,8 +193,7 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, device: str | torc
         config = distributed.on_main(lambda: _resume_point(out)[0])
     if config is None:
         raise BnlabError("train() needs a config unless resume=True")
-    config.validate()
-    ddp.check_split(config, world)
+    distributed.agree(lambda: (config.validate(), ddp.check_split(config, world)))  # rank 0 prints a refusal
     if data is None:
         data = distributed.agree(lambda: load_data(config.data, dev, seed=config.seed))
     steps_per_epoch = len(data.train_y) // config.batch_size

@@ -21,7 +21,9 @@ class BnlabGroup(click.Group):
         try:
             rv = super().main(args, prog_name or "bnlab", standalone_mode=False, **extra)  # type: ignore[arg-type]
         except BnlabError as e:  # under torchrun, a refusal all ranks share is printed by rank 0 alone
-            _fail(str(e), quiet=getattr(e, "quiet", False))
+            from ..distributed import printed_here
+
+            _fail(str(e), quiet=not printed_here(e))
         except OSError as e:  # the file system said no (permissions, full disk, a path that is a file, ...)
             where = f"{e.filename}: " if e.filename else ""
             _fail(f"cannot write or read {where}{e.strerror or e}")

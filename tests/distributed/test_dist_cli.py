@@ -41,6 +41,12 @@ def test_bad_distributed_input_is_one_line_before_joining(tmp_path: Path, args: 
     assert not (tmp_path / "r").exists()
 
 
+def test_other_ranks_leave_an_options_refusal_to_rank_0(tmp_path: Path) -> None:
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    r = CliRunner().invoke(main, ["train", "--variant", "no_bn", "--sync-bn", "--out", str(tmp_path / "r")], env=env)
+    assert r.exit_code == 2 and r.stderr == "" and r.output == ""
+
+
 def test_a_refusal_shared_by_all_ranks_is_printed_by_rank_0_only(monkeypatch: pytest.MonkeyPatch,
                                                                   tmp_path: Path) -> None:
     def refuse(*_a: object, **_k: object) -> None:
