@@ -67,6 +67,9 @@ class TrainConfig:
     log_channels: bool = False  # also log per-output-channel norms
     save_every: int = 0  # ckpt_epoch_NNN.pt every k epochs (0: only last.pt and final.pt)
     amp: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; "off" forces fp32
+    # Under torchrun: BN statistics over the global batch (the function of one process) instead of
+    # each rank's rows (ghost BN of world-size splits); see bnlab.ddp. No effect in one process.
+    sync_bn: bool = False
 
     def knots(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         # Default: DavidNet's [0, 5, 24] shape, stretched to the run's length.
@@ -112,6 +115,10 @@ class TrainConfig:
         check.integer("--save-every", self.save_every, 0)
         if self.amp not in ("auto", "off", "bf16"):
             raise BnlabError(f"--amp must be auto, off or bf16, got {self.amp!r}")
+        if self.sync_bn and self.model.norm not in ("bn", "bn_fixed_affine"):
+            raise BnlabError(f"--sync-bn needs a model with batch norm (norm bn or bn_fixed_affine); this one has "
+                             f"norm {self.model.norm!r}" + (" (ghost BN keeps its own splits per rank)"
+                                                             if self.model.norm == "ghost" else ""))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -15,6 +15,14 @@ last committed epoch and redoes (bit-identically) whatever had not been committe
 Divergence (a non-finite loss, gradient or BN buffer) is a result: training stops before the bad
 update, the last finite state (weights and buffers) is saved as final.pt with status "diverged" and
 the step/lr recorded.
+
+Several processes (`torchrun --nproc-per-node N -m bnlab train ...`, or a process group the caller
+initialised): every rank builds the same global batch from (seed, epoch) and trains on its
+contiguous slice under DistributedDataParallel, so the images of a step do not depend on N; what BN
+computes then is `bnlab.ddp`'s business (per-rank statistics, or the global batch's with sync_bn).
+Rank 0 alone holds the run-directory lock and writes every file; the divergence check and the
+epoch's metrics are reduced over the ranks; the test set is evaluated sharded. The world size is
+not part of the config (it is recorded in the runtime record), so a run resumes with any N.
 """
 from __future__ import annotations
 
@@ -29,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import ddp, distributed
 from .checkpoint import read_checkpoint, remove_stale_temp_files, save_checkpoint
 from .config import TrainConfig
 from .data import Data, eval_batches, load_data, train_batches
-from .device import resolve_device
 from .dynamics.log import truncate_csv
 from .dynamics.tracker import DynamicsTracker
 from .errors import BnlabError
@@ -67,18 +75,29 @@ def _autocast(config: TrainConfig, device: torch.device):  # noqa: ANN202
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Data, config: TrainConfig, device: torch.device,
-             batch_size: int = 1024) -> tuple[float, float]:
-    """(mean loss, accuracy) on the test set, BN in eval mode."""
+             batch_size: int = 1024, sharded: bool = False) -> tuple[float, float]:
+    """(mean loss, accuracy) on the test set, BN in eval mode.
+
+    sharded: every rank of the process group evaluates its contiguous part and the sums are reduced
+    (call it on every rank then).
+    """
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for x, y in eval_batches(data.test_x, data.test_y, batch_size, data):
+    test_x, test_y = data.test_x, data.test_y
+    if sharded:
+        part = distributed.shard_range(len(test_y), distributed.rank(), distributed.world_size())
+        test_x, test_y = test_x[part.start:part.stop], test_y[part.start:part.stop]
+    for x, y in eval_batches(test_x, test_y, batch_size, data):
         with _autocast(config, device):
             out = model(x.contiguous(memory_format=torch.channels_last)).float()
         loss_sum += F.cross_entropy(out, y, reduction="sum", label_smoothing=config.label_smoothing)
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
+    if sharded:
+        totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double()]))
+        loss_sum, correct = totals[0], totals[1].long()
     n = len(data.test_y)
     return loss_sum.item() / n, correct.item() / n
 
@@ -130,6 +149,9 @@ class _Run:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
     runtime: dict[str, Any] = field(default_factory=dict)
+    forward: nn.Module | None = None  # what a training step calls: the model, or DDP around it
+    rank: int = 0
+    world: int = 1
 
     def snapshot(self, status: str, diverged: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "seed": self.config.seed, "device": str(self.device),
@@ -158,30 +180,37 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, device: str | torc
     resume: continue from out_dir/last.pt with the run's own config (the `config` argument is
     ignored then and may be None). stop_after_epoch: return after that epoch as if interrupted
     (the run stays resumable). data: preloaded data to reuse (must match config.data).
+    In a process group of several ranks every rank calls this (see the module docs); CUDA means
+    this rank's GPU (cuda:LOCAL_RANK).
     """
     tune_allocator()
     out = Path(out_dir)
-    dev = resolve_device(device) if not isinstance(device, torch.device) else device
+    dev = distributed.rank_device(device)
+    world = distributed.world_size()
+    quiet = quiet or not distributed.is_main()
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv kernels once
     payload = None
     if resume:
-        config, payload = _resume_point(out)
+        config = distributed.on_main(lambda: _resume_point(out)[0])
     if config is None:
         raise BnlabError("train() needs a config unless resume=True")
-    config.validate()
+    distributed.agree(lambda: (config.validate(), ddp.check_split(config, world)))  # rank 0 prints a refusal
     if data is None:
-        data = load_data(config.data, dev, seed=config.seed)
+        data = distributed.agree(lambda: load_data(config.data, dev, seed=config.seed))
     steps_per_epoch = len(data.train_y) // config.batch_size
     if steps_per_epoch == 0:
         raise BnlabError(f"batch size {config.batch_size} is larger than the training set ({len(data.train_y)})")
-    with claim_out_dir(out, force=force, resume=resume, resumable=True):
+    with distributed.main_context(lambda: claim_out_dir(out, force=force, resume=resume, resumable=True)):
         if resume:  # re-read under the lock: the state another process may have left is final now
-            config, payload = _resume_point(out)
+            config, payload = distributed.on_main(lambda: _resume_point(out))
         run = _open_run(config, out, dev, data, steps_per_epoch, payload, quiet)
         if payload is not None and payload.get("status") in ("finished", "diverged"):
-            return _complete_committed(run, payload)
-        return _train_epochs(run, stop_after_epoch)
+            result = _complete_committed(run, payload)
+        else:
+            result = _train_epochs(run, stop_after_epoch)
+    distributed.barrier()  # no rank returns before rank 0 has written and released the run
+    return result
 
 
 def _resume_point(out: Path) -> tuple[TrainConfig, dict[str, Any] | None]:
@@ -201,31 +230,48 @@ def _resume_point(out: Path) -> tuple[TrainConfig, dict[str, Any] | None]:
 
 def _open_run(config: TrainConfig, out: Path, dev: torch.device, data: Data, steps_per_epoch: int,
               payload: dict[str, Any] | None, quiet: bool) -> _Run:
-    model = init_model(config, data, dev)
+    world, main = distributed.world_size(), distributed.is_main()
+    model = ddp.for_ranks(init_model(config, data, dev), config, world)
     opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=config.momentum, nesterov=config.nesterov,
                           weight_decay=config.weight_decay)
-    run = _Run(config, out, dev, data, model, opt, steps_per_epoch, quiet, runtime=runtime_info(dev))
-    remove_stale_temp_files(out)  # of writes a kill interrupted; we own the folder now
-    if payload is None:
-        for name in ("dynamics.csv", "dynamics_channels.csv", "metrics.csv"):  # a restart from scratch
-            (out / name).unlink(missing_ok=True)
-        write_json(out / "config.json", config.to_dict())
-        run.write_status("running")
-    else:
+    run = _Run(config, out, dev, data, model, opt, steps_per_epoch, quiet, runtime=runtime_info(dev),
+               forward=model, rank=distributed.rank(), world=world)
+    if payload is not None:
         model.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
         torch.set_rng_state(payload["rng"]["torch"])
         run.epoch, run.step, run.metrics = payload["epoch"], payload["step"], list(payload["metrics"])
-        for name in ("dynamics.csv", "dynamics_channels.csv"):
-            truncate_csv(out / name, run.step)
-    if config.log_every:
+    record = ddp.describe(config, world, payload.get("runtime") if payload is not None else None, run.epoch)
+    if record is not None:
+        run.runtime["distributed"] = record
+
+    def prepare_files() -> None:  # rank 0's
+        remove_stale_temp_files(out)  # of writes a kill interrupted; we own the folder now
+        if payload is None:
+            for name in ("dynamics.csv", "dynamics_channels.csv", "metrics.csv"):  # a restart from scratch
+                (out / name).unlink(missing_ok=True)
+            write_json(out / "config.json", config.to_dict())
+            run.write_status("running")
+        else:
+            for name in ("dynamics.csv", "dynamics_channels.csv"):
+                truncate_csv(out / name, run.step)
+
+    distributed.on_main(prepare_files)
+    if config.log_every and main:
         run.tracker = DynamicsTracker(model, channels=config.log_channels)
+    if world > 1:
+        run.forward = ddp.wrap(model, dev)
     return run
 
 
 def _complete_committed(run: _Run, payload: dict[str, Any]) -> RunResult:
-    """A resumed run whose last.pt is final: write any promised file a kill left unwritten."""
+    """A resumed run whose last.pt is final: write any promised file a kill left unwritten (rank 0)."""
     status, diverged = payload["status"], payload.get("diverged")
+    distributed.on_main(lambda: _write_promised(run, payload, status, diverged))
+    return RunResult(status, run.out, run.metrics[-1] if run.metrics else {}, diverged)
+
+
+def _write_promised(run: _Run, payload: dict[str, Any], status: str, diverged: dict[str, Any] | None) -> None:
     if not (run.out / "final.pt").is_file():
         save_checkpoint(run.out / "final.pt", {k: v for k, v in payload.items()
                                                if k not in ("format", "format_version", "versions")})
@@ -235,7 +281,6 @@ def _complete_committed(run: _Run, payload: dict[str, Any]) -> RunResult:
             save_checkpoint(run.out / f"ckpt_epoch_{e:03d}.pt", run.snapshot(status))
     _write_metrics(run.out / "metrics.csv", run.metrics)
     run.write_status(status, diverged)
-    return RunResult(status, run.out, run.metrics[-1] if run.metrics else {}, diverged)
 
 
 def _train_epochs(run: _Run, stop_after_epoch: int | None) -> RunResult:
@@ -247,10 +292,11 @@ def _train_epochs(run: _Run, stop_after_epoch: int | None) -> RunResult:
         bar = Progress(run.steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", quiet=run.quiet, unit="step")
         t0 = time.perf_counter()
         stats, diverged = _train_one_epoch(run, epoch, bar)
+        ddp.average_running_stats(run.model, config)
         train_time = time.perf_counter() - t0
         bar.close()
         t1 = time.perf_counter()
-        test_loss, test_acc = evaluate(run.model, run.data, config, run.device)
+        test_loss, test_acc = evaluate(run.model, run.data, config, run.device, sharded=run.world > 1)
         eval_time = time.perf_counter() - t1
         seen = max(stats["seen"], 1)
         row = {"epoch": epoch + 1, "step": run.step, "lr": stats["lr"],
@@ -263,14 +309,14 @@ def _train_epochs(run: _Run, stop_after_epoch: int | None) -> RunResult:
                   f"test loss {test_loss:.4f} acc {test_acc:.4f} | {train_time:.1f}s train "
                   f"{eval_time:.1f}s eval", flush=True)
         if diverged is not None:
-            _commit_epoch(run, "diverged", diverged)
+            distributed.on_main(lambda: _commit_epoch(run, "diverged", diverged))  # noqa: B023
             if not run.quiet:
                 print(f"diverged at step {diverged['step']} (epoch {diverged['epoch']:.2f}, lr {diverged['lr']:.4g}):"
                       f" {diverged['reason']}; last finite weights saved to final.pt", flush=True)
             return RunResult("diverged", run.out, row, diverged)
         run.epoch = epoch + 1
         status = "finished" if run.epoch == config.epochs else "running"
-        _commit_epoch(run, status)
+        distributed.on_main(lambda: _commit_epoch(run, status))  # noqa: B023
         if stop_after_epoch is not None and run.epoch >= stop_after_epoch and status != "finished":
             return RunResult("stopped", run.out, row)
     return RunResult("finished", run.out, run.metrics[-1] if run.metrics else row)
@@ -301,7 +347,8 @@ def _train_one_epoch(run: _Run, epoch: int, bar: Progress) -> tuple[dict[str, An
     loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
     correct = torch.zeros((), device=dev, dtype=torch.float64)
     seen, lr, t_flush = 0, 0.0, time.perf_counter()
-    for i, (x, y) in enumerate(train_batches(run.data, config.data, config.batch_size, config.seed, epoch)):
+    batches = train_batches(run.data, config.data, config.batch_size, config.seed, epoch, shard=(run.rank, run.world))
+    for i, (x, y) in enumerate(batches):
         frac = epoch + (i + 1) / run.steps_per_epoch  # the lr at the end of this step
         lr = lr_at(config, frac)
         for group in opt.param_groups:
@@ -309,11 +356,15 @@ def _train_one_epoch(run: _Run, epoch: int, bar: Progress) -> tuple[dict[str, An
         if buffers:
             torch._foreach_copy_(saved_buffers, buffers)
         with _autocast(config, dev):
-            logits = model(x.contiguous(memory_format=torch.channels_last)).float()
+            logits = run.forward(x.contiguous(memory_format=torch.channels_last)).float()
         loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
         opt.zero_grad(set_to_none=False)
         loss.backward()
-        reason = _non_finite(loss, params, buffers)
+        if run.world == 1:
+            reason, step_acc, n = _non_finite(loss, params, buffers), None, len(y)
+        else:  # agreed over the ranks; loss and accuracy of the global batch from then on
+            reason, loss, step_acc = _non_finite_on_any_rank(loss, logits, y, params, buffers)
+            n = config.batch_size
         if reason is not None:
             if buffers:
                 torch._foreach_copy_(buffers, saved_buffers)
@@ -326,10 +377,10 @@ def _train_one_epoch(run: _Run, epoch: int, bar: Progress) -> tuple[dict[str, An
         opt.step()
         run.step += 1
         with torch.no_grad():
-            acc = (logits.argmax(1) == y).float().mean()
-            loss_sum += loss.detach() * len(y)
-            correct += acc * len(y)
-        seen += len(y)
+            acc = (logits.argmax(1) == y).float().mean() if step_acc is None else step_acc
+            loss_sum += loss.detach() * n
+            correct += acc * n
+        seen += n
         if log:
             run.tracker.after_step(run.step, frac, lr, loss, acc)
         if run.tracker is not None and time.perf_counter() - t_flush > DYNAMICS_FLUSH_SECONDS:
@@ -347,7 +398,27 @@ def _non_finite(loss: torch.Tensor, params: list[torch.Tensor], buffers: list[to
     if buffers:
         checks.append(torch.stack(torch._foreach_norm(buffers)).sum().reshape(1))
     finite = torch.isfinite(torch.cat(checks)).tolist()
+    return _reason(finite)
+
+
+def _reason(finite: list[bool]) -> str | None:
     if all(finite):
         return None
     return ("non-finite loss" if not finite[0] else "non-finite gradient" if not finite[1]
             else "non-finite BN statistics")
+
+
+def _non_finite_on_any_rank(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, params: list[torch.Tensor],
+                            buffers: list[torch.Tensor]) -> tuple[str | None, torch.Tensor, torch.Tensor]:
+    """`_non_finite` agreed over the ranks (one rank's bad loss or BN buffer stops every rank), and the
+    global batch's mean loss and accuracy, in one small all_reduce (ranks hold equal row counts)."""
+    checks = [loss.detach().double().reshape(1),
+              torch.stack(torch._foreach_norm([p.grad for p in params])).sum().double().reshape(1)]
+    if buffers:
+        checks.append(torch.stack(torch._foreach_norm(buffers)).sum().double().reshape(1))
+    bad = (~torch.isfinite(torch.cat(checks))).double()
+    acc = (logits.detach().argmax(1) == y).double().mean().reshape(1)
+    total = distributed.all_reduce_sum(torch.cat([bad, loss.detach().double().reshape(1), acc]))
+    world = distributed.world_size()
+    finite = (total[:len(bad)] == 0).tolist()
+    return _reason(finite), (total[-2] / world).float(), (total[-1] / world).float()

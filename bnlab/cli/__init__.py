@@ -22,8 +22,10 @@ class BnlabGroup(click.Group):
         tune_allocator()  # every command allocates and frees large activations (see bnlab.runtime)
         try:
             rv = super().main(args, prog_name or "bnlab", standalone_mode=False, **extra)  # type: ignore[arg-type]
-        except BnlabError as e:
-            _fail(str(e))
+        except BnlabError as e:  # under torchrun, a refusal all ranks share is printed by rank 0 alone
+            from ..distributed import printed_here
+
+            _fail(str(e), quiet=not printed_here(e))
         except OSError as e:  # the file system said no (permissions, full disk, a path that is a file, ...)
             where = f"{e.filename}: " if e.filename else ""
             _fail(f"cannot write or read {where}{e.strerror or e}")
@@ -37,8 +39,9 @@ class BnlabGroup(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"bnlab: error: {' '.join(message.split())}", err=True)
+def _fail(message: str, code: int = 2, quiet: bool = False) -> None:
+    if not quiet:
+        click.echo(f"bnlab: error: {' '.join(message.split())}", err=True)
     sys.exit(code)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from .. import distributed
 from ..context import build_context
 from ..curvature.hessian import CACHE_GRAPHS, HessianOptions, HessianResult, check_inputs, run_hessian
 from ..curvature.hvp import HVP_METHODS
@@ -71,20 +72,28 @@ def command(ckpt: str, out: str, force: bool, device: str, quiet: bool, params: 
 
     Every setting (BN mode, units, evaluation set, checkpoint hash) is recorded in hessian.json.
     Computing never changes the model (parameters and BN buffers stay bit-identical).
+    Under `torchrun --nproc-per-node N -m bnlab hessian ...` the fixed batches are sharded over the
+    N processes (one all_reduce per HVP); rank 0 writes.
     """
     opts = HessianOptions(eval=eval_spec(options), params=str_list(params), verify=not no_verify, **options)
     opts.validate()
     if Path(ckpt).is_dir():
+        if distributed.env_world_size() > 1:
+            raise BnlabError("a checkpoint series runs in one process; start it without torchrun")
         _series(ckpt, opts, out, force, device, quiet, compare_cold)
         return
     if compare_cold:
         raise BnlabError("--compare-cold is for a run directory (a series of checkpoints)")
-    loaded, dev = load_for_analysis(ckpt, device)
-    ctx = build_context(loaded, opts.eval, device=dev)
-    check_inputs(ctx, opts)
-    with claim_out_dir(out, force=force) as out_dir:
-        result = run_hessian(ctx, opts, quiet=quiet)
-        result.write(out_dir)
+    with distributed.launch(device) as dev:  # under torchrun: every rank computes, rank 0 writes
+        main = distributed.is_main()
+        loaded = distributed.agree(lambda: load_for_analysis(ckpt, dev)[0])
+        ctx = distributed.agree(lambda: build_context(loaded, opts.eval, device=dev))
+        distributed.agree(lambda: check_inputs(ctx, opts))
+        with distributed.main_context(lambda: claim_out_dir(out, force=force)) as out_dir:
+            result = run_hessian(ctx, opts, quiet=quiet or not main)
+            distributed.on_main(lambda: result.write(out_dir))
+    if not main:
+        return
     _echo_summary(ckpt, result, opts, Path(out))
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from .. import distributed
 from ..context import build_context
 from ..outstats import MOMENTS
 from ..outstats.run import OutstatsOptions, OutstatsResult, check_inputs, run_outstats
@@ -56,17 +57,23 @@ def command(ckpt: str, stats: str, channels: str | None, hist_layers: str | None
             force: bool, device: str, quiet: bool, **options: Any) -> None:
     """Gradients of per-channel output statistics of CKPT (see docs/background.md), their per-layer
     split, the δ-step perturbation test, overlaps of Hessian eigenvectors with the gradient spans and
-    the Hessian with those spans projected out. Writes outstats.json and outstats.pt to --out."""
+    the Hessian with those spans projected out. Writes outstats.json and outstats.pt to --out.
+    Under `torchrun --nproc-per-node N -m bnlab outstats ...` gradients and Hessian products are
+    sharded over the N processes by whole batches; rank 0 writes."""
     opts = OutstatsOptions(eval=eval_spec(options), stats=str_list(stats) or (),
                            channels=int_list(channels, "--channels"), hist_layers=str_list(hist_layers),
                            histograms=not no_histograms, **options)
     opts.validate()
-    loaded, dev = load_for_analysis(ckpt, device)
-    ctx = build_context(loaded, opts.eval, device=dev)
-    check_inputs(ctx, opts)
-    with claim_out_dir(out, force=force) as out_dir:
-        result = run_outstats(ctx, opts, quiet=quiet)
-        result.write(out_dir)
+    with distributed.launch(device) as dev:  # under torchrun: every rank computes, rank 0 writes
+        main = distributed.is_main()
+        loaded = distributed.agree(lambda: load_for_analysis(ckpt, dev)[0])
+        ctx = distributed.agree(lambda: build_context(loaded, opts.eval, device=dev))
+        distributed.agree(lambda: check_inputs(ctx, opts))
+        with distributed.main_context(lambda: claim_out_dir(out, force=force)) as out_dir:
+            result = run_outstats(ctx, opts, quiet=quiet or not main)
+            distributed.on_main(lambda: result.write(out_dir))
+    if not main:
+        return
     _echo_summary(result, Path(out))
 
 

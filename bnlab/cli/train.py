@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from .. import ddp, distributed
 from ..config import DATASETS, SCHEDULES, VARIANTS, make_config
 from ..models import ACTS, MODELS
 from ..norms import NORMS
@@ -53,6 +54,9 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 @click.option("--save-every", type=int, default=None, help="ckpt_epoch_NNN.pt every k epochs (0 = off).")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16"]), default=None,
               help="auto: bf16 autocast on CUDA only.")
+@click.option("--sync-bn", is_flag=True, default=None,
+              help="Under torchrun: BN statistics over the global batch (as one process) instead of each "
+                   "process's rows (= ghost BN with one split per process).")
 @click.option("--out", "out_dir", type=click.Path(), default=None, help="Run directory (required unless --resume).")
 @click.option("--resume", "resume_dir", type=click.Path(), default=None,
               help="Continue the run in this directory with its own config.")
@@ -62,18 +66,29 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 @click.pass_context
 def command(ctx: click.Context, variant: str | None, out_dir: str | None, resume_dir: str | None, force: bool,
             device: str, quiet: bool, lr_knots: str | None, lr_mults: str | None, **options: object) -> None:
-    """Train DavidNet (or the simple net) and write checkpoints plus a per-step dynamics log."""
+    """Train DavidNet (or the simple net) and write checkpoints plus a per-step dynamics log.
+
+    Under `torchrun --nproc-per-node N -m bnlab train ...` the global batch (--batch-size) is split
+    over the N processes (DistributedDataParallel); rank 0 writes the run directory.
+    """
     if resume_dir is not None:
         cmdline = click.core.ParameterSource.COMMANDLINE
         given = [k for k in ("variant", *options) if ctx.get_parameter_source(k) == cmdline]
         if given or out_dir is not None or lr_knots or lr_mults:
             raise click.UsageError("--resume continues with the run's own config; drop the other training options")
-        result = train(None, resume_dir, device=device, resume=True, quiet=quiet)  # type: ignore[arg-type]
+        with distributed.launch(device) as dev:
+            result = train(None, resume_dir, device=dev, resume=True, quiet=quiet)  # type: ignore[arg-type]
+            main = distributed.is_main()
     else:
         if out_dir is None:
             raise click.UsageError("--out RUN_DIR is required (or --resume RUN_DIR)")
         config = make_config(variant, lr_knots=_floats(lr_knots), lr_mults=_floats(lr_mults), **options)
-        result = train(config, out_dir, device=device, force=force, quiet=quiet)
+        ddp.check_split(config, distributed.env_world_size())  # refused before any process waits for another
+        with distributed.launch(device) as dev:
+            result = train(config, out_dir, device=dev, force=force, quiet=quiet)
+            main = distributed.is_main()
+    if not main:
+        return
     m = result.metrics
     summary = f"{result.status}: {result.run_dir}"
     if m:

@@ -3,8 +3,9 @@
 Public API (all vectors flat float64 torch tensors over the selected parameters):
 
 - ``HessianOperator(model, batches, *, loss_fn, bn_mode, params=None, loss_scale="mean",
-  batch_size=None, weight_decay=0.0, method="double_backward", cache_graphs="auto", cache_budget=None)``:
-  ``.dim``, ``.matvec(v)``, ``.matmat(V)`` (rows of V; one data pass per block), ``.hvp_count``,
+  batch_size=None, weight_decay=0.0, method="double_backward", cache_graphs="auto", cache_budget=None,
+  process_group="auto")``: ``.dim``, ``.matvec(v)``, ``.matmat(V)`` (rows of V; one data pass per block;
+  sharded by whole batches over the ranks of an initialised torch.distributed group), ``.hvp_count``,
   ``.param_names``, ``.unflatten(v)``, ``.as_linear_operator()`` (scipy), ``.gradient()``,
   ``.loss()``, ``.describe()``. Inputs may live on any device; outputs come back float64 on the
   input's device; products run on the model's device and dtype. Never modifies the model.

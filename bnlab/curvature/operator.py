@@ -18,17 +18,27 @@ of the device (or `cache_budget` bytes). The decision is in `describe()`.
 
 The model is never changed: BN runs inside `bnlab.bnmode.bn_mode`, which leaves running stats and
 ``num_batches_tracked`` alone, and ``requires_grad`` flags are restored after each product.
+
+Sharded (under torch.distributed, e.g. `torchrun ... -m bnlab hessian`): every rank holds the same
+model and the same fixed batches; rank r takes a contiguous block of whole batches (so BN in batch
+mode computes the same function), computes its partial sum Σ_b w_b H_b V over them with its own
+graph cache, and one all_reduce sums the partials (dim × block numbers in the model's dtype). The
+weights w_b = c·n_b/N use the global N, so unequal batches stay exact. Every rank gets the same
+product, so a solver run on every rank from the same start vector takes the same steps; all ranks
+must call every product, loss and gradient together.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from .. import distributed
 from ..bnmode import bn_mode as bn_mode_ctx
 from ..errors import BnlabError
 from ..progress import Progress
@@ -58,13 +68,15 @@ class HessianOperator(SymmetricOperator):
             (double_backward only; "auto" falls back to streaming for "func").
         cache_budget: bytes the cached graphs may use in "auto" mode (default: half the free memory).
         block_size: max vectors per pass in `matmat` (bounds the memory of a batched pass).
+        process_group: "auto" (default): shard over the world's ranks when torch.distributed is
+            initialised with several; None: compute everything here; or a ProcessGroup.
     """
 
     def __init__(self, model: nn.Module, batches: Batches, *, loss_fn: LossFn, bn_mode: str,
                  params: Sequence[str] | None = None, loss_scale: str = "mean", batch_size: int | None = None,
                  weight_decay: float = 0.0, decayed: Callable[[str], bool] | None = None,
                  method: str = "double_backward", cache_graphs: bool | str = "auto",
-                 cache_budget: float | None = None, block_size: int = 16) -> None:
+                 cache_budget: float | None = None, block_size: int = 16, process_group: Any = "auto") -> None:
         if method not in HVP_METHODS:
             raise BnlabError(f"unknown HVP method {method!r}; choose one of {', '.join(HVP_METHODS)}")
         if loss_scale not in LOSS_SCALES:
@@ -91,6 +103,11 @@ class HessianOperator(SymmetricOperator):
         self.num_samples = sum(self.sizes)
         if self.num_samples == 0:
             raise BnlabError("the evaluation set is empty")
+        self._group = distributed.resolve_group(process_group)
+        world = 1 if self._group is None else dist.get_world_size(self._group)
+        self._shard = distributed.shard_range(len(self.sizes), 0 if self._group is None else
+                                              dist.get_rank(self._group), world)
+        self.world_size = world
         if loss_scale == "batch-sum" and not batch_size:
             batch_size = max(self.sizes)
         self.loss_scale = loss_scale
@@ -138,7 +155,11 @@ class HessianOperator(SymmetricOperator):
                 "scale_factor": self.scale, "weight_decay_term": self.weight_decay, "hvp_method": self.method,
                 "cache_graphs": self.cache_graphs, "graph_cache": dict(self.cache_info),
                 "dtype": str(self.dtype).replace("torch.", ""),
-                "num_param_tensors": len(self.param_names)}
+                "num_param_tensors": len(self.param_names),
+                **({} if self._group is None else {"distributed": {
+                    "world_size": self.world_size, "backend": str(dist.get_backend(self._group)),
+                    "batches_per_rank": [len(distributed.shard_range(len(self.sizes), r, self.world_size))
+                                         for r in range(self.world_size)]}})}
 
     # ----------------------------------------------------------------- products
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
@@ -151,22 +172,36 @@ class HessianOperator(SymmetricOperator):
         """∇L (flat float64), one pass; for cost comparisons and checks."""
         g = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         with self._session():
-            for (x, y), w in zip(self.batches(), self._weights()):
+            for (x, y), w in self._local_batches():
                 g += batch_gradient(self.model, self._params, x, y, self.loss_fn, w, create_graph=False)
-        g64 = g.to(torch.float64)
+        g64 = self._sum_over_ranks(g).to(torch.float64)
         return g64 + self._decay_term(self.flat_params().to(g64.device))
 
     def loss(self) -> float:
         """L (with the same scale and weight-decay term as the Hessian)."""
         total = 0.0
         with torch.no_grad(), bn_mode_ctx(self.model, self.bn_mode):
-            for (x, y), w in zip(self.batches(), self._weights()):
+            for (x, y), w in self._local_batches():
                 total += float(self.loss_fn(self.model(x), y)) * w
+        if self._group is not None:
+            total = float(self._sum_over_ranks(torch.tensor([total], dtype=torch.float64, device=self.device)))
         theta = self.flat_params()
         return total + 0.5 * self.scale * self.weight_decay * float((self._decay_mask * theta ** 2).sum())
 
     def _weights(self) -> list[float]:
         return [self.scale * n / self.num_samples for n in self.sizes]
+
+    def _local_batches(self) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], float]]:
+        """(batch, weight) of this rank's block of batches (all of them in one process)."""
+        weights = self._weights()
+        for i, batch in enumerate(self.batches()):
+            if i >= self._shard.stop:
+                break
+            if i >= self._shard.start:
+                yield batch, weights[i]
+
+    def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self._group is None else distributed.all_reduce_sum(t, self._group)
 
     def _decay_term(self, V: torch.Tensor) -> torch.Tensor:
         if not self.weight_decay:
@@ -183,7 +218,7 @@ class HessianOperator(SymmetricOperator):
                 for g in self._cached_gradients():
                     acc += double_backward_block(g, self._params, Vc, retain_last=True)
             else:
-                for (x, y), w in zip(self.batches(), self._weights()):
+                for (x, y), w in self._local_batches():
                     if self.method == "func":
                         acc += func_block(self.model, self.param_names, self._params, self.layout.split,
                                           x, y, self.loss_fn, w, Vc)
@@ -191,15 +226,23 @@ class HessianOperator(SymmetricOperator):
                         g = batch_gradient(self.model, self._params, x, y, self.loss_fn, w, create_graph=True)
                         acc += double_backward_block(g, self._params, Vc, retain_last=False)
                         del g
+        acc = self._sum_over_ranks(acc)
         self.hvp_count += V.shape[0]
         self.passes += 1
         out = acc.to(torch.float64).to(V.device)
         return out + self._decay_term(V.to(torch.float64))
 
     def _decide_cache(self) -> None:
-        """Resolve "auto": build the first batch's graph, measure what it holds, cache if all fit."""
-        x, y = next(iter(self.batches()))
-        w = self._weights()[0]
+        """Resolve "auto": build the first batch's graph, measure what it holds, cache if all fit.
+
+        Sharded: each rank decides for its own block (products do not depend on the decision).
+        """
+        first = next(iter(self._local_batches()), None)
+        if first is None:  # more ranks than batches: nothing to compute (or cache) here
+            self.cache_graphs = False
+            self.cache_info.update(cached=False, estimated_bytes=0, budget_bytes=0)
+            return
+        (x, y), w = first
         storages: dict[int, int] = {}
 
         def pack(t: torch.Tensor) -> torch.Tensor:
@@ -210,7 +253,7 @@ class HessianOperator(SymmetricOperator):
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             g = batch_gradient(self.model, self._params, x, y, self.loss_fn, w, create_graph=True)
         per_example = sum(storages.values()) / len(y)
-        estimate = per_example * self.num_samples
+        estimate = per_example * sum(self.sizes[i] for i in self._shard)
         budget = self.cache_budget if self.cache_budget is not None else 0.5 * (available_memory(self.device) or 0)
         self.cache_graphs = bool(estimate <= budget)
         self.cache_info.update(cached=self.cache_graphs, estimated_bytes=int(estimate), budget_bytes=int(budget))
@@ -232,9 +275,9 @@ class HessianOperator(SymmetricOperator):
 
     def _build_graphs(self, skip_first: bool = False) -> list[torch.Tensor]:
         """Every batch's gradient graph (the slow first step of a cached run: shown as progress)."""
-        bar = Progress(len(self.sizes), "hessian: gradient graphs", quiet=self.quiet, unit="batch")
+        bar = Progress(len(self._shard), "hessian: gradient graphs", quiet=self.quiet, unit="batch")
         graphs = []
-        for i, ((x, y), w) in enumerate(zip(self.batches(), self._weights())):
+        for i, ((x, y), w) in enumerate(self._local_batches()):
             if not (skip_first and i == 0):
                 graphs.append(batch_gradient(self.model, self._params, x, y, self.loss_fn, w, create_graph=True))
             bar.update(1)

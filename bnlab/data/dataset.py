@@ -81,11 +81,13 @@ def normalise(x: torch.Tensor, data: Data) -> torch.Tensor:
 
 
 def train_batches(data: Data, spec: DataSpec, batch_size: int, seed: int, epoch: int,
-                  drop_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  drop_last: bool = True, shard: tuple[int, int] = (0, 1)
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of shuffled, augmented, normalised training batches.
 
     Order and augmentation depend only on (seed, epoch), so a resumed run sees exactly the
-    batches an uninterrupted run would.
+    batches an uninterrupted run would. shard=(r, W): only rows [r·b/W, (r+1)·b/W) of each global
+    batch b (one rank's part under torch.distributed), the same images whatever W.
     """
     n = data.train_x.shape[0]
     if drop_last and n < batch_size:
@@ -96,8 +98,11 @@ def train_batches(data: Data, spec: DataSpec, batch_size: int, seed: int, epoch:
     aug = draw_augmentation(n, g, data.device, crop=spec.crop, flip=spec.flip, cutout=spec.cutout)
     mean, std = data.stats()
     stop = n - n % batch_size if drop_last else n
+    r, world = shard
     for i in range(0, stop, batch_size):
         idx = perm[i:i + batch_size]
+        if world > 1:
+            idx = idx[len(idx) * r // world:len(idx) * (r + 1) // world]
         yield augment_batch(data.train_x[idx], aug, idx, spec.cutout, mean, std), data.train_y[idx]
 
 

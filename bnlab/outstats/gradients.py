@@ -5,6 +5,10 @@ chosen channel (see `moments` for what exactly is computed) and its gradient are
 over the batches. Gradients are taken one statistic at a time with a retained graph (one
 forward per batch, one backward per statistic), accumulated in float64. Nothing is written to
 the model: no `.grad`, no running statistics (`bn_mode` guards BN buffers).
+
+Under torch.distributed (every rank holding the same model and batches) each rank takes a
+contiguous block of whole batches and the summed terms and gradients are all_reduced: the terms are
+linear in per-batch quantities, so the sum is exact (up to rounding order).
 """
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from .. import distributed
 from ..bnmode import bn_mode
 from ..errors import BnlabError
 from ..progress import Progress
@@ -85,20 +91,27 @@ def check_stats(stats: Sequence[str]) -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def _pooled_shift(model: nn.Module, batches: Batches, target: Target) -> torch.Tensor:
+def _pooled_shift(model: nn.Module, batches: Batches, target: Target, group: object = None) -> torch.Tensor:
     total, count = None, 0
     for x, _ in batches:
         v = channel_view(forward_with_target(model, x, target)[1]).double()
         s = v.sum(dim=(0, 2))
         total = s if total is None else total + s
         count += channel_count(v)
+    if group is not None:  # every rank holds at least one batch (see stat_gradients)
+        both = distributed.all_reduce_sum(torch.cat([total, total.new_full((1,), float(count))]), group)
+        total, count = both[:-1], both[-1]
     return total / count
 
 
 def stat_gradients(model: nn.Module, batches: Batches, *, stats: Sequence[str] = ("mean",),
                    target: Target | None = None, moments: str = "per-batch", mode: str = "none",
-                   quiet: bool = True) -> StatGradients:
-    """Statistics of `target`'s output over `batches` and their gradients (see module docs)."""
+                   quiet: bool = True, process_group: object = "auto") -> StatGradients:
+    """Statistics of `target`'s output over `batches` and their gradients (see module docs).
+
+    process_group: as for `HessianOperator` ("auto": shard when several ranks are initialised).
+    With fewer batches than ranks every rank computes them all.
+    """
     stats = check_stats(stats)
     target = target or Target()
     target.check(model)
@@ -111,11 +124,16 @@ def stat_gradients(model: nn.Module, batches: Batches, *, stats: Sequence[str] =
         raise BnlabError("the model has no trainable parameters")
     n_total = sum(int(y.shape[0]) for _, y in batches)
     dim = sum(p.numel() for p in params)
+    group = distributed.resolve_group(process_group)
+    if group is not None and len(batches) < dist.get_world_size(group):
+        group = None
+    local = batches if group is None else [batches[i] for i in distributed.shard_range(
+        len(batches), dist.get_rank(group), dist.get_world_size(group))]
     terms_sum = grads = None
-    progress = Progress(len(batches), "output-statistic gradients", quiet=quiet)
+    progress = Progress(len(local), "output-statistic gradients", quiet=quiet)
     with bn_mode(model, mode), grads_enabled(params):
-        shift = _pooled_shift(model, batches, target) if moments == "pooled" else None
-        for x, y in batches:
+        shift = _pooled_shift(model, local, target, group) if moments == "pooled" else None
+        for x, y in local:
             _, out = forward_with_target(model, x, target)
             terms = batch_terms(out, stats, moments, weight=y.shape[0] / n_total, shift=shift)
             flat_terms = terms.reshape(-1)
@@ -130,6 +148,9 @@ def stat_gradients(model: nn.Module, batches: Batches, *, stats: Sequence[str] =
             terms_sum += terms.detach().double()
             progress.update()
     progress.close()
+    if group is not None:
+        distributed.all_reduce_sum(grads, group)
+        distributed.all_reduce_sum(terms_sum, group)
     n_terms, n_channels = terms_sum.shape
     values, g = finalize(terms_sum, grads.view(n_terms, n_channels, dim), stats, moments, shift)
     channels = list(target.channels) if target.channels is not None else list(range(n_channels))
