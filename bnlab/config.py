@@ -12,7 +12,8 @@ from typing import Any
 
 from . import validate as check
 from .errors import BnlabError
-from .models import ModelSpec
+from .models import DEFAULT_ACT_PARAM, DEFAULT_CLASSIFIER_SCALE, ModelSpec
+from .norms import DEFAULT_AFFINE
 
 # --variant presets: the normalisation each one means (the first is the default). Other options
 # stay free. The simple net of the batch-norm post keeps BN's affine frozen (gamma=1, beta=0).
@@ -140,7 +141,8 @@ class TrainConfig:
         for k in ("lr_knots", "lr_mults"):
             if isinstance(d.get(k), list):
                 d[k] = tuple(d[k])
-        return cls(**_typed(cls, d))
+        # Configs written before defaults were resolved hold nulls; they mean the same values.
+        return resolve_defaults(cls(**_typed(cls, d)))
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -207,4 +209,21 @@ def make_config(variant: str | None = None, **options: Any) -> TrainConfig:
         model.setdefault("affine", False)
     cfg = TrainConfig(variant=variant, model=ModelSpec(**model), data=DataSpec(**data), **train)
     cfg.validate()
-    return cfg
+    return resolve_defaults(cfg)
+
+
+def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with every "None = default" field replaced by the value a run uses, so that config.json
+    records what ran (older configs with nulls still load and mean the same)."""
+    m = cfg.model
+    # .get: an unknown model/norm/act stays None here and is reported by validate()
+    model = dataclasses.replace(
+        m, affine=DEFAULT_AFFINE.get(m.norm) if m.affine is None else m.affine,
+        act_param=DEFAULT_ACT_PARAM.get(m.act) if m.act_param is None else m.act_param,
+        classifier_scale=(DEFAULT_CLASSIFIER_SCALE.get(m.model) if m.classifier_scale is None
+                          else m.classifier_scale))
+    changes: dict[str, Any] = {"model": model}
+    knots_given = cfg.lr_knots is not None and cfg.lr_mults is not None
+    if cfg.lr_schedule == "piecewise" and not knots_given:  # the exp and const schedules use no knots
+        changes["lr_knots"], changes["lr_mults"] = cfg.knots()
+    return cfg.replace(**changes)

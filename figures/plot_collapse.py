@@ -1,77 +1,101 @@
 #!/usr/bin/env python3
-"""Figures of `bnlab collapse` output (seaborn), into --out.
+"""Figures of `bnlab collapse` output, each as PNG and PDF, into --out.
 
     bnlab collapse --out runs/collapse
     python figures/plot_collapse.py runs/collapse --out figs/
 
-collapse_share.png: channel-mean share per layer, plain and centred, with the arc-cosine prediction;
-collapse_kde.png: per-channel value densities at the saved layers, plain (top) and centred (bottom).
+- collapse_share: channel-mean share per layer of the plain ReLU MLP and of the one with centred
+  pre-activations, with the arc-cosine kernel's prediction;
+- collapse_kde: per-channel value distributions at the saved layers, plain (left half of each
+  violin) and centred (right half).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
-import matplotlib
+import figstyle
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
-
-
-def share_plot(rec: dict, out: Path) -> None:
-    layers = range(1, rec["depth"] + 1)
-    rows = [{"layer": i, "share": v, "net": name}
-            for name, key in (("ReLU MLP", "share_plain"), ("centred pre-activations", "share_centred"),
-                              ("arc-cosine theory", "theory_share"))
-            for i, v in zip(layers, rec[key])]
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    sns.lineplot(pd.DataFrame(rows), x="layer", y="share", hue="net", style="net", ax=ax)
-    ax.set(ylim=(0, 1.02), ylabel="channel-mean share  Σm²/Σ E[h²]",
-           title=f"width {rec['width']}, {rec['n_inputs']} inputs, He init")
-    fig.tight_layout()
-    fig.savefig(out / "collapse_share.png", dpi=120)
-    plt.close(fig)
+PROG = "plot_collapse"
+NETS = (("share_plain", "ReLU MLP"), ("share_centred", "centred pre-activations"),
+        ("theory_share", "arc-cosine theory (plain)"))
 
 
-def kde_plot(rec: dict, values: dict, out: Path, channels: int = 5) -> None:
+def load(folder: Path) -> tuple[dict, dict]:
+    try:
+        return (json.loads((folder / "collapse.json").read_text()),
+                torch.load(folder / "collapse_values.pt", weights_only=True))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise figstyle.fail(PROG, f"{folder} is not a bnlab collapse output ({e})") from None
+
+
+def share_figure(rec: dict) -> Figure:
+    figstyle.apply()
+    layers = list(range(1, rec["depth"] + 1))
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for (key, name), color, style in zip(NETS, figstyle.colors(len(NETS)), ("-o", "-s", "--")):
+        ax.plot(layers, rec[key], style, color=color if key != "theory_share" else "black", ms=4, label=name)
+    ax.set(ylim=(0, 1.02), xlabel="layer", ylabel="channel-mean share  Σ m² / Σ E[h²]",
+           title=f"Channel collapse at initialisation (width {rec['width']}, {rec['n_inputs']} inputs, He init)")
+    ax.set_xticks(layers if len(layers) <= 20 else layers[:: math.ceil(len(layers) / 20)])
+    figstyle.legend_outside(ax)
+    return fig
+
+
+def kde_figure(rec: dict, values: dict, channels: int = 5, ncols: int = 3) -> Figure | None:
     layers = [str(layer) for layer in rec["hist_layers"]]
     if not layers:
-        return
-    fig, axes = plt.subplots(2, len(layers), figsize=(2.2 * len(layers), 4.2), squeeze=False)
-    for row, name in enumerate(("plain", "centred")):
-        for col, layer in enumerate(layers):
-            ax = axes[row][col]
-            v = values[name][layer]
+        return None
+    figstyle.apply()
+    ncols = min(ncols, len(layers))
+    nrows = math.ceil(len(layers) / ncols)
+    fig = Figure(figsize=(3.8 * ncols, 2.9 * nrows + 0.9), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    nets = (("plain", "ReLU MLP"), ("centred", "centred pre-activations"))
+    colors = figstyle.colors(len(nets))
+    for i, layer in enumerate(layers):
+        ax = axes[i // ncols][i % ncols]
+        rows = []
+        for key, name in nets:
+            v = values[key][layer]
             for c in range(min(channels, v.shape[0])):
-                sns.kdeplot(x=v[c].double().numpy(), ax=ax, warn_singular=False)
-            share = rec[f"share_{name}"][int(layer) - 1]
-            ax.set_title(f"layer {layer}, share {share:.2f}", fontsize=8)
-            ax.set(ylabel=name if col == 0 else "", yticks=[])
-            ax.tick_params(labelsize=6)
-    fig.suptitle("per-channel pre-activation densities over inputs")
-    fig.tight_layout()
-    fig.savefig(out / "collapse_kde.png", dpi=120)
-    plt.close(fig)
+                rows += [{"channel": c + 1, "net": name, "value": float(x)} for x in v[c].double()]
+        sns.violinplot(pd.DataFrame(rows), x="channel", y="value", hue="net", hue_order=[n for _, n in nets],
+                       split=True, inner=None, density_norm="width", cut=0, linewidth=0.6, palette=colors, ax=ax,
+                       legend=i == 0)
+        shares = [rec[f"share_{key}"][int(layer) - 1] for key, _ in nets]
+        ax.set_title(f"layer {layer}   mean share {shares[0]:.2f} / {shares[1]:.2f}", fontsize=9)
+        ax.set(xlabel="channel", ylabel="pre-activation" if i % ncols == 0 else "")
+    for j in range(len(layers), nrows * ncols):
+        axes[j // ncols][j % ncols].set_axis_off()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    axes[0][0].get_legend().remove()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False,
+               title="violin halves (width-normalised densities over inputs)")
+    fig.suptitle(f"Per-channel pre-activation distributions, first {channels} channels (mean share: plain / centred)")
+    return fig
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description="Plot bnlab collapse output.")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("dir", type=Path, help="a `bnlab collapse` output directory")
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
-    try:
-        rec = json.loads((args.dir / "collapse.json").read_text())
-        values = torch.load(args.dir / "collapse_values.pt", weights_only=True)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"plot_collapse: {args.dir} is not a bnlab collapse output ({e})") from None
-    args.out.mkdir(parents=True, exist_ok=True)
-    share_plot(rec, args.out)
-    kde_plot(rec, values, args.out)
-    print(f"figures in {args.out}")
+    ap.add_argument("--out", type=Path, required=True, help="folder for the figures")
+    args = ap.parse_args(argv)
+    rec, values = load(args.dir)
+    figstyle.save(share_figure(rec), args.out / "collapse_share.png")
+    fig = kde_figure(rec, values)
+    if fig is None:
+        print("skipped collapse_kde: the output saved no layer's values (--hist-layers)")
+    else:
+        figstyle.save(fig, args.out / "collapse_kde.png")
 
 
 if __name__ == "__main__":

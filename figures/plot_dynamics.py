@@ -3,65 +3,128 @@
 
     python figures/plot_dynamics.py DIR [--out FIGDIR]
 
-- dynamics_norms.png: ||w|| per scale-invariant layer over training, with the lagged prediction (dashed);
-- dynamics_angles.png: smoothed angle per step per layer with the predicted equilibrium (black) line;
-- dynamics_ratio.png: measured / predicted angle by layer (final window), band = +-15%.
+Each figure is written as PNG and PDF (into DIR unless --out is given):
+- dynamics_norms: ‖w‖ of each layer the theory applies to (solid), and the equilibrium norm the
+  theory predicts from the recent lr history (dashed, same colour);
+- dynamics_angles: the smoothed angle each update turns a layer's weights by, and the predicted
+  equilibrium angle (black);
+- dynamics_ratio: measured / predicted equilibrium angle per layer over the final window, with a
+  band of the analysis' equilibrium tolerance (±15% by default) around agreement.
+Layers marked "(~)" are only approximately scale-invariant (BN-preceded convs whose BN eps matters).
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-import matplotlib
+import figstyle
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+PROG = "plot_dynamics"
+BAND = 0.15  # the ratio figure's band around the prediction when the summary records no eq_tol
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("analysis_dir")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-    src = Path(args.analysis_dir)
-    out = Path(args.out) if args.out else src
-    out.mkdir(parents=True, exist_ok=True)
-    s = pd.read_csv(src / "dynamics_series.csv")
-    layers = pd.read_csv(src / "dynamics_layers.csv")
-    # layers the theory applies to: exactly invariant, or approximately (flagged "~" in the labels)
-    theory_layers = layers[layers["ratio"].notna()]
-    approx = (set(theory_layers.loc[theory_layers["invariance"] == "approximate", "param"])
-              if "invariance" in theory_layers else set())
-    inv = s[s["param"].isin(set(theory_layers["param"]))].copy()
-    inv["param"] = inv["param"].map(lambda p: f"{p} (~)" if p in approx else p)
-    sns.set_theme(style="whitegrid")
+def load(src: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    try:
+        series = pd.read_csv(src / "dynamics_series.csv")
+        layers = pd.read_csv(src / "dynamics_layers.csv")
+    except (OSError, ValueError) as e:
+        raise figstyle.fail(PROG, f"{src} is not a bnlab dynamics output ({e})") from None
+    summary_path = src / "dynamics_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return series, layers, summary
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    sns.lineplot(data=inv, x="step", y="w_norm", hue="param", ax=ax, lw=1)
-    for _, g in inv.groupby("param"):
-        ax.plot(g["step"], g["norm_lagged"], ls="--", color="grey", lw=0.8)
-    ax.set(ylabel="||w||", title="weight norms of BN-preceded layers (dashed: lagged equilibrium prediction)")
-    fig.savefig(out / "dynamics_norms.png", dpi=120, bbox_inches="tight")
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    sns.lineplot(data=inv, x="step", y="angle_smooth", hue="param", ax=ax, lw=1)
+def _theory_layers(layers: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
+    """Layers with a prediction, in log order, and their display names ("(~)": approximate)."""
+    have = layers[layers["ratio"].notna()]
+    approx = set(have.loc[have["invariance"] == "approximate", "param"]) if "invariance" in have else set()
+    names = list(have["param"])
+    return names, {p: f"{p} (~)" if p in approx else p for p in names}
+
+
+def norms_figure(series: pd.DataFrame, layers: pd.DataFrame) -> Figure:
+    figstyle.apply()
+    params, display = _theory_layers(layers)
+    colors = figstyle.color_map(display[p] for p in params)
+    fig = Figure(figsize=(9, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for p in params:
+        g = series[series["param"] == p]
+        c = colors[display[p]]
+        ax.plot(g["step"], g["w_norm"], color=c, lw=1.4, label=display[p])
+        ax.plot(g["step"], g["norm_lagged"], color=c, lw=1.2, ls="--")
+    ax.set(yscale="log", xlabel="step", ylabel="‖w‖",
+           title="Weight norms of scale-invariant layers and their predicted equilibrium")
+    figstyle.plain_log_ticks(ax)
+    layer_legend = ax.legend(title="layer", loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    ax.add_artist(layer_legend)  # a second legend below it keys the line styles
+    ax.legend([Line2D([], [], color="black", lw=1.4), Line2D([], [], color="black", lw=1.2, ls="--")],
+              ["measured", "lagged equilibrium prediction"], title="line", loc="lower left",
+              bbox_to_anchor=(1.02, 0), frameon=False)
+    return fig
+
+
+def angles_figure(series: pd.DataFrame, layers: pd.DataFrame) -> Figure:
+    figstyle.apply()
+    params, display = _theory_layers(layers)
+    colors = figstyle.color_map(display[p] for p in params)
+    inv = series[series["param"].isin(params)]
+    fig = Figure(figsize=(9, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for p in params:
+        g = inv[inv["param"] == p]
+        ax.plot(g["step"], g["angle_smooth"], color=colors[display[p]], lw=1.2, label=display[p])
     eq = inv.groupby("step")["angle_eq"].first()
-    ax.plot(eq.index, eq.values, color="black", lw=2, label="predicted equilibrium")
-    ax.set(ylabel="angle per step (rad, smoothed RMS)", title="angular update per step vs theory")
-    ax.legend(fontsize=7)
-    fig.savefig(out / "dynamics_angles.png", dpi=120, bbox_inches="tight")
+    ax.plot(eq.index, eq.to_numpy(), color="black", lw=2.2, label="predicted equilibrium")
+    ax.set(yscale="log", xlabel="step", ylabel="angle per step (rad, smoothed RMS)",
+           title="Angular update per step vs the equilibrium the theory predicts")
+    figstyle.plain_log_ticks(ax)
+    figstyle.legend_outside(ax, title="layer")
+    return fig
 
-    fig, ax = plt.subplots(figsize=(8, 4))
-    lv = theory_layers.assign(param=theory_layers["param"].map(lambda p: f"{p} (~)" if p in approx else p))
-    sns.barplot(data=lv, x="param", y="ratio", ax=ax, color="C0")
-    ax.axhline(1, color="black")
-    ax.axhspan(0.85, 1.15, color="grey", alpha=0.2)
-    ax.set(ylabel="measured / predicted angle", xlabel="")
-    ax.tick_params(axis="x", rotation=60)
-    fig.savefig(out / "dynamics_ratio.png", dpi=120, bbox_inches="tight")
-    print(f"wrote {out}/dynamics_{{norms,angles,ratio}}.png")
+
+def ratio_figure(layers: pd.DataFrame, summary: dict | None = None) -> Figure:
+    figstyle.apply()
+    params, display = _theory_layers(layers)
+    lv = layers[layers["param"].isin(params)].assign(layer=lambda d: d["param"].map(display))
+    fig = Figure(figsize=(max(6.5, 0.55 * len(params) + 3.5), 4.6), layout="constrained")
+    ax = fig.subplots()
+    summary = summary or {}
+    tol = summary.get("eq_tol") or BAND  # the analysis' own equilibrium tolerance
+    band = ax.axhspan(1 - tol, 1 + tol, color="grey", alpha=0.2, lw=0)
+    line = ax.axhline(1, color="black", lw=1.2)
+    sns.barplot(data=lv, x="layer", y="ratio", color=figstyle.colors(1)[0], ax=ax)
+    window = summary.get("window")  # fraction of the logged steps, at the end
+    where = f"last {window:.0%} of steps" if window else "final window"
+    approx = any(name.endswith("(~)") for name in display.values())
+    ax.set(xlabel="layer" + ("  ((~): approximately scale-invariant)" if approx else ""),
+           ylabel="measured / predicted angle", title=f"Equilibrium angle per layer, measured / predicted ({where})")
+    figstyle.rotate_xticks(ax)
+    ax.legend([line, band, Patch(color=figstyle.colors(1)[0])],
+              ["prediction (ratio 1)", f"±{tol:.0%} of the prediction", "measured / predicted"],
+              loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    return fig
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("analysis_dir", type=Path, help="a `bnlab dynamics` output directory")
+    ap.add_argument("--out", type=Path, default=None, help="folder for the figures (default: analysis_dir)")
+    args = ap.parse_args(argv)
+    out = args.out or args.analysis_dir
+    series, layers, summary = load(args.analysis_dir)
+    if not layers["ratio"].notna().any():
+        raise figstyle.fail(PROG, f"{args.analysis_dir}: no layer the theory applies to (no BN-preceded layer?)")
+    figstyle.save(norms_figure(series, layers), out / "dynamics_norms.png")
+    figstyle.save(angles_figure(series, layers), out / "dynamics_angles.png")
+    figstyle.save(ratio_figure(layers, summary), out / "dynamics_ratio.png")
 
 
 if __name__ == "__main__":

@@ -1,133 +1,196 @@
 #!/usr/bin/env python3
-"""Figures of `bnlab outstats` results (seaborn), one PNG each, into --out.
+"""Figures of `bnlab outstats` results, each as PNG and PDF, into --out.
 
     python figures/plot_outstats.py BN_DIR FROZEN_DIR NOBN_DIR --labels bn,frozen,no_bn --out figs/
 
 Each positional argument is an outstats output dir (outstats.json + outstats.pt). Draws:
-layer_grad_norms.png (per-layer ‖∇mean₀‖², models side by side), perturbation.png (predicted-as-c
-fraction before / after the δ step / after a random step, per class), overlaps.png (‖Pv‖² per
-eigenvector, means span and full span), projected_eigs.png (top eigenvalues before/after
-projection), kde_<model>.png (per-channel activation KDEs by layer, at init and trained).
+- layer_grad_norms: per-layer ‖∇ mean logit 0‖², models side by side (log scale);
+- perturbation: fraction predicted as class c before / after a δ step along ∇ mean_c / after a
+  random step of the same size, one panel per model (same y axis);
+- overlaps: ‖Pv‖² of each Hessian eigenvector v with the span of the mean gradients and of all
+  output-statistic gradients, against what a random direction gives (needs --num-eigs/--eigvecs);
+- projected_eigs: top Hessian eigenvalues before and after projecting that span out, one panel per
+  model on one shared log axis (needs --project);
+- kde_<model>: per-channel activation distributions by layer, at initialisation (left half of each
+  violin) and trained (right half), with each layer's channel-mean share (needs histograms).
+A figure whose data no input has is skipped with a note.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
-import matplotlib
+import figstyle
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
+PROG = "plot_outstats"
+OPERATORS = ("H", "(I−P) H (I−P)")
+PERTURB = (("frac_before", "before"), ("frac_after_grad", "after δ step along ∇ mean_c"),
+           ("frac_after_random", "after random step"))
 
 
 def load(folder: Path) -> tuple[dict, dict]:
-    return (json.loads((folder / "outstats.json").read_text()),
-            torch.load(folder / "outstats.pt", map_location="cpu", weights_only=False))
+    try:
+        return (json.loads((folder / "outstats.json").read_text()),
+                torch.load(folder / "outstats.pt", map_location="cpu", weights_only=False))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise figstyle.fail(PROG, f"{folder} is not a bnlab outstats output ({e})") from None
 
 
-def layer_norms(runs: dict[str, dict], out: Path) -> None:
+def _panels(n: int, width: float = 3.6, height: float = 3.2) -> tuple[Figure, list]:
+    fig = Figure(figsize=(width * n + 0.6, height + 0.9), layout="constrained")
+    axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def layer_norms_figure(runs: dict[str, dict]) -> Figure:
+    figstyle.apply()
     rows = [{"model": m, "layer": lay, "sq_norm": v} for m, s in runs.items()
             for lay, v in zip(s["layers"], s["layer_sq_norms"]["mean[0]"])]
-    plt.figure(figsize=(9, 4))
-    ax = sns.barplot(pd.DataFrame(rows), x="layer", y="sq_norm", hue="model")
-    ax.set(yscale="log", ylabel="‖∇ mean logit 0‖² in layer", title="Gradient of an output mean, per layer")
-    plt.xticks(rotation=45, ha="right")
-    plt.tight_layout()
-    plt.savefig(out / "layer_grad_norms.png", dpi=120)
-    plt.close()
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    fig = Figure(figsize=(max(6.5, 0.75 * len(layers) * max(1, len(runs) / 2) + 2.5), 4.2), layout="constrained")
+    ax = fig.subplots()
+    sns.barplot(pd.DataFrame(rows), x="layer", y="sq_norm", hue="model", palette=figstyle.color_map(runs), ax=ax)
+    ax.set(yscale="log", xlabel="layer", ylabel="‖∇ mean logit 0‖² within the layer",
+           title="Gradient of an output mean, split by layer")
+    ax.tick_params(axis="x", rotation=45)
+    figstyle.legend_outside(ax, title="model")
+    return fig
 
 
-def perturbation(runs: dict[str, dict], out: Path) -> None:
-    rows = []
+def perturbation_figure(runs: dict[str, dict]) -> Figure | None:
+    have = {m: s["perturbation"]["rows"] for m, s in runs.items() if (s.get("perturbation") or {}).get("rows")}
+    if not have:
+        return None
+    figstyle.apply()
+    fig, axes = _panels(len(have))
+    colors = figstyle.colors(len(PERTURB))
+    for ax, (m, prs) in zip(axes, have.items()):
+        df = pd.DataFrame([{"class": r["class"], "when": when, "fraction": r[key]}
+                           for r in prs for key, when in PERTURB])
+        sns.barplot(df, x="class", y="fraction", hue="when", hue_order=[w for _, w in PERTURB],
+                    palette=colors, ax=ax, legend=ax is axes[0])
+        ax.set(title=m, xlabel="class c", ylabel="fraction of examples predicted as c", ylim=(0, 1))
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[0].get_legend().remove()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False)
+    fig.suptitle("A small step along one class's mean-logit gradient vs a random step of the same size")
+    return fig
+
+
+def overlaps_figure(runs: dict[str, dict]) -> Figure | None:
+    have = {m: s for m, s in runs.items() if (s.get("eigen") or {}).get("overlap_full")}
+    if not have:
+        return None
+    figstyle.apply()
+    fig, axes = _panels(len(have))
+    spans = (("overlap_means", "span of mean gradients"), ("overlap_full", "span of mean, var, skew gradients"))
+    colors = figstyle.colors(len(spans))
+    for ax, (m, s) in zip(axes, have.items()):
+        df = pd.DataFrame([{"eigenvector": i + 1, "span": name, "overlap": v}
+                           for key, name in spans for i, v in enumerate(s["eigen"].get(key) or [])])
+        sns.barplot(df, x="eigenvector", y="overlap", hue="span", hue_order=[n for _, n in spans], palette=colors,
+                    ax=ax)
+        ax.get_legend().remove()
+        ax.axhline(s["span"]["random_overlap_expected"], color="black", ls="--", lw=1, label="random direction")
+        ax.set(title=m, xlabel="Hessian eigenvector (by eigenvalue rank)", ylabel="‖P v‖²  (overlap with span)",
+               ylim=(0, 1.02))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False)
+    fig.suptitle("How much of each top Hessian eigenvector lies in the output-statistic gradient span")
+    return fig
+
+
+def projected_figure(runs: dict[str, dict]) -> Figure | None:
+    have = {}
     for m, s in runs.items():
-        for r in s.get("perturbation", {}).get("rows", []):
-            for key, when in (("frac_before", "before"), ("frac_after_grad", "δ step along ∇mean_c"),
-                              ("frac_after_random", "random step")):
-                rows.append({"model": m, "class": r["class"], "when": when, "fraction": r[key]})
-    if not rows:
-        return
-    g = sns.catplot(pd.DataFrame(rows), x="class", y="fraction", hue="when", col="model", kind="bar",
-                    height=3.2, aspect=1.2)
-    g.set_axis_labels("class c", "fraction predicted as c")
-    g.savefig(out / "perturbation.png", dpi=120)
-    plt.close("all")
+        vals = ((s.get("eigen") or {}).get("eigenvalues") or [], (s.get("projected") or {}).get("eigenvalues") or [])
+        if any(vals):
+            have[m] = vals
+    if not have:
+        return None
+    figstyle.apply()
+    fig, axes = _panels(len(have))
+    colors = figstyle.colors(len(OPERATORS))
+    positive = all(v > 0 for vals in have.values() for series in vals for v in series)
+    k_max = max(len(series) for vals in have.values() for series in vals)
+    for ax, (m, vals) in zip(axes, have.items()):
+        for op, series, color, marker in zip(OPERATORS, vals, colors, ("o", "s")):
+            if series:
+                ax.plot(np.arange(1, len(series) + 1), series, marker=marker, color=color, label=op)
+        ax.set(title=m, xlabel="rank", ylabel="eigenvalue", xlim=(0.5, k_max + 0.5))
+        ax.set_xticks(np.arange(1, k_max + 1, max(1, math.ceil(k_max / 8))))
+        ax.set_yscale("log" if positive else "symlog")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False,
+               title="P: projection onto the span of the output-statistic gradients")
+    fig.suptitle("Top Hessian eigenvalues before and after projecting out the output-statistic span")
+    return fig
 
 
-def overlaps(runs: dict[str, dict], out: Path) -> None:
-    rows = [{"model": m, "eigenvector": i + 1, "span": span, "overlap": v}
-            for m, s in runs.items() if "eigen" in s
-            for span, key in (("means", "overlap_means"), ("means+vars+skews", "overlap_full"))
-            for i, v in enumerate(s["eigen"].get(key, []))]
-    if not rows:
-        return
-    g = sns.catplot(pd.DataFrame(rows), x="eigenvector", y="overlap", hue="span", col="model", kind="bar",
-                    height=3.2, aspect=1.3)
-    g.set_axis_labels("Hessian eigenvector", "‖P v‖²")
-    g.savefig(out / "overlaps.png", dpi=120)
-    plt.close("all")
-
-
-def projected(runs: dict[str, dict], out: Path) -> None:
-    rows = []
-    for m, s in runs.items():
-        for when, vals in (("H", (s.get("eigen") or {}).get("eigenvalues") or []),
-                           ("(I-P)H(I-P)", (s.get("projected") or {}).get("eigenvalues") or [])):
-            rows += [{"model": m, "rank": i + 1, "operator": when, "eigenvalue": v} for i, v in enumerate(vals)]
-    if not rows:
-        return
-    g = sns.relplot(pd.DataFrame(rows), x="rank", y="eigenvalue", hue="operator", col="model", marker="o",
-                    kind="line", height=3.2, aspect=1.2, facet_kws={"sharey": False})
-    g.savefig(out / "projected_eigs.png", dpi=120)
-    plt.close("all")
-
-
-def kdes(name: str, tensors: dict, out: Path, channels: int = 4) -> None:
+def kde_figure(name: str, tensors: dict, channels: int = 5, ncols: int = 3) -> Figure | None:
+    """Split violins per channel and layer: left half at initialisation, right half trained."""
     acts = tensors.get("activations")
     if not acts:
-        return
+        return None
+    figstyle.apply()
     layers = list(acts["checkpoint"])
-    fig, axes = plt.subplots(2, len(layers), figsize=(2.2 * len(layers), 4.5), squeeze=False)
-    for row, when in enumerate(("init", "checkpoint")):
-        for col, layer in enumerate(layers):
-            ax = axes[row][col]
-            samples = acts[when][layer]["samples"]
+    ncols = min(ncols, len(layers))
+    nrows = math.ceil(len(layers) / ncols)
+    fig = Figure(figsize=(3.6 * ncols, 2.7 * nrows + 0.8), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    states = (("init", "at initialisation"), ("checkpoint", "trained"))
+    colors = figstyle.colors(len(states))
+    for i, layer in enumerate(layers):
+        ax = axes[i // ncols][i % ncols]
+        rows = []
+        for key, state in states:
+            samples = acts[key][layer]["samples"]
             for c in range(min(channels, samples.shape[0])):
-                v = samples[c].double()
-                if v.std() > 0:
-                    sns.kdeplot(x=v.numpy(), ax=ax, fill=False, warn_singular=False)
-            share = acts[when][layer]["layer_mean_share"]
-            ax.set_title(f"{layer}\nmean share {share:.2f}", fontsize=8)
-            ax.set(ylabel=when if col == 0 else "", yticks=[])
-            ax.tick_params(labelsize=6)
-    fig.suptitle(f"{name}: per-channel activation densities (first {channels} channels)")
-    fig.tight_layout()
-    fig.savefig(out / f"kde_{name}.png", dpi=120)
-    plt.close(fig)
+                rows += [{"channel": c + 1, "state": state, "value": float(v)} for v in samples[c].double()]
+        sns.violinplot(pd.DataFrame(rows), x="channel", y="value", hue="state", hue_order=[s for _, s in states],
+                       split=True, inner=None, density_norm="width", cut=0, linewidth=0.6, palette=colors, ax=ax,
+                       legend=i == 0)
+        shares = [acts[k][layer]["layer_mean_share"] for k, _ in states]
+        ax.set_title(f"{layer}   mean share {shares[0]:.2f} → {shares[1]:.2f}", fontsize=9)
+        ax.set(xlabel="channel" if i // ncols == nrows - 1 or i + ncols >= len(layers) else "",
+               ylabel="activation" if i % ncols == 0 else "")
+    for j in range(len(layers), nrows * ncols):
+        axes[j // ncols][j % ncols].set_axis_off()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    axes[0][0].get_legend().remove()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False,
+               title="violin halves (width-normalised densities)")
+    fig.suptitle(f"{name}: activation distributions of the first {channels} channels of each layer\n"
+                 "(mean share: Σ channel mean² / Σ E[x²]; 1 = channels constant over inputs)")
+    return fig
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description="Plot bnlab outstats results.")
-    ap.add_argument("dirs", nargs="+", type=Path)
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="+", type=Path, help="`bnlab outstats` output directories")
     ap.add_argument("--labels", default=None, help="comma-separated names (default: folder names)")
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, required=True, help="folder for the figures")
+    args = ap.parse_args(argv)
     labels = args.labels.split(",") if args.labels else [d.name for d in args.dirs]
     if len(labels) != len(args.dirs):
-        raise SystemExit("--labels needs one name per directory")
-    args.out.mkdir(parents=True, exist_ok=True)
+        raise figstyle.fail(PROG, "--labels needs one name per directory")
     loaded = {lab: load(d) for lab, d in zip(labels, args.dirs)}
     runs = {lab: s for lab, (s, _) in loaded.items()}
-    layer_norms(runs, args.out)
-    perturbation(runs, args.out)
-    overlaps(runs, args.out)
-    projected(runs, args.out)
-    for lab, (_, t) in loaded.items():
-        kdes(lab, t, args.out)
-    print(f"figures in {args.out}")
+    figures = {"layer_grad_norms": layer_norms_figure(runs), "perturbation": perturbation_figure(runs),
+               "overlaps": overlaps_figure(runs), "projected_eigs": projected_figure(runs)}
+    figures.update({f"kde_{lab}": kde_figure(lab, t) for lab, (_, t) in loaded.items()})
+    for stem, fig in figures.items():
+        if fig is None:
+            print(f"skipped {stem}: no input has its data")
+        else:
+            figstyle.save(fig, args.out / f"{stem}.png")
 
 
 if __name__ == "__main__":
