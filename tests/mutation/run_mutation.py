@@ -55,7 +55,7 @@ SLOW_FOR_MUTATION = [
 
 CURVATURE_TESTS = ["tests/curvature/test_curvature.py", "tests/curvature/test_operator.py",
                    "tests/curvature/test_eigensolvers.py"]
-OUTSTATS_TESTS = ["tests/outstats/test_outstats.py", "tests/outstats/test_outstats_batches.py"]
+OUTSTATS_TESTS = ["tests/outstats/test_outstats.py"]
 
 # module key -> (files to mutate, pytest test selection). Selections are the module's own tests;
 # entries missing from an exported revision are dropped (e.g. tests added later).

@@ -116,6 +116,34 @@ def test_gradients_match_jacrev(model_name: str, norm: str, mode: str) -> None:
         torch.testing.assert_close(sg.grads, grads, rtol=1e-8, atol=1e-11)
 
 
+# Batches of 6 and 2 (what --num-samples 8 --batch-size 6 gives): per-batch statistics must weigh
+# each batch n_b / N, pooled ones are the moments of all 8 examples together.
+UNEQUAL = [("simple", "bn", "batch"), ("davidnet", "bn", "batch"), ("davidnet", "bn", "running"),
+           ("simple", "frozen", "none"), ("davidnet", "none", "none")]
+
+
+@pytest.mark.parametrize("model_name,norm,mode", UNEQUAL)
+def test_unequal_batches_match_jacrev(model_name: str, norm: str, mode: str) -> None:
+    model = tiny(model_name, norm)
+    big, small = make_batches(1, 6, seed=4)[0], make_batches(1, 2, seed=5)[0]
+    batches = [big, small]
+    for target, moments in ((Target("logits"), "per-batch"), (Target("logits"), "pooled"),
+                            (Target("layer1", (1,)), "per-batch")):
+        sg = stat_gradients(model, batches, stats=STATS, target=target, moments=moments, mode=mode)
+        values, grads = reference(model, batches, target, mode, moments)
+        if target.channels:
+            values, grads = values[:, list(target.channels)], grads[:, list(target.channels)]
+        torch.testing.assert_close(sg.values, values, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(sg.grads, grads, rtol=1e-8, atol=1e-11)
+        assert (sg.num_samples, sg.num_batches, sg.moments, sg.bn_mode) == (8, 2, moments, mode)
+    # the weighting is visible: the plain average of the two batches' statistics is something else
+    sg = stat_gradients(model, batches, stats=("mean",), mode=mode)
+    with bn_mode(model, mode), torch.no_grad():
+        plain = sum(central(target_output(model, dict(model.named_parameters()), x, Target()))[0]
+                    for x, _ in batches) / 2
+    assert (sg.values[0] - plain).abs().max() > 1e-6 * plain.abs().max()  # far above float64 rounding
+
+
 @pytest.mark.parametrize("model_name,norm,mode", [("simple", "bn", "batch"), ("davidnet", "ghost", "batch"),
                                                   ("simple", "none", "none"), ("davidnet", "frozen", "none")])
 def test_gradients_match_finite_differences(model_name: str, norm: str, mode: str) -> None:
