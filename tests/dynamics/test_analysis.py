@@ -1,0 +1,239 @@
+"""bnlab.dynamics.analysis on hand-made logs whose answers are known in closed form.
+
+The logs follow the weight-decay theory exactly: ||w||^4 = v_t obeys the first-order recursion
+v_t = v_{t-1} (1 - 4 lr wd A) + 2 lr^2 A^2 L with A = 1 / (1 - mu) (for a constant lr:
+v_t = v_eq + (v_0 - v_eq) r^t), the gradient has ||g|| ||w|| = sqrt(L), and the angle per step is
+lr sqrt(S2 L / ||w||^4) with S2 the momentum filter's noise gain (Nesterov (1+mu)^2 + mu^4/(1-mu^2),
+heavy ball 1/(1-mu^2)). Every number the analysis reports is then derived here by hand from those
+formulas, never by calling bnlab.theory: the lagged predictions must match the log (ratios 1), the
+equilibrium ones are written out, and the step counts come from explicit loops.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bnlab.config import make_config
+from bnlab.dynamics import analyse_run
+
+LR, WD, MU = 0.1, 5e-3, 0.9
+L = 4e-4  # ||g||^2 ||w||^2
+INV, CLF = "a.conv.weight", "classifier.weight"
+STEPS_PER_EPOCH = 50
+
+
+def s2(mu: float, nesterov: bool) -> float:
+    return (1 + mu) ** 2 + mu ** 4 / (1 - mu ** 2) if nesterov else 1 / (1 - mu ** 2)
+
+
+def norm4_path(lrs: np.ndarray, v0: float, mu: float = MU, wd: float = WD) -> np.ndarray:
+    """v after each step (index t = after step t+1), by the recursion written as a plain loop."""
+    a = 1 / (1 - mu)
+    out, v = [], v0
+    for lr in lrs:
+        v = v * (1 - 4 * lr * wd * a) + 2 * lr ** 2 * a ** 2 * L
+        out.append(v)
+    return np.array(out)
+
+
+def write_run(path: Path, lrs: np.ndarray, *, v0: float = 1.0, nesterov: bool = True, log_every: int = 1,
+              schedule: str = "const", mu: float = MU, angle_scale: float = 1.0, wd: float = WD,
+              status: str = "finished", path_lrs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """A run directory whose log follows the theory; returns the per-step truth (steps 1..len(lrs)).
+
+    The norms follow the recursion at `wd` (WD when wd is 0) under `path_lrs` (default: the logged lrs).
+    """
+    path.mkdir(parents=True)
+    cfg = make_config("bn", lr=float(lrs.max()), weight_decay=wd, momentum=mu, nesterov=nesterov,
+                      lr_schedule=schedule, log_every=log_every, dataset="synthetic", width=2)
+    (path / "config.json").write_text(cfg.to_json())
+    (path / "status.json").write_text(json.dumps({"status": status}))
+    steps = np.arange(1, len(lrs) + 1)
+    v_after = norm4_path(lrs if path_lrs is None else path_lrs, v0, mu, wd or WD)
+    v_before = np.concatenate([[v0], v_after[:-1]])
+    w_before, w_after = v_before ** 0.25, v_after ** 0.25
+    g = math.sqrt(L) / w_before
+    angle = angle_scale * (lrs if path_lrs is None else path_lrs) * np.sqrt(s2(mu, nesterov) * L / v_before)
+    rel = angle.copy()  # a norm-preserving turn's chord ~ the angle; only its ratio to dw matters here
+    dw = rel * w_before
+    cos = 1e-8 * np.where(steps % 2 == 0, 1.0, -1.0)
+    # a classifier that is not scale-invariant: |cos| far above rounding, same step sizes
+    rows = []
+    for i, s in enumerate(steps):
+        if s % log_every:
+            continue
+        common = [s, f"{s / STEPS_PER_EPOCH:.6g}", f"{lrs[i]:.10g}", 2.0, 0.5]
+        rows.append(common + [INV, 100] + [f"{x:.12g}" for x in (w_after[i], g[i], dw[i], rel[i], cos[i], angle[i])])
+        rows.append(common + [CLF, 20] + [f"{x:.12g}" for x in (1.0, 0.1, 0.01, 0.01, -0.05, 0.01)])
+    head = "step,epoch,lr,loss,acc,param,numel,w_norm,g_norm,dw_norm,rel_step,cos_wg,angle\n"
+    (path / "dynamics.csv").write_text(head + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    return {"step": steps, "lr": lrs, "v_after": v_after, "v_before": v_before, "angle": angle, "rel": rel}
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x))))
+
+
+def window(x: np.ndarray, frac: float = 0.25) -> np.ndarray:
+    n = len(x)
+    return x[n - math.ceil(frac * n):]
+
+
+def first_staying(steps: np.ndarray, ok: list[bool]) -> int | None:
+    """First step from which ok holds to the end, by a plain backwards loop."""
+    if not ok[-1]:
+        return None
+    i = len(ok) - 1
+    while i > 0 and ok[i - 1]:
+        i -= 1
+    return int(steps[i])
+
+
+def trailing_rms(x: np.ndarray, k: int) -> np.ndarray:
+    return np.array([rms(x[max(0, i + 1 - k):i + 1]) for i in range(len(x))])
+
+
+def angle_eq(lr: float, mu: float = MU, nesterov: bool = True) -> float:
+    # the weight-decay post's form: sqrt(2 lr wd / (1 + mu)), times k_N for Nesterov
+    k_n = math.sqrt((1 + mu) ** 3 * (1 - mu) + mu ** 4) if nesterov else 1.0
+    return math.sqrt(2 * lr * WD / (1 + mu)) * k_n
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_constant_lr_every_reported_number(tmp_path: Path, nesterov: bool) -> None:
+    lrs = np.full(400, LR)
+    t = write_run(tmp_path / "run", lrs, nesterov=nesterov)
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1)
+    r = rep.layer(INV)
+    assert r.scale_invariant and r.invariance == "exact" and r.logged_steps == 400 and r.last_step == 400
+    assert r.w_norm_init == pytest.approx(1.0) and r.w_norm_final == pytest.approx(t["v_after"][-1] ** 0.25)
+    assert r.lr_final == LR and r.numel == 100
+    assert r.angle == pytest.approx(rms(window(t["angle"])), rel=1e-9)
+    assert r.rel_step == pytest.approx(rms(window(t["rel"])), rel=1e-9)
+    assert r.grad_scale == pytest.approx(L, rel=1e-9)
+    # equilibrium predictions at the constant lr
+    assert r.angle_pred == pytest.approx(angle_eq(LR, nesterov=nesterov), rel=1e-12)
+    assert r.ratio == pytest.approx(r.angle / r.angle_pred, rel=1e-12)
+    assert r.rel_step_pred == pytest.approx(2 * math.sin(angle_eq(LR, nesterov=nesterov) / 2), rel=1e-12)
+    assert r.rel_step_ratio == pytest.approx(r.rel_step / r.rel_step_pred, rel=1e-12)
+    v_eq = LR * L / (2 * WD * (1 - MU))
+    assert r.norm_pred == pytest.approx(v_eq ** 0.25, rel=1e-9)
+    assert r.relaxation_steps == pytest.approx((1 - MU) / (4 * LR * WD)) == pytest.approx(50)
+    # the lagged predictions reproduce a log that follows the recursion: ratios 1
+    assert r.norm_lagged_pred == pytest.approx((v_eq + (1 - v_eq) * (1 - 0.02) ** 400) ** 0.25, rel=1e-8)
+    assert r.norm_ratio == pytest.approx(1.0, abs=1e-8)
+    assert r.angle_lagged_pred == pytest.approx(r.angle, rel=1e-8) and r.ratio_lagged == pytest.approx(1, abs=1e-8)
+    # step counts: the angle relative to the equilibrium, and to its own end value, within 15%
+    ratio = t["angle"] / angle_eq(LR, nesterov=nesterov)
+    assert r.steps_to_equilibrium == first_staying(t["step"], [abs(q - 1) <= 0.15 for q in ratio])
+    end = t["angle"][-1]
+    assert r.steps_to_settle == first_staying(t["step"], [abs(a / end - 1) <= 0.15 for a in t["angle"]])
+    # by hand: angle/eq = (v_eq / v_{s-1})^(1/2) is within 15% once v_{s-1} <= v_eq / 0.85^2
+    s_eq = 1 + math.ceil(math.log((v_eq / 0.85 ** 2 - v_eq) / (1 - v_eq)) / math.log(0.98))
+    assert r.steps_to_equilibrium == s_eq
+    assert r.pythagoras_residual is None  # only defined for plain SGD without weight decay
+    c = rep.layer(CLF)
+    assert not c.scale_invariant and c.invariance == "no" and c.median_abs_cos == pytest.approx(0.05)
+    assert None is c.angle_pred is c.ratio is c.angle_lagged_pred is c.norm_lagged_pred is c.norm_ratio
+    assert c.steps_to_equilibrium is None and c.steps_to_settle == 1 and c.relaxation_steps == pytest.approx(50)
+    # aggregate over the invariant layers
+    a = rep.aggregate
+    assert a["scale_invariant"] == [INV] and a["not_scale_invariant"] == [CLF]
+    assert a["ratio_mean"] == a["ratio_min"] == a["ratio_max"] == pytest.approx(r.ratio)
+    assert a["angle_pred"] == r.angle_pred and a["angle_mean"] == pytest.approx(r.angle)
+    assert a["norm_spread"] == pytest.approx(1.0) and a["angle_cv"] == pytest.approx(0.0)
+    th = rep.theory
+    assert th["noise_gain_S2"] == pytest.approx(s2(MU, nesterov))
+    assert th["nesterov_factor"] == pytest.approx(math.sqrt(1.9 ** 3 * 0.1 + 0.9 ** 4) if nesterov else 1.0)
+    assert th["angle_eq_final_lr"] == pytest.approx(r.angle_pred) and th["lr_final"] == LR
+    assert th["relaxation_steps_final_lr"] == pytest.approx(50) and th["smooth_logged_steps"] == 1
+
+
+def test_smoothing_window_and_default(tmp_path: Path) -> None:
+    lrs = np.full(400, LR)
+    t = write_run(tmp_path / "run", lrs)
+    ratio = trailing_rms(t["angle"], 7) / angle_eq(LR)
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=7)
+    r = rep.layer(INV)
+    assert r.steps_to_equilibrium == first_staying(t["step"], [abs(q - 1) <= 0.15 for q in ratio])
+    inv = rep.series["param"] == INV
+    np.testing.assert_allclose(rep.series["angle_smooth"][inv], trailing_rms(t["angle"], 7), rtol=1e-9)
+    np.testing.assert_allclose(rep.series["ratio"][inv], ratio, rtol=1e-9)
+    np.testing.assert_allclose(rep.series["grad_scale"][inv], L, rtol=1e-9)
+    np.testing.assert_allclose(rep.series["norm_lagged"][inv], t["v_after"] ** 0.25, rtol=1e-8)
+    np.testing.assert_allclose(rep.series["angle_lagged"][inv], t["angle"], rtol=1e-8)
+    np.testing.assert_allclose(rep.series["angle_eq"][inv], angle_eq(LR), rtol=1e-12)
+    v_eq = LR * L / (2 * WD * (1 - MU))
+    np.testing.assert_allclose(rep.series["norm_eq"][inv], v_eq ** 0.25, rtol=1e-9)
+    assert np.isnan(rep.series["ratio"][~inv]).all() and np.isnan(rep.series["angle_eq"][~inv]).all()
+    # default smoothing: one epoch of logged steps (50 here)
+    assert analyse_run(tmp_path / "run", check_checkpoint=False).theory["smooth_logged_steps"] == STEPS_PER_EPOCH
+
+
+def test_eq_tol_and_window_options(tmp_path: Path) -> None:
+    lrs = np.full(400, LR)
+    t = write_run(tmp_path / "run", lrs)
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1, eq_tol=0.05, window=0.5)
+    r = rep.layer(INV)
+    assert r.angle == pytest.approx(rms(t["angle"][200:]), rel=1e-9)
+    ratio = t["angle"] / angle_eq(LR)
+    assert r.steps_to_equilibrium == first_staying(t["step"], [abs(q - 1) <= 0.05 for q in ratio])
+    assert rep.window == 0.5 and rep.eq_tol == 0.05
+    one = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1, window=1e-6).layer(INV)
+    assert one.angle == pytest.approx(t["angle"][-1], rel=1e-9)  # at least the last logged step
+
+
+def test_log_every_two_interpolates_the_steps_between(tmp_path: Path) -> None:
+    """Logged every 2nd step: the lagged recursion still runs over every optimizer step."""
+    lrs = np.full(400, LR)
+    t = write_run(tmp_path / "run", lrs, log_every=2)
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1)
+    r = rep.layer(INV)
+    assert r.logged_steps == 200 and r.w_norm_init == pytest.approx(t["v_before"][1] ** 0.25)
+    assert r.norm_ratio == pytest.approx(1.0, abs=1e-8)
+    assert r.ratio_lagged == pytest.approx(1.0, abs=1e-8)
+    assert r.angle == pytest.approx(rms(window(t["angle"][1::2])), rel=1e-9)
+
+
+def test_lagged_prediction_under_a_schedule(tmp_path: Path) -> None:
+    """Warm-up then decay (as piecewise does, ending above 0): the log follows the recursion step by
+    step, so the lagged predictions match it while the instantaneous equilibrium does not."""
+    lrs = np.concatenate([np.linspace(0.02, 0.2, 200), np.linspace(0.2, 0.05, 200)])
+    t = write_run(tmp_path / "run", lrs, schedule="piecewise")
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1)
+    r = rep.layer(INV)
+    assert r.norm_ratio == pytest.approx(1.0, abs=1e-7)
+    assert r.angle_lagged_pred == pytest.approx(rms(window(t["angle"])), rel=1e-7)
+    eq = rms(np.sqrt(2 * window(lrs) * WD / 1.9) * math.sqrt(1.9 ** 3 * 0.1 + 0.9 ** 4))
+    assert r.angle_pred == pytest.approx(eq, rel=1e-9)
+    assert abs(r.angle / r.angle_pred - 1) > 0.05  # the lag matters here
+    assert r.relaxation_steps == pytest.approx((1 - MU) / (4 * 0.05 * WD))
+
+
+def test_heavy_ball_log_and_bad_theory_range(tmp_path: Path) -> None:
+    lrs = np.full(300, LR)
+    write_run(tmp_path / "hb", lrs, nesterov=False, mu=0.5)
+    r = analyse_run(tmp_path / "hb", check_checkpoint=False, smooth=1).layer(INV)
+    assert r.norm_ratio == pytest.approx(1.0, abs=1e-8) and r.ratio_lagged == pytest.approx(1.0, abs=1e-8)
+    assert r.angle_pred == pytest.approx(angle_eq(LR, mu=0.5, nesterov=False), rel=1e-12)
+    assert r.relaxation_steps == pytest.approx(0.5 / (4 * LR * WD))
+    # lr * wd beyond the small-step theory (4 lr wd / (1 - mu) >= 1): no lagged prediction, no crash
+    write_run(tmp_path / "big", np.full(50, 30.0), wd=0.01, path_lrs=np.full(50, LR))
+    big = analyse_run(tmp_path / "big", check_checkpoint=False, smooth=1).layer(INV)
+    assert big.norm_lagged_pred is None and big.norm_ratio is None and big.angle_lagged_pred is None
+    assert big.angle_pred == pytest.approx(math.sqrt(2 * 30.0 * 0.01 / 1.9) * math.sqrt(1.9 ** 3 * 0.1 + 0.9 ** 4))
+
+
+def test_no_weight_decay_no_equilibrium(tmp_path: Path) -> None:
+    lrs = np.full(100, LR)
+    write_run(tmp_path / "run", lrs, wd=0.0)
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1)
+    r = rep.layer(INV)
+    assert r.scale_invariant and r.angle_pred is None and r.angle_lagged_pred is None and r.ratio is None
+    assert r.relaxation_steps is None and r.steps_to_equilibrium is None and r.norm_pred is None
+    assert rep.theory["relaxation_steps_final_lr"] is None and rep.theory["angle_eq_final_lr"] == 0.0
+    assert "ratio_mean" not in rep.aggregate
