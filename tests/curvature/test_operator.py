@@ -157,12 +157,19 @@ def test_batch_sum_units_weight_decay_and_subset() -> None:
     assert op.batch_size == 6 and op.scale == 1.0
     close(op.matvec(v), H @ v + wd * v)
     # a subset: the block of the full Hessian (other parameters held fixed)
-    sub = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", params=["1.*", "3.weight"])
     idx = np.concatenate([np.arange(a, a + s) for a, s, n in zip(np.cumsum([0] + sizes[:-1]), sizes, names)
                           if n.startswith("1.") or n == "3.weight"])
-    assert sub.param_names == ["1.weight", "1.bias", "3.weight"] and sub.dim == len(idx)
-    u = torch.randn(sub.dim, dtype=torch.float64)
-    close(sub.matvec(u), H[idx][:, idx] @ u)
+    U = torch.randn(2, len(idx), dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    for method in ("double_backward", "func"):
+        sub = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", params=["1.*", "3.weight"],
+                              method=method)
+        assert sub.param_names == ["1.weight", "1.bias", "3.weight"] and sub.dim == len(idx)
+        # plain tensors out (the func route once returned results attached to the unselected parameters)
+        hv, HU = sub.matvec(U[0]), sub.matmat(U)
+        assert not hv.requires_grad and not HU.requires_grad
+        close(hv, H[idx][:, idx] @ U[0])
+        close(HU, U @ H[idx][:, idx])
+    u = U[0]
     parts = sub.unflatten(u)
     assert [tuple(t.shape) for t in parts.values()] == [(4,), (4,), (3, 4)]
     close(sub.flat_params(), theta[idx])
