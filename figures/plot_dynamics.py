@@ -4,12 +4,14 @@
     python figures/plot_dynamics.py DIR [--out FIGDIR]
 
 - dynamics_norms.png: ||w|| per scale-invariant layer over training, with the lagged prediction (dashed);
-- dynamics_angles.png: smoothed angle per step per layer with the predicted equilibrium (black) line;
+- dynamics_angles.png: smoothed angle per step per layer with the prediction it is compared with (black:
+  the equilibrium for a constant lr; dashed, per layer: the lagged prediction under a schedule);
 - dynamics_ratio.png: measured / predicted angle by layer (final window), band = +-15%.
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import matplotlib
@@ -47,8 +49,16 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     sns.lineplot(data=inv, x="step", y="angle_smooth", hue="param", ax=ax, lw=1)
-    eq = inv.groupby("step")["angle_eq"].first()
-    ax.plot(eq.index, eq.values, color="black", lw=2, label="predicted equilibrium")
+    # the prediction the analysis compares with (lagged under an lr schedule), as the ratio plot does
+    summary = src / "dynamics_summary.json"
+    compare_to = json.loads(summary.read_text()).get("compare_to") if summary.is_file() else None
+    if compare_to == "lagged":  # depends on each layer's norm and gradient scale: one dashed line per layer
+        for i, (_, g) in enumerate(inv.groupby("param")):
+            ax.plot(g["step"], g["angle_ref"], ls="--", color="grey", lw=0.8,
+                    label="predicted (lagged)" if i == 0 else None)
+    else:  # the equilibrium is the same for every layer
+        eq = inv.groupby("step")["angle_eq"].first()
+        ax.plot(eq.index, eq.values, color="black", lw=2, label="predicted equilibrium")
     ax.set(ylabel="angle per step (rad, smoothed RMS)", title="angular update per step vs theory")
     ax.legend(fontsize=7)
     fig.savefig(out / "dynamics_angles.png", dpi=120, bbox_inches="tight")

@@ -5,6 +5,12 @@ training, its measured angular update per step (and ``rel_step``) against the pr
 at the current lr and against the lagged prediction under the run's lr schedule, their ratio, and
 how long it took to get there. Averages of angles are root-mean-squares (the theory balances
 theta^2), over the *final window* (last `window` fraction of the logged steps).
+
+Which prediction a run is compared with (`Report.compare_to`, the ``ratio`` everywhere): the
+equilibrium at the current lr for a constant lr; the lagged prediction under a piecewise or exp
+schedule, where the norms trail the moving equilibrium by about a relaxation time (and a schedule
+ending at lr 0 has no equilibrium at all). A run shorter than `MIN_RELAXATION_TIMES` relaxation
+times gets a warning (`Report.warnings`): its norms are still relaxing.
 """
 from __future__ import annotations
 
@@ -20,6 +26,11 @@ from ..config import TrainConfig
 from ..errors import BnlabError
 from .invariance import DEFAULT_COS_TOL, cos_stats
 from .log import RunLog, Table, read_run
+
+EQUILIBRIUM, LAGGED = "equilibrium", "lagged"
+# Fewer relaxation times than this and the norms (so the angles) are still visibly off equilibrium:
+# ||w||^4 has closed e^-3 = 95% of its initial gap after 3 of them.
+MIN_RELAXATION_TIMES = 3.0
 
 
 @dataclass
@@ -51,7 +62,7 @@ class LayerResult:
     rel_step: float  # RMS ||dw|| / ||w|| over the final window
     angle_pred: float | None  # equilibrium angle at the window's lr (RMS over the window)
     angle_lagged_pred: float | None  # lagged-equilibrium angle under the schedule, same window
-    ratio: float | None  # angle / angle_pred
+    ratio: float | None  # angle / angle_ref (the prediction the report compares with, see Report.compare_to)
     ratio_lagged: float | None
     rel_step_pred: float | None
     rel_step_ratio: float | None
@@ -65,6 +76,7 @@ class LayerResult:
     steps_to_settle: int | None  # first step from which the smoothed angle stays within eq_tol of its end
     relaxation_steps: float | None  # theory's time constant (1-mu)/(4 eta lambda) at the final lr
     invariance: str = "no"  # "exact", "approximate" (see invariance.APPROX_*; theory applied, flagged) or "no"
+    angle_ref: float | None = None  # the prediction `ratio` compares with: angle_pred or angle_lagged_pred
 
 
 @dataclass
@@ -80,6 +92,10 @@ class Report:
     aggregate: dict
     series: dict[str, np.ndarray] = field(repr=False)
     channels: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    compare_to: str = EQUILIBRIUM  # which prediction `ratio` is against: EQUILIBRIUM or LAGGED
+    lr_schedule: str = "const"
+    relaxation_times: float | None = None  # sum over the steps of 4 lr wd / (1 - mu): relaxation times elapsed
+    warnings: list[str] = field(default_factory=list)
 
     def layer(self, name: str) -> LayerResult:
         for lr in self.layers:
@@ -90,6 +106,8 @@ class Report:
     def summary(self) -> dict:
         return {"run_dir": self.run_dir, "status": self.status, "live": self.live, "hyper": asdict(self.hyper),
                 "window": self.window, "eq_tol": self.eq_tol, "theory": self.theory,
+                "compare_to": self.compare_to, "lr_schedule": self.lr_schedule,
+                "relaxation_times": self.relaxation_times, "warnings": self.warnings,
                 "aggregate": self.aggregate, "layers": [asdict(lr) for lr in self.layers]}
 
 
@@ -108,7 +126,7 @@ def rolling_rms(x: np.ndarray, k: int) -> np.ndarray:
     c = np.concatenate([[0.0], np.cumsum(x ** 2)])
     n = np.arange(1, len(x) + 1)
     lo = np.maximum(n - k, 0)
-    return np.sqrt((c[n] - c[lo]) / (n - lo))
+    return np.sqrt(np.maximum(c[n] - c[lo], 0.0) / (n - lo))  # differences of sums can round below 0
 
 
 def rolling_mean(x: np.ndarray, k: int) -> np.ndarray:
@@ -129,6 +147,16 @@ def first_step_staying_within(steps: np.ndarray, ok: np.ndarray) -> int | None:
 def _rms(x: np.ndarray) -> float:
     x = x[np.isfinite(x)]
     return float(np.sqrt(np.mean(x ** 2))) if x.size else float("nan")
+
+
+def _nanmedian(x: np.ndarray) -> float:
+    x = x[~np.isnan(x)]
+    return float(np.median(x)) if x.size else float("nan")  # numpy warns on an all-NaN slice
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = x[~np.isnan(x)]
+    return float(np.mean(x)) if x.size else float("nan")
 
 
 def _fin(x: float | None) -> float | None:
@@ -155,11 +183,11 @@ def _series(t: Table) -> _Series:
     return _Series(t["step"], t["lr"], w_after, w_before, t["g_norm"], dw, t["angle"], rel, t["cos_wg"])
 
 
-def _predictions(s: _Series, hyper: Hyper, smooth: int) -> dict[str, np.ndarray]:
-    """Instantaneous and lagged theory along the logged steps of one invariant tensor."""
+def _predictions(s: _Series, hyper: Hyper, smooth: int, has_theory: bool) -> dict[str, np.ndarray]:
+    """Instantaneous and lagged theory along the logged steps of one invariant tensor (NaN without theory)."""
     L = rolling_mean((s.g * s.w_before) ** 2, smooth)
     out = {"grad_scale": L}
-    if hyper.wd <= 0:
+    if hyper.wd <= 0 or not has_theory:
         nan = np.full(len(s.step), np.nan)
         return {**out, "angle_eq": nan, "norm_eq": nan, "angle_lagged": nan, "norm_lagged": nan}
     out["angle_eq"] = theory.equilibrium_angle(s.lr, hyper.wd, hyper.momentum, hyper.nesterov)
@@ -198,7 +226,7 @@ def _radial_cos(s: _Series) -> float:
     """Median cos(w, dw) from the norms alone: the radial share of each step."""
     with np.errstate(divide="ignore", invalid="ignore"):
         radial = (s.w_after ** 2 - s.w_before ** 2 - s.dw ** 2) / (2 * s.w_before * s.dw)
-    return float(np.nanmedian(radial))
+    return _nanmedian(radial)
 
 
 def _pythagoras_residual(s: _Series, hyper: Hyper) -> float | None:
@@ -207,7 +235,7 @@ def _pythagoras_residual(s: _Series, hyper: Hyper) -> float | None:
         return None
     with np.errstate(divide="ignore", invalid="ignore"):
         residual = (s.w_after ** 2 - s.w_before ** 2 - s.dw ** 2) / s.dw ** 2
-    return _fin(float(np.nanmedian(np.abs(residual))))
+    return _fin(_nanmedian(np.abs(residual)))
 
 
 @dataclass
@@ -216,14 +244,21 @@ class _WindowTheory:
 
     angle_eq: float | None = None  # RMS equilibrium angle at the logged lrs
     angle_lagged: float | None = None  # RMS lagged angle under the schedule
-    rel_step_eq: float | None = None  # RMS chord 2 sin(angle_eq / 2)
+    angle_ref: float | None = None  # RMS of the prediction compared with (one of the two above)
+    rel_step_ref: float | None = None  # RMS chord 2 sin(angle / 2) of that prediction
     norm_lagged: float | None = None  # lagged ||w|| after the last logged step
 
 
 def _window_theory(pred: dict[str, np.ndarray], win: slice) -> _WindowTheory:
     return _WindowTheory(angle_eq=_rms(pred["angle_eq"][win]), angle_lagged=_rms(pred["angle_lagged"][win]),
-                         rel_step_eq=_rms(2 * np.sin(pred["angle_eq"][win] / 2)),
+                         angle_ref=_rms(pred["angle_ref"][win]),
+                         rel_step_ref=_rms(2 * np.sin(pred["angle_ref"][win] / 2)),
                          norm_lagged=float(pred["norm_lagged"][-1]))
+
+
+def _reference(pred: dict[str, np.ndarray], compare_to: str) -> np.ndarray:
+    """The predicted angle series the measured one is compared with."""
+    return pred["angle_lagged"] if compare_to == LAGGED else pred["angle_eq"]
 
 
 def _ratio(measured: float, predicted: float | None) -> float | None:
@@ -242,18 +277,21 @@ def _steps_to_equilibrium(s: _Series, angle_smooth: np.ndarray, ratio: np.ndarra
 
 
 def _analyse_tensor(name: str, t: Table, hyper: Hyper, *, smooth: int, window: float, eq_tol: float,
-                    cos_tol: float, checkpoint_cos: float | None) -> tuple[LayerResult, dict[str, np.ndarray]]:
+                    cos_tol: float, checkpoint_cos: float | None, compare_to: str
+                    ) -> tuple[LayerResult, dict[str, np.ndarray]]:
     """One parameter tensor's LayerResult and its per-step series columns."""
     s = _series(t)
     n = len(s.step)
     win = _final_window(n, window)
     cs = cos_stats(s.cos, s.rel, cos_tol)
-    pred = _predictions(s, hyper, smooth)
+    has_theory = (cs.invariant or cs.approximate) and hyper.wd > 0
+    pred = _predictions(s, hyper, smooth, has_theory)
+    pred["angle_ref"] = _reference(pred, compare_to)
     angle_smooth = rolling_rms(s.angle, smooth)
     angle, rel = _rms(s.angle[win]), _rms(s.rel[win])
-    grad_scale = float(np.nanmean((s.g[win] * s.w_before[win]) ** 2))
-    has_theory = (cs.invariant or cs.approximate) and hyper.wd > 0
-    ratio = angle_smooth / pred["angle_eq"] if has_theory else np.full(n, np.nan)
+    grad_scale = _nanmean((s.g[win] * s.w_before[win]) ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a prediction of 0 (lr 0) gives inf: never "within"
+        ratio = angle_smooth / pred["angle_ref"] if has_theory else np.full(n, np.nan)
     w = _window_theory(pred, win) if has_theory else _WindowTheory()
     lr_final = float(s.lr[-1])
     to_pred, to_end = _steps_to_equilibrium(s, angle_smooth, ratio, eq_tol, has_theory)
@@ -263,8 +301,8 @@ def _analyse_tensor(name: str, t: Table, hyper: Hyper, *, smooth: int, window: f
         logged_steps=n, last_step=int(s.step[-1]), w_norm_init=float(s.w_before[0]),
         w_norm_final=float(s.w_after[-1]), lr_final=lr_final, angle=angle, rel_step=rel,
         angle_pred=_fin(w.angle_eq), angle_lagged_pred=_fin(w.angle_lagged),
-        ratio=_ratio(angle, w.angle_eq), ratio_lagged=_ratio(angle, w.angle_lagged),
-        rel_step_pred=_fin(w.rel_step_eq), rel_step_ratio=_ratio(rel, w.rel_step_eq), grad_scale=grad_scale,
+        ratio=_ratio(angle, w.angle_ref), ratio_lagged=_ratio(angle, w.angle_lagged),
+        rel_step_pred=_fin(w.rel_step_ref), rel_step_ratio=_ratio(rel, w.rel_step_ref), grad_scale=grad_scale,
         norm_pred=_fin(float(theory.equilibrium_norm(lr_final, hyper.wd, hyper.momentum, grad_scale)))
         if has_theory else None,
         norm_lagged_pred=_fin(w.norm_lagged), norm_ratio=_ratio(float(s.w_after[-1]), w.norm_lagged),
@@ -273,16 +311,41 @@ def _analyse_tensor(name: str, t: Table, hyper: Hyper, *, smooth: int, window: f
         relaxation_steps=_fin(float(theory.relaxation_steps(lr_final, hyper.wd, hyper.momentum)))
         if hyper.wd > 0 else None,
         invariance="exact" if cs.invariant else "approximate" if cs.approximate else "no",
+        angle_ref=_fin(w.angle_ref),
     )
     nan = np.full(n, np.nan)
     cols = {"step": s.step, "epoch": t["epoch"] if "epoch" in t else nan, "lr": s.lr,
             "param": np.full(n, name), "scale_invariant": np.full(n, int(cs.invariant)), "w_norm": s.w_after,
             "angle": s.angle, "rel_step": s.rel, "cos_wg": s.cos, "angle_smooth": angle_smooth,
             "grad_scale": pred["grad_scale"]}
-    for key in ("angle_eq", "angle_lagged", "norm_eq", "norm_lagged"):
+    for key in ("angle_eq", "angle_lagged", "norm_eq", "norm_lagged", "angle_ref"):
         cols[key] = pred[key] if has_theory else nan
     cols["ratio"] = ratio
     return result, cols
+
+
+def compare_to_of(config: TrainConfig) -> str:
+    """LAGGED under an lr schedule (the norms trail the moving equilibrium), else EQUILIBRIUM."""
+    return LAGGED if config.lr_schedule != "const" and config.weight_decay > 0 else EQUILIBRIUM
+
+
+def relaxation_times_elapsed(table: Table, hyper: Hyper) -> float | None:
+    """How many relaxation times the run lasted: the sum over its optimizer steps of 4 lr wd / (1 - mu)
+    (= steps / relaxation_steps for a constant lr); lrs between logged steps interpolated."""
+    if hyper.wd <= 0:
+        return None
+    steps, first = np.unique(table["step"], return_index=True)
+    lrs = np.interp(np.arange(1, int(steps[-1]) + 1), steps, table["lr"][first])
+    return float(np.sum(4 * lrs * hyper.wd / (1 - hyper.momentum)))
+
+
+def _short_run_warning(table: Table, hyper: Hyper, times: float | None) -> list[str]:
+    if times is None or times >= MIN_RELAXATION_TIMES:
+        return []
+    steps = int(table["step"].max())
+    return [f"short run: {steps} steps are {times:.1f} relaxation times (< {MIN_RELAXATION_TIMES:g}; one is "
+            f"(1 - momentum) / (4 lr wd) steps), so the norms are still relaxing and measured/predicted ratios "
+            "are not equilibrium values; train longer"]
 
 
 def _theory_summary(table: Table, hyper: Hyper, smooth: int) -> dict:
@@ -311,19 +374,24 @@ def analyse_log(log: RunLog, *, layers: list[str] | None = None, window: float =
     params = match_layers(table.params(), layers)
     if smooth is None:
         smooth = _default_smooth(table, max(1, log.config.log_every or 1))
+    compare_to = compare_to_of(log.config)
     results, series_cols = [], {}
     for name in params:
         result, cols = _analyse_tensor(name, table.select(table["param"] == name), hyper, smooth=smooth,
                                        window=window, eq_tol=eq_tol, cos_tol=cos_tol,
-                                       checkpoint_cos=None if checkpoint_cos is None else checkpoint_cos.get(name))
+                                       checkpoint_cos=None if checkpoint_cos is None else checkpoint_cos.get(name),
+                                       compare_to=compare_to)
         results.append(result)
         for k, v in cols.items():
             series_cols.setdefault(k, []).append(v)
     series = {k: np.concatenate(v) for k, v in series_cols.items()}
     channels = analyse_channels(log, hyper, params, window, cos_tol) if log.channels is not None else None
+    times = relaxation_times_elapsed(table, hyper)
     return Report(run_dir=str(log.run_dir), status=log.status.get("status", "unknown"), live=log.live, hyper=hyper,
                   window=window, eq_tol=eq_tol, theory=_theory_summary(table, hyper, smooth), layers=results,
-                  aggregate=aggregate(results), series=series, channels=channels)
+                  aggregate=aggregate(results), series=series, channels=channels, compare_to=compare_to,
+                  lr_schedule=log.config.lr_schedule, relaxation_times=times,
+                  warnings=_short_run_warning(table, hyper, times))
 
 
 def aggregate(results: list[LayerResult]) -> dict:
@@ -345,7 +413,7 @@ def aggregate(results: list[LayerResult]) -> dict:
     ratios = np.array([r.ratio for r in inv if r.ratio is not None])
     if ratios.size:
         out.update({"ratio_mean": float(ratios.mean()), "ratio_min": float(ratios.min()),
-                    "ratio_max": float(ratios.max()), "angle_pred": inv[0].angle_pred})
+                    "ratio_max": float(ratios.max()), "angle_pred": inv[0].angle_pred, "angle_ref": inv[0].angle_ref})
     return out
 
 
@@ -381,10 +449,12 @@ def analyse_channels(log: RunLog, hyper: Hyper, params: list[str], window: float
     # median |cos| per group: sort by (group, |cos|) and take the middle element
     order = np.lexsort((np.abs(c["cos_wg"]), group))
     med = np.abs(c["cos_wg"])[order][starts + (counts - 1) // 2]
+    with np.errstate(divide="ignore", invalid="ignore"):  # lr 0 over the window: no prediction
+        ratio = np.sqrt(ang2) / np.sqrt(pred2)
     return {"param": c["param"][starts], "channel": c["channel"][starts].astype(int),
             "median_abs_cos": med, "scale_invariant": (med < cos_tol).astype(int),
             "angle": np.sqrt(ang2), "angle_pred": np.sqrt(pred2),
-            "ratio": np.sqrt(ang2) / np.sqrt(pred2), "w_norm_final": c["w_norm"][ends - 1]}
+            "ratio": ratio, "w_norm_final": c["w_norm"][ends - 1]}
 
 
 def analyse_run(run_dir: str | Path, *, layers: list[str] | None = None, channels: bool = False,

@@ -237,3 +237,88 @@ def test_no_weight_decay_no_equilibrium(tmp_path: Path) -> None:
     assert r.relaxation_steps is None and r.steps_to_equilibrium is None and r.norm_pred is None
     assert rep.theory["relaxation_steps_final_lr"] is None and rep.theory["angle_eq_final_lr"] == 0.0
     assert "ratio_mean" not in rep.aggregate
+
+
+# ---------------------------------------------------------------------------------------------------
+# Schedules: the report compares with the lagged prediction, says so, and stays quiet numerically.
+
+def test_schedule_compares_with_the_lagged_prediction(tmp_path: Path) -> None:
+    lrs = np.concatenate([np.linspace(0.02, 0.2, 200), np.linspace(0.2, 0.05, 200)])
+    t = write_run(tmp_path / "run", lrs, schedule="piecewise")
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1)
+    r = rep.layer(INV)
+    assert rep.compare_to == "lagged" and rep.summary()["compare_to"] == "lagged"
+    assert r.angle_ref == r.angle_lagged_pred and r.ratio == pytest.approx(1.0, abs=1e-7)
+    assert r.rel_step_pred == pytest.approx(rms(2 * np.sin(window(t["angle"]) / 2)), rel=1e-7)
+    assert r.steps_to_equilibrium == 1  # the log follows the lagged prediction from its first step
+    inv = rep.series["param"] == INV
+    np.testing.assert_allclose(rep.series["ratio"][inv], 1.0, atol=1e-7)
+    np.testing.assert_allclose(rep.series["angle_ref"][inv], t["angle"], rtol=1e-7)
+    assert rep.aggregate["ratio_mean"] == pytest.approx(1.0, abs=1e-7)
+    assert rep.aggregate["angle_ref"] == r.angle_lagged_pred
+    # a constant lr keeps comparing with the equilibrium
+    write_run(tmp_path / "const", np.full(400, LR))
+    const = analyse_run(tmp_path / "const", check_checkpoint=False, smooth=1)
+    assert const.compare_to == "equilibrium" and const.layer(INV).angle_ref == const.layer(INV).angle_pred
+
+
+def test_schedule_ending_at_lr_zero_no_runtime_warning(tmp_path: Path) -> None:
+    """DavidNet's piecewise schedule ends at lr 0: no equilibrium there, no 'angle_eq 0 at lr 0' line, no
+    divide-by-zero warnings, and the table says what the predictions are."""
+    import warnings
+
+    from bnlab.dynamics import format_table
+
+    lrs = np.concatenate([np.linspace(0.0, 0.2, 100)[1:], np.linspace(0.2, 0.0, 301)])
+    write_run(tmp_path / "run", lrs, schedule="piecewise", log_every=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any RuntimeWarning fails the test
+        rep = analyse_run(tmp_path / "run", check_checkpoint=False)
+        text = format_table(rep)
+    assert rep.theory["lr_final"] == 0.0 and rep.theory["relaxation_steps_final_lr"] is None
+    assert "lagged prediction under the piecewise lr schedule" in text and "ends at lr 0" in text
+    assert "angle_eq 0" not in text and "rad/step at lr 0 " not in text
+    r = rep.layer(INV)
+    assert r.ratio is not None and math.isfinite(r.ratio) and r.relaxation_steps is None
+
+
+def test_short_run_warning(tmp_path: Path) -> None:
+    """tau = (1 - mu) / (4 lr wd) = 50 steps here: 40 steps are 0.8 relaxation times -> one warning line;
+    400 steps are 8 -> none."""
+    from bnlab.dynamics import format_table
+
+    write_run(tmp_path / "short", np.full(40, LR))
+    short = analyse_run(tmp_path / "short", check_checkpoint=False)
+    assert short.relaxation_times == pytest.approx(40 / 50)
+    assert len(short.warnings) == 1 and "40 steps are 0.8 relaxation times" in short.warnings[0]
+    lines = [x for x in format_table(short).splitlines() if x.startswith("warning:")]
+    assert lines == [f"warning: {short.warnings[0]}"]
+    assert short.summary()["warnings"] == short.warnings
+    write_run(tmp_path / "long", np.full(400, LR))
+    long = analyse_run(tmp_path / "long", check_checkpoint=False)
+    assert long.relaxation_times == pytest.approx(8.0) and long.warnings == []
+    assert "warning" not in format_table(long)
+    # under a schedule: the sum of 4 lr wd / (1 - mu) over the steps (log every 2nd step: interpolated)
+    lrs = np.linspace(0.02, 0.2, 100)
+    write_run(tmp_path / "ramp", lrs, schedule="piecewise", log_every=2)
+    ramp = analyse_run(tmp_path / "ramp", check_checkpoint=False)
+    lr_of_step = np.interp(np.arange(1, 101), np.arange(2, 101, 2), lrs[1::2])  # step 1 is before the first log
+    assert ramp.relaxation_times == pytest.approx(float(np.sum(4 * lr_of_step * WD / (1 - MU))), rel=1e-9)
+    write_run(tmp_path / "nowd", np.full(40, LR), wd=0.0)
+    assert analyse_run(tmp_path / "nowd", check_checkpoint=False).warnings == []
+
+
+def test_cli_on_a_scheduled_run_prints_no_runtime_warning(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    lrs = np.concatenate([np.linspace(0.0, 0.2, 20)[1:], np.linspace(0.2, 0.0, 41)])
+    write_run(tmp_path / "run", lrs, schedule="piecewise")
+    p = subprocess.run([sys.executable, "-m", "bnlab", "dynamics", str(tmp_path / "run"), "--no-checkpoint-check",
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "Warning" not in p.stderr and "divide" not in p.stderr, p.stderr
+    assert "lagged prediction under the piecewise lr schedule" in p.stdout
+    assert sum(line.startswith("warning: short run") for line in p.stdout.splitlines()) == 1
+    summary = json.loads((tmp_path / "out" / "dynamics_summary.json").read_text())
+    assert summary["compare_to"] == "lagged" and summary["relaxation_times"] < 3

@@ -12,7 +12,15 @@ from click.testing import CliRunner
 from bnlab.cli import main
 from bnlab.dynamics import analyse_run
 from bnlab.errors import BnlabError
-from bnlab.sweep import Grid, parse_grid, point_dir, read_grid_file, run_sweep, summarise_sweep
+from bnlab.sweep import (
+    Grid,
+    format_summary,
+    parse_grid,
+    point_dir,
+    read_grid_file,
+    run_sweep,
+    summarise_sweep,
+)
 from bnlab.train import train
 
 BASE = dict(width=2, dataset="synthetic", synthetic_train=256, synthetic_test=100, batch_size=64, epochs=2,
@@ -74,6 +82,11 @@ def test_sweep_resume_and_summary(tmp_path: Path) -> None:
         clf = rep.layer("classifier.weight").w_norm_final
         assert row["layers"]["classifier.weight"]["w_norm"] == pytest.approx(clf)
     assert [g["lr_wd"] for g in s["groups_lr_wd"]] == pytest.approx([5e-4, 1e-3])
+    # 8 steps each: 8 * 4 lr wd / (1 - mu) = 0.16 and 0.32 relaxation times, far too short: one warning line
+    assert [r["relaxation_times"] for r in s["points"]] == pytest.approx([8 * 4 * lr * 5e-3 / 0.1 for lr in (0.1, 0.2)])
+    text = format_summary(s)
+    warn = [line for line in text.splitlines() if line.startswith("warning:")]
+    assert len(warn) == 1 and "2 point(s) ran fewer than 3 relaxation times" in warn[0] and "0.2..0.3" in warn[0]
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [r["name"] for r in rows] == [p.name for p in pts]
 
