@@ -17,6 +17,14 @@ from bnlab.schedule import lr_at
 from bnlab.train import train
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny nets; see test_outstats.one_thread (oversubscribed threads spin)
+    yield
+    torch.set_num_threads(threads)
+
+
 def piecewise_default(t: float, peak: float, epochs: int) -> float:
     """DavidNet's shape stretched to the run: 0 -> peak linearly until 5/24 of the run, then -> 0."""
     top = 5 * epochs / 24
@@ -54,7 +62,6 @@ def test_trainer_uses_the_lr_at_the_end_of_each_step(tmp_path: Path, schedule: s
     """Plain SGD (no momentum, no weight decay): every parameter moves by exactly lr * ||g|| in a step,
     so the logged dw / g of every step reveals the lr the optimizer used, which must be the schedule's
     value at s / steps_per_epoch."""
-    torch.set_num_threads(1)
     cfg = make_config("bn", width=2, dataset="synthetic", synthetic_train=256, synthetic_test=50, batch_size=64,
                       epochs=2, lr=lr, lr_schedule=schedule, momentum=0.0, nesterov=False, weight_decay=0.0)
     train(cfg, tmp_path / "run", device="cpu", quiet=True)

@@ -27,6 +27,14 @@ SIZES = (6, 2)
 EPS = 1e-5
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny nets; see test_outstats.one_thread (oversubscribed threads spin)
+    yield
+    torch.set_num_threads(threads)
+
+
 def mlp(seed: int = 0) -> nn.Sequential:
     """5 -> 4 (BatchNorm1d, learnable affine, non-trivial running stats) -> softplus -> 3 classes."""
     torch.manual_seed(seed)

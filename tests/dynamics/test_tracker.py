@@ -21,6 +21,14 @@ from bnlab.schedule import lr_at
 from bnlab.train import init_model, train
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny nets; see test_outstats.one_thread (oversubscribed threads spin)
+    yield
+    torch.set_num_threads(threads)
+
+
 def rows_of(path: Path, step: int) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return [r for r in csv.DictReader(f) if int(r["step"]) == step]
@@ -35,7 +43,6 @@ def angle(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("variant", ["bn", "no_bn"])
 def test_first_logged_step_redone_by_hand(tmp_path: Path, variant: str) -> None:
-    torch.set_num_threads(1)
     cfg = make_config(variant, width=2, dataset="synthetic", synthetic_train=128, synthetic_test=20, batch_size=32,
                       epochs=1, lr=0.4, weight_decay=5e-3, momentum=0.9, nesterov=True, log_channels=True)
     train(cfg, tmp_path / "run", device="cpu", quiet=True)
