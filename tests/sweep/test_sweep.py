@@ -106,3 +106,48 @@ def test_cli_plan_and_errors(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["sweep", "--grid-file", str(tmp_path / "s" / "grid.json"), "--out",
                                   str(tmp_path / "s"), "--point", "7", "--no-summary"])
     assert r.exit_code == 2 and "out of range" in r.output
+
+
+def test_retries_resume_a_crashed_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--retries: a point whose training raises is retried (resumed from its last.pt); without retries it is
+    reported as crashed with the error, and a rerun finishes it."""
+    import bnlab.train as trainer
+
+    torch.set_num_threads(1)
+    real = trainer.train
+    calls = []
+
+    def flaky(config, out, **kw):  # crash once, after the first epoch was committed
+        calls.append(kw.get("resume", False))
+        if len(calls) == 1:
+            real(config, out, **{**kw, "stop_after_epoch": 1})
+            raise RuntimeError("node lost")
+        return real(config, out, **kw)
+
+    monkeypatch.setattr(trainer, "train", flaky)
+    grid = Grid(axes=parse_grid("lr=0.1 wd=5e-3"), base={**BASE, "width": 2}, variant="bn")
+    res = run_sweep(grid, tmp_path / "a", device="cpu", quiet=True, retries=1)
+    assert res.ran == {0: "finished"} and not res.failed and calls == [False, True]
+    metrics = list(csv.DictReader(open(point_dir(tmp_path / "a", grid.points()[0]) / "metrics.csv")))
+    assert [int(r["epoch"]) for r in metrics] == [1, 2]  # resumed, not restarted
+    calls.clear()
+    res = run_sweep(grid, tmp_path / "b", device="cpu", quiet=True, retries=0)
+    assert res.failed == {0: "RuntimeError: node lost"} and not res.ran
+    res = run_sweep(grid, tmp_path / "b", device="cpu", quiet=True, retries=0)
+    assert res.ran == {0: "finished"}
+
+
+def test_parallel_jobs_match_serial_points(tmp_path: Path) -> None:
+    """--jobs 2: two points trained in separate processes (1 thread each) end exactly where the same points
+    trained here with 1 thread end."""
+    from bnlab.sweep import run_point
+
+    grid = Grid(axes=parse_grid("lr=0.1,0.2 wd=5e-3"), base={**BASE, "width": 2, "epochs": 1}, variant="bn")
+    res = run_sweep(grid, tmp_path / "par", device="cpu", quiet=True, jobs=2)
+    assert res.ran == {0: "finished", 1: "finished"} and not res.failed
+    for p in grid.points():
+        assert run_point(grid.config(p).to_dict(), str(tmp_path / "ser" / p.name), "cpu", 1, 0, True) == ("finished",
+                                                                                                         "ran")
+        a = torch.load(point_dir(tmp_path / "par", p) / "final.pt", weights_only=True)["model"]
+        b = torch.load(tmp_path / "ser" / p.name / "final.pt", weights_only=True)["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a), p.name
