@@ -312,9 +312,16 @@ def test_cli_on_a_scheduled_run_prints_no_runtime_warning(tmp_path: Path) -> Non
     import subprocess
     import sys
 
+    from bnlab.checkpoint import save_checkpoint
+    from bnlab.models import build_model
+
     lrs = np.concatenate([np.linspace(0.0, 0.2, 20)[1:], np.linspace(0.2, 0.0, 41)])
     write_run(tmp_path / "run", lrs, schedule="piecewise")
-    p = subprocess.run([sys.executable, "-m", "bnlab", "dynamics", str(tmp_path / "run"), "--no-checkpoint-check",
+    # a checkpoint too, so the default Euler-identity check runs (zero BN biases: no direction, no warning)
+    cfg = make_config("bn", width=2, dataset="synthetic")
+    save_checkpoint(tmp_path / "run" / "last.pt", {"config": cfg.to_dict(),
+                                                   "model": build_model(cfg.model).state_dict()})
+    p = subprocess.run([sys.executable, "-m", "bnlab", "dynamics", str(tmp_path / "run"),
                         "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "Warning" not in p.stderr and "divide" not in p.stderr, p.stderr
@@ -322,3 +329,155 @@ def test_cli_on_a_scheduled_run_prints_no_runtime_warning(tmp_path: Path) -> Non
     assert sum(line.startswith("warning: short run") for line in p.stdout.splitlines()) == 1
     summary = json.loads((tmp_path / "out" / "dynamics_summary.json").read_text())
     assert summary["compare_to"] == "lagged" and summary["relaxation_times"] < 3
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-channel summaries, layer selection, the Euler-identity cross-check, the radial part of the steps.
+
+def write_channels(path: Path, steps: np.ndarray, angles: list[float], cos: list[float]) -> None:
+    """Channel rows of INV (channel k turns by angles[k] every step, |cos| = cos[k]), written unsorted."""
+    rows = []
+    for k, (a, c) in enumerate(zip(angles, cos)):
+        for s in steps:
+            rows.append([s, INV, k, f"{1.0 + 0.01 * k + 1e-4 * s:.10g}", 0.1, 0.01, f"{c * (-1) ** s:.6g}", a])
+    rows = rows[::-1]  # the reader sorts by (param, channel, step)
+    head = "step,param,channel,w_norm,g_norm,dw_norm,cos_wg,angle\n"
+    (path / "dynamics_channels.csv").write_text(head + "".join(",".join(map(str, r)) + "\n" for r in rows))
+
+
+def test_channel_summary_by_hand(tmp_path: Path) -> None:
+    lrs = np.concatenate([np.full(100, 0.05), np.full(100, 0.2)])  # the lr per row comes from the main log
+    write_run(tmp_path / "run", lrs, schedule="piecewise", log_every=2)
+    steps = np.arange(2, 201, 2)
+    write_channels(tmp_path / "run", steps, angles=[0.01, 0.02, 0.04], cos=[1e-7, 2e-6, 0.05])
+    rep = analyse_run(tmp_path / "run", channels=True, check_checkpoint=False, window=0.25, layers=[INV])
+    ch = rep.channels
+    assert ch["param"].tolist() == [INV] * 3 and ch["channel"].tolist() == [0, 1, 2]
+    np.testing.assert_allclose(ch["median_abs_cos"], [1e-7, 2e-6, 0.05], rtol=1e-6)
+    assert ch["scale_invariant"].tolist() == [1, 1, 0]
+    np.testing.assert_allclose(ch["angle"], [0.01, 0.02, 0.04], rtol=1e-12)
+    # final window: the last ceil(0.25 * 100) = 25 logged steps, all at lr 0.2
+    np.testing.assert_allclose(ch["angle_pred"], angle_eq(0.2), rtol=1e-12)
+    np.testing.assert_allclose(ch["ratio"], np.array([0.01, 0.02, 0.04]) / angle_eq(0.2), rtol=1e-12)
+    np.testing.assert_allclose(ch["w_norm_final"], [1.0 + 0.01 * k + 0.02 for k in range(3)], rtol=1e-9)
+    # a window reaching into the lr 0.05 half: the RMS of the equilibrium angles of the rows in it
+    half = analyse_run(tmp_path / "run", channels=True, check_checkpoint=False, window=0.8).channels
+    lr_rows = np.where(steps[-80:] <= 100, 0.05, 0.2)
+    pred = math.sqrt(np.mean([angle_eq(x) ** 2 for x in lr_rows]))
+    np.testing.assert_allclose(half["angle_pred"], pred, rtol=1e-12)
+    # a selection without channel rows
+    from bnlab.errors import BnlabError
+    with pytest.raises(BnlabError, match="no rows for the selected layers"):
+        analyse_run(tmp_path / "run", channels=True, check_checkpoint=False, layers=[CLF])
+    write_run(tmp_path / "nowd", np.full(50, LR), wd=0.0)
+    write_channels(tmp_path / "nowd", np.arange(1, 51), angles=[0.01], cos=[1e-7])
+    nowd = analyse_run(tmp_path / "nowd", channels=True, check_checkpoint=False).channels
+    assert np.isnan(nowd["angle_pred"]).all() and np.isnan(nowd["ratio"]).all()
+
+
+def test_layer_selection_and_window_errors(tmp_path: Path) -> None:
+    from bnlab.dynamics.analysis import match_layers
+    from bnlab.errors import BnlabError
+
+    params = ["a.conv.weight", "a.norm.weight", "ab.conv.weight", "classifier.weight"]
+    assert match_layers(params, None) == params
+    assert match_layers(params, ["a"]) == ["a.conv.weight", "a.norm.weight"]  # module prefix, not "ab"
+    assert match_layers(params, ["classifier.weight", "*.conv.*"]) == ["a.conv.weight", "ab.conv.weight",
+                                                                      "classifier.weight"]
+    with pytest.raises(BnlabError, match="matches no logged parameter"):
+        match_layers(params, ["layer9"])
+    write_run(tmp_path / "run", np.full(20, LR))
+    for w in (0.0, 1.5):
+        with pytest.raises(BnlabError, match="--window must be in"):
+            analyse_run(tmp_path / "run", check_checkpoint=False, window=w)
+    whole = analyse_run(tmp_path / "run", check_checkpoint=False, window=1.0, smooth=1).layer(INV)
+    assert whole.logged_steps == 20
+
+
+def test_checkpoint_verdict_is_reported_beside_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bnlab.dynamics.analysis as analysis
+
+    write_run(tmp_path / "run", np.full(100, LR))
+    assert analysis.checkpoint_cos(tmp_path / "run") is None  # no checkpoint there
+    (tmp_path / "run" / "final.pt").write_bytes(b"not a checkpoint")
+    assert analysis.checkpoint_cos(tmp_path / "run") is None  # unreadable: the log stands alone
+    monkeypatch.setattr(analysis, "checkpoint_cos", lambda run_dir: {INV: 0.3, CLF: 1e-6})
+    rep = analyse_run(tmp_path / "run", smooth=1)
+    assert rep.layer(INV).checkpoint_abs_cos == 0.3 and rep.layer(CLF).checkpoint_abs_cos == 1e-6
+    assert rep.aggregate["checkpoint_disagrees"] == [INV, CLF]  # both verdicts flip at the same threshold
+    monkeypatch.setattr(analysis, "checkpoint_cos", lambda run_dir: {INV: 1e-6, CLF: 0.3})
+    assert analyse_run(tmp_path / "run", smooth=1).aggregate["checkpoint_disagrees"] == []
+
+
+def test_real_checkpoint_euler_identity(tmp_path: Path) -> None:
+    """A BN net's conv weights are scale-invariant by construction: |cos(w, grad)| ~ 0 in float64 on the
+    checkpoint; the BN affine parameters and the classifier are not."""
+    import torch
+
+    from bnlab.checkpoint import save_checkpoint
+    from bnlab.dynamics.analysis import checkpoint_cos
+    from bnlab.models import build_model
+
+    cfg = make_config("bn", width=2, dataset="synthetic")
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "last.pt", {"config": cfg.to_dict(), "model": build_model(cfg.model).state_dict()})
+    cos = checkpoint_cos(run)
+    assert cos is not None and max(v for k, v in cos.items() if k.endswith("conv.weight")) < 1e-4  # BN eps: ~1e-6
+    assert cos["classifier.weight"] > 1e-3
+
+
+def test_radial_share_and_pythagoras(tmp_path: Path) -> None:
+    """Plain SGD without weight decay on an invariant tensor: |w_a|^2 = |w_b|^2 + |dw|^2 (residual 0,
+    radial cos 0). A log where every step shrinks the norm radially by 1% has radial cos -dw/(2 w)... by hand."""
+    path = tmp_path / "pyth"
+    path.mkdir()
+    cfg = make_config("bn", lr=0.1, weight_decay=0.0, momentum=0.0, nesterov=False, lr_schedule="const",
+                      dataset="synthetic", width=2)
+    (path / "config.json").write_text(cfg.to_json())
+    head = "step,epoch,lr,loss,acc,param,numel,w_norm,g_norm,dw_norm,rel_step,cos_wg,angle\n"
+    rows, w = [], 1.0
+    for s in range(1, 51):
+        dw = 0.02 * w
+        w_after = math.sqrt(w * w + dw * dw)
+        rows.append(f"{s},{s / 10},0.1,2,0.5,{INV},10,{w_after:.15g},0.2,{dw:.15g},{dw / w:.15g},1e-9,0.02\n")
+        w = w_after
+    (path / "dynamics.csv").write_text(head + "".join(rows))
+    r = analyse_run(path, check_checkpoint=False).layer(INV)
+    assert r.pythagoras_residual == pytest.approx(0, abs=1e-9) and r.radial_cos == pytest.approx(0, abs=1e-9)
+    assert r.angle_pred is None and r.relaxation_steps is None
+    assert r.w_norm_final == pytest.approx(w) and r.w_norm_init == pytest.approx(1.0)
+    # weight decay on: the log that follows the theory has norms shrinking from 1 towards equilibrium
+    t = write_run(tmp_path / "wd", np.full(100, LR))
+    r = analyse_run(tmp_path / "wd", check_checkpoint=False, smooth=1).layer(INV)
+    wb, wa = t["v_before"] ** 0.25, t["v_after"] ** 0.25
+    dw = t["rel"] * wb
+    assert r.radial_cos == pytest.approx(float(np.median((wa ** 2 - wb ** 2 - dw ** 2) / (2 * wb * dw))), rel=1e-6)
+    assert r.pythagoras_residual is None and r.radial_cos < 0
+
+
+def test_approximately_invariant_tier_gets_the_theory_flagged(tmp_path: Path) -> None:
+    from bnlab.dynamics import format_table
+
+    t = write_run(tmp_path / "run", np.full(200, LR))
+    text = (tmp_path / "run" / "dynamics.csv").read_text().replace(",1e-08,", ",0.0005,").replace(",-1e-08,",
+                                                                                                    ",0.0005,")
+    (tmp_path / "run" / "dynamics.csv").write_text(text)
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1)
+    r = rep.layer(INV)
+    assert r.invariance == "approximate" and not r.scale_invariant and r.angle_pred is not None
+    assert rep.aggregate["approximately_invariant"] == {INV: r.ratio}
+    assert rep.aggregate["scale_invariant"] == [] and "ratio_mean" not in rep.aggregate
+    assert r.ratio == pytest.approx(rms(window(t["angle"])) / angle_eq(LR), rel=1e-9)
+    table = format_table(rep)
+    assert "approximately invariant (~" in table and f"{INV} {r.ratio:.3f}" in table
+
+
+def test_status_and_live_flag(tmp_path: Path) -> None:
+    write_run(tmp_path / "live", np.full(30, LR), status="running")
+    assert analyse_run(tmp_path / "live", check_checkpoint=False).live
+    write_run(tmp_path / "gone", np.full(30, LR))
+    (tmp_path / "gone" / "status.json").unlink()
+    rep = analyse_run(tmp_path / "gone", check_checkpoint=False)
+    assert rep.status == "unknown" and not rep.live
