@@ -12,6 +12,7 @@ git revision with ``--ref``) into a scratch directory per module, appends the mo
     python tests/mutation/run_mutation.py --ref d633fa0 theory     # the suite as it was at a commit
     python tests/mutation/run_mutation.py --report theory          # re-score the last run, no testing
     python tests/mutation/run_mutation.py --survivors theory       # also print each survivor's diff
+    python tests/mutation/run_mutation.py --rerun-survivors theory # after adding tests: only the survivors
 
 Score = killed / (mutants run - equivalent); timeouts count as killed. Equivalent mutants (no
 observable behaviour changes) are listed with their reasons in ``tests/mutation/equivalent.txt``
@@ -53,28 +54,28 @@ SLOW_FOR_MUTATION = [
     "tests/outstats/test_outstats.py::test_model_unchanged",
 ]
 
-CURVATURE_TESTS = ["tests/curvature/test_curvature.py", "tests/curvature/test_operator.py",
-                   "tests/curvature/test_eigensolvers.py"]
-OUTSTATS_TESTS = ["tests/outstats/test_outstats.py"]
-
-# module key -> (files to mutate, pytest test selection). Selections are the module's own tests;
-# entries missing from an exported revision are dropped (e.g. tests added later).
+# module key -> (files to mutate, pytest test selection). A selection is the module's own fast tests: the
+# focused files written against independent truths (tests/curvature/test_operator.py, ...). At revisions
+# before those existed (the "before" column of tests/MUTATION.md) they are missing and dropped, and the
+# module's original test file is what runs (minus SLOW_FOR_MUTATION).
+OLD_CURVATURE = "tests/curvature/test_curvature.py"
 MODULES: dict[str, tuple[list[str], list[str]]] = {
-    "curvature.operator": (["bnlab/curvature/operator.py"], CURVATURE_TESTS),
-    "curvature.hvp": (["bnlab/curvature/hvp.py"], CURVATURE_TESTS),
-    "curvature.lanczos": (["bnlab/curvature/lanczos.py"], CURVATURE_TESTS),
-    "curvature.trace": (["bnlab/curvature/trace.py"], CURVATURE_TESTS),
-    "curvature.density": (["bnlab/curvature/density.py"], CURVATURE_TESTS),
-    "outstats.gradients": (["bnlab/outstats/gradients.py"], OUTSTATS_TESTS),
-    "outstats.moments": (["bnlab/outstats/moments.py"], OUTSTATS_TESTS),
-    "outstats.subspace": (["bnlab/outstats/subspace.py"], OUTSTATS_TESTS),
-    "outstats.perturb": (["bnlab/outstats/perturb.py"], OUTSTATS_TESTS),
-    "dynamics.analysis": (["bnlab/dynamics/analysis.py"],
-                          ["tests/dynamics/test_dynamics.py", "tests/dynamics/test_analysis.py"]),
+    "curvature.operator": (["bnlab/curvature/operator.py"], ["tests/curvature/test_operator.py"]),
+    "curvature.hvp": (["bnlab/curvature/hvp.py"], ["tests/curvature/test_operator.py"]),
+    "curvature.lanczos": (["bnlab/curvature/lanczos.py"], ["tests/curvature/test_eigensolvers.py"]),
+    "curvature.trace": (["bnlab/curvature/trace.py"], ["tests/curvature/test_estimators.py"]),
+    "curvature.density": (["bnlab/curvature/density.py"], ["tests/curvature/test_estimators.py"]),
+    "outstats.gradients": (["bnlab/outstats/gradients.py"], ["tests/outstats/test_outstats.py"]),
+    "outstats.moments": (["bnlab/outstats/moments.py"], ["tests/outstats/test_outstats.py"]),
+    "outstats.subspace": (["bnlab/outstats/subspace.py"], ["tests/outstats/test_outstats.py"]),
+    "outstats.perturb": (["bnlab/outstats/perturb.py"], ["tests/outstats/test_outstats.py"]),
+    "dynamics.analysis": (["bnlab/dynamics/analysis.py"], ["tests/dynamics/test_analysis.py"]),
     "theory": (["bnlab/theory.py"], ["tests/test_theory.py"]),
     "schedule": (["bnlab/schedule.py"], ["tests/test_train.py::test_lr_schedules", "tests/test_schedule.py"]),
     "freeze": (["bnlab/freeze.py"], ["tests/test_freeze.py"]),
 }
+# what ran at the base revision, where the focused files did not exist yet
+FALLBACK = {"curvature": [OLD_CURVATURE], "dynamics": ["tests/dynamics/test_dynamics.py"]}
 
 KILLED = {1, 3}
 TIMEOUT = {24, -24, 36, 152, 255}
@@ -101,15 +102,17 @@ def export_tree(ref: str | None, dest: Path) -> None:
             tar.extractall(dest, filter="data")
 
 
-def selection_args(tree: Path, selection: list[str]) -> list[str]:
+def selection_args(tree: Path, key: str, selection: list[str]) -> list[str]:
     present = [s for s in selection if (tree / s.split("::")[0]).exists()]
+    if not present:
+        present = [s for s in FALLBACK.get(key.split(".")[0], []) if (tree / s).exists()]
     if not present:
         raise SystemExit(f"none of the tests {selection} exist in {tree}")
     deselect = [a for s in SLOW_FOR_MUTATION if (tree / s.split("::")[0]).exists() for a in ("--deselect", s)]
     return present + deselect
 
 
-def write_config(tree: Path, files: list[str], selection: list[str]) -> None:
+def write_config(tree: Path, key: str, files: list[str], selection: list[str]) -> None:
     def toml_list(items: list[str]) -> str:
         return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
@@ -118,7 +121,7 @@ def write_config(tree: Path, files: list[str], selection: list[str]) -> None:
                 'source_paths = ["bnlab"]\n'
                 f"only_mutate = {toml_list(files)}\n"
                 f"do_not_mutate_patterns = {toml_list(DO_NOT_MUTATE_PATTERNS)}\n"
-                f"pytest_add_cli_args_test_selection = {toml_list(selection_args(tree, selection))}\n"
+                f"pytest_add_cli_args_test_selection = {toml_list(selection_args(tree, key, selection))}\n"
                 'pytest_add_cli_args = ["-p", "no:cacheprovider"]\n'
                 # torch is not fork-safe after use: fork mutants from a clean server process
                 'process_isolation = "forkserver"\n')
@@ -181,11 +184,23 @@ def score(key: str, codes: dict[str, int | None], sampled: list[str] | None) -> 
 def run_module(key: str, args: argparse.Namespace) -> dict:
     files, selection = MODULES[key]
     tree = Path(args.workdir) / (key + (f"@{args.ref}" if args.ref else ""))
-    if not args.report:
+    if args.rerun_survivors:  # fresh tests against the survivors of the last run (stats recollected)
+        if args.ref:
+            raise SystemExit("--rerun-survivors tests the working tree's tests; drop --ref")
+        names = json.loads((tree / "score.json").read_text())["survived"]
+        for dest in (tree / "tests", tree / "mutants" / "tests"):
+            shutil.rmtree(dest)
+            shutil.copytree(REPO / "tests", dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        (tree / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+        if names:
+            with open(tree / "mutmut.log", "a") as log:
+                subprocess.run(["mutmut", "run", "--max-children", str(args.max_children), *names], cwd=tree,
+                               env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    elif not args.report:
         if tree.exists():
             shutil.rmtree(tree)
         export_tree(args.ref, tree)
-        write_config(tree, files, selection)
+        write_config(tree, key, files, selection)
         sampled = None
         names: list[str] = []
         if args.sample:
@@ -218,6 +233,8 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=0, help="run only a seeded random sample of N mutants")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report", action="store_true", help="only re-score existing runs")
+    ap.add_argument("--rerun-survivors", action="store_true",
+                    help="copy the current tests into the last run and test its open survivors again")
     ap.add_argument("--survivors", action="store_true", help="print the diff of every open survivor")
     args = ap.parse_args()
     keys = list(MODULES) if args.all else args.modules
