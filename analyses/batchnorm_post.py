@@ -14,6 +14,7 @@ Pipeline (finished steps are reused):
 
     python analyses/batchnorm_post.py --data-dir /tmp/cifar/cifar-10-batches-py --out runs/bn_post
     python analyses/batchnorm_post.py --quick --data-dir ... --out /tmp/bn_post_quick   # smaller, CPU
+    python analyses/batchnorm_post.py --smoke --out /tmp/bn_post_smoke   # synthetic, seconds: pipeline only
 
 Widths, subset sizes and epochs are far below the post's (width 64, 50k images, 10 epochs), so the
 numbers differ in scale; the claims checked are the orderings and ratios. Measured on 2 CPU cores:
@@ -45,7 +46,10 @@ POST = {
 }
 
 
-def settings(quick: bool) -> dict:
+def settings(quick: bool, smoke: bool = False) -> dict:
+    if smoke:  # synthetic images, width 2, one short epoch: checks the pipeline, not the claims
+        return {"width": 2, "subset": None, "epochs": 1, "batch_size": 50, "lr_scale": 0.25,
+                "num_samples": 40, "eval_batch": 20, "num_eigs": 2, "synthetic": 200}
     # quick: batch 128 with lr scaled by 128/512 so that ~400 steps fit in a few CPU minutes (at batch
     # 512 the no-BN net does not leave chance level in that time); Hessian batches of 128.
     if quick:
@@ -55,13 +59,14 @@ def settings(quick: bool) -> dict:
             "num_samples": 1280, "eval_batch": 256, "num_eigs": 12}
 
 
-def train_model(variant: str, lr: float, s: dict, data_dir: str, out: Path) -> Path:
+def train_model(variant: str, lr: float, s: dict, data_dir: str | None, out: Path) -> Path:
     final = out / "final.pt"
     if final.is_file():
         return final
     f = s["epochs"] / 10  # the post's schedule over 20 epochs, stopped at 10, compressed in time
-    cfg = make_config(variant, model="simple", width=s["width"], act="softplus", dataset="cifar10",
-                      data_dir=data_dir, subset=s["subset"], test_subset=1000, cutout=0, epochs=s["epochs"],
+    data = (dict(dataset="synthetic", synthetic_train=s["synthetic"], synthetic_test=100) if s.get("synthetic")
+            else dict(dataset="cifar10", data_dir=data_dir, subset=s["subset"], test_subset=1000))
+    cfg = make_config(variant, model="simple", width=s["width"], act="softplus", **data, cutout=0, epochs=s["epochs"],
                       batch_size=s["batch_size"], lr=lr * s["lr_scale"],
                       lr_knots=(0.0, 4 * f, 20 * f), lr_mults=(0.0, 1.0, 0.0),
                       weight_decay=1e-4, log_every=0)
@@ -69,7 +74,7 @@ def train_model(variant: str, lr: float, s: dict, data_dir: str, out: Path) -> P
     return final
 
 
-def outstats(ckpt: Path, s: dict, data_dir: str, out: Path) -> dict:
+def outstats(ckpt: Path, s: dict, data_dir: str | None, out: Path) -> dict:
     path = out / "outstats.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -159,15 +164,18 @@ def table(rows: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--data-dir", default=None, help="CIFAR-10 folder (required unless --smoke)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="synthetic images, a few steps: tests the pipeline only")
     ap.add_argument("--width", type=int, default=None, help="override the setting's width (quick: 8, full: 16)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
     args = ap.parse_args()
+    if not args.smoke and not args.data_dir:
+        ap.error("--data-dir is required (unless --smoke)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    s = settings(args.quick)
+    s = settings(args.quick, args.smoke)
     if args.width:
         s["width"] = args.width
     out = Path(args.out)

@@ -10,6 +10,7 @@ Pipeline (resumable: finished runs are reused):
 
     python analyses/weight_decay_post.py --data-dir DIR/cifar-10-batches-py --out runs/wd_post
     python analyses/weight_decay_post.py --quick --out /tmp/wd_quick      # synthetic smoke test (~1 min)
+    python analyses/weight_decay_post.py --smoke --out /tmp/wd_smoke      # pipeline check only (seconds)
 
 CPU cost of the full setting: ~8 min on 2 idle cores (main run 2000 steps, sweep 4 x 1000 steps).
 """
@@ -28,7 +29,12 @@ from bnlab.sweep import Grid, format_summary, parse_grid, run_sweep, summarise_s
 from bnlab.train import train
 
 
-def settings(quick: bool, data_dir: str | None) -> dict:
+def settings(quick: bool, data_dir: str | None, smoke: bool = False) -> dict:
+    if smoke:  # every stage on a few steps of a width-2 net: checks the pipeline, not the claims
+        data = {"dataset": "synthetic", "synthetic_train": 256, "synthetic_test": 60}
+        return {"main": dict(width=2, batch_size=64, epochs=1, lr=0.2, weight_decay=5e-3, **data),
+                "sweep_base": dict(width=2, batch_size=64, epochs=1, **data),
+                "grid": "lr=0.2 wd=2.5e-3,5e-3"}
     if quick:
         data = {"dataset": "synthetic", "synthetic_train": 512, "synthetic_test": 200}
         return {"main": dict(width=4, batch_size=32, epochs=6, lr=0.2, weight_decay=5e-3, **data),
@@ -84,12 +90,13 @@ def main() -> None:
     ap.add_argument("--out", default="runs/weight_decay_post")
     ap.add_argument("--data-dir", default=None, help="CIFAR-10 folder (cifar-10-batches-py) or tarball")
     ap.add_argument("--quick", action="store_true", help="tiny synthetic setting (smoke test)")
+    ap.add_argument("--smoke", action="store_true", help="a few steps of everything (tests the pipeline only)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-sweep", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    s = settings(args.quick, args.data_dir)
+    s = settings(args.quick, args.data_dir, args.smoke)
     common = dict(lr_schedule="const", momentum=0.9, nesterov=True, log_every=1)
 
     run_dir = out / "main"

@@ -6,10 +6,11 @@
 Each figure is written as PNG and PDF (into DIR unless --out is given):
 - dynamics_norms: ‖w‖ of each layer the theory applies to (solid), and the equilibrium norm the
   theory predicts from the recent lr history (dashed, same colour);
-- dynamics_angles: the smoothed angle each update turns a layer's weights by, and the predicted
-  equilibrium angle (black);
-- dynamics_ratio: measured / predicted equilibrium angle per layer over the final window, with a
-  band of the analysis' equilibrium tolerance (±15% by default) around agreement.
+- dynamics_angles: the smoothed angle each update turns a layer's weights by, and the prediction the
+  analysis compares it with: the equilibrium angle (black) for a constant lr; under an lr schedule the
+  lagged prediction of each layer (dashed, same colour), as in the ratio figure;
+- dynamics_ratio: measured / predicted angle per layer over the final window, with a band of the
+  analysis' equilibrium tolerance (±15% by default) around agreement.
 Layers marked "(~)" are only approximately scale-invariant (BN-preceded convs whose BN eps matters).
 """
 from __future__ import annotations
@@ -70,7 +71,7 @@ def norms_figure(series: pd.DataFrame, layers: pd.DataFrame) -> Figure:
     return fig
 
 
-def angles_figure(series: pd.DataFrame, layers: pd.DataFrame) -> Figure:
+def angles_figure(series: pd.DataFrame, layers: pd.DataFrame, summary: dict | None = None) -> Figure:
     figstyle.apply()
     params, display = _theory_layers(layers)
     colors = figstyle.color_map(display[p] for p in params)
@@ -80,8 +81,16 @@ def angles_figure(series: pd.DataFrame, layers: pd.DataFrame) -> Figure:
     for p in params:
         g = inv[inv["param"] == p]
         ax.plot(g["step"], g["angle_smooth"], color=colors[display[p]], lw=1.2, label=display[p])
-    eq = inv.groupby("step")["angle_eq"].first()
-    ax.plot(eq.index, eq.to_numpy(), color="black", lw=2.2, label="predicted equilibrium")
+    if (summary or {}).get("compare_to") == "lagged":
+        # under an lr schedule the analysis compares with each layer's lagged prediction (as the ratio
+        # figure does); it depends on the layer's norm and gradient scale, so one dashed line per layer
+        for p in params:
+            g = inv[inv["param"] == p]
+            ax.plot(g["step"], g["angle_ref"], color=colors[display[p]], lw=1.0, ls="--")
+        ax.plot([], [], color="black", lw=1.0, ls="--", label="lagged prediction (dashed, layer colour)")
+    else:  # constant lr: the same equilibrium for every layer
+        eq = inv.groupby("step")["angle_eq"].first()
+        ax.plot(eq.index, eq.to_numpy(), color="black", lw=2.2, label="predicted equilibrium")
     ax.set(yscale="log", xlabel="step", ylabel="angle per step (rad, smoothed RMS)",
            title="Angular update per step vs the equilibrium the theory predicts")
     figstyle.plain_log_ticks(ax)
@@ -123,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     if not layers["ratio"].notna().any():
         raise figstyle.fail(PROG, f"{args.analysis_dir}: no layer the theory applies to (no BN-preceded layer?)")
     figstyle.save(norms_figure(series, layers), out / "dynamics_norms.png")
-    figstyle.save(angles_figure(series, layers), out / "dynamics_angles.png")
+    figstyle.save(angles_figure(series, layers, summary), out / "dynamics_angles.png")
     figstyle.save(ratio_figure(layers, summary), out / "dynamics_ratio.png")
 
 

@@ -1,30 +1,158 @@
+"""`bnlab freeze`: BN running statistics refreshed over one pass of the training data, checked against
+statistics computed here with numpy from the activations each BN layer receives, then BN replaced
+by the fixed affine map they define."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bnlab import load_checkpoint
-from bnlab.data import load_data
-from bnlab.freeze import freeze_checkpoint
-from bnlab.norms import FrozenNorm
-from bnlab.train import train
-from conftest import tiny_config
+from bnlab.checkpoint import save_checkpoint
+from bnlab.config import make_config
+from bnlab.data import CIFAR_MEAN, CIFAR_STD, load_data
+from bnlab.errors import BnlabError
+from bnlab.freeze import freeze_checkpoint, refresh_bn_statistics
+from bnlab.models import build_model
+from bnlab.norms import FrozenNorm, GhostBatchNorm, batch_norm_layers
+
+N_TRAIN, BATCH = 300, 64  # 4 full batches (256 images); the last 44 images are not used
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny nets; see test_outstats.one_thread (oversubscribed threads spin)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_ckpt(path: Path, variant: str, **opts: object) -> Path:
+    """An untrained checkpoint with arbitrary (non-default) BN buffers and affine parameters."""
+    cfg = make_config(variant, width=2, dataset="synthetic", synthetic_train=N_TRAIN, synthetic_test=60,
+                      batch_size=BATCH, **opts)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    with torch.no_grad():
+        for _, m in batch_norm_layers(model):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(2, 3)
+            m.num_batches_tracked.fill_(11)
+            if m.affine:
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    save_checkpoint(path, {"config": cfg.to_dict(), "model": model.state_dict(), "epoch": 3, "step": 12,
+                           "metrics": [{"epoch": 3, "test_acc": 0.25}]})
+    return path
+
+
+def numpy_stats(model: torch.nn.Module, images: np.ndarray, batch: int = BATCH
+                ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per BN layer: the mean over batches (of `batch` images, in order) of each batch's per-channel mean and
+    unbiased variance of the layer's input; ghost BN: of each chunk's, averaged over chunks."""
+    x = (images.astype(np.float64) - np.array(CIFAR_MEAN)[None, :, None, None]) / np.array(CIFAR_STD)[None, :, None,
+                                                                                                      None]
+    net = copy.deepcopy(model).train()  # batch statistics, as during the refresh pass
+    seen: dict[str, list[np.ndarray]] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: seen.setdefault(n, []).append(i[0].detach().double()
+                                                                                         .numpy()))
+             for n, m in batch_norm_layers(net)]
+    with torch.no_grad():
+        for b in range(len(x) // batch):
+            net(torch.from_numpy(x[b * batch:(b + 1) * batch]).float())
+    for h in hooks:
+        h.remove()
+    out = {}
+    for n, m in batch_norm_layers(net):
+        splits = m.splits if isinstance(m, GhostBatchNorm) else 1
+        means, vars_ = [], []
+        for a in seen[n]:
+            for chunk in np.split(a, splits):
+                means.append(chunk.mean(axis=(0, 2, 3)))
+                vars_.append(chunk.var(axis=(0, 2, 3), ddof=1))
+        out[n] = (np.mean(means, 0), np.mean(vars_, 0))
+    return out
 
 
 @pytest.mark.parametrize("variant", ["bn", "ghost_bn"])
-def test_frozen_model_is_the_bn_model_in_eval_mode_with_refreshed_stats(tmp_path, variant):
-    cfg = tiny_config(variant, epochs=1)
-    train(cfg, tmp_path / "run", quiet=True)
-    summary = freeze_checkpoint(tmp_path / "run" / "final.pt", tmp_path / "frozen.pt")
-    parent = load_checkpoint(tmp_path / "run" / "final.pt")
+def test_refreshed_statistics_are_the_pass_averages(tmp_path: Path, variant: str) -> None:
+    parent = make_ckpt(tmp_path / "ck.pt", variant, **({"ghost_splits": 4} if variant == "ghost_bn" else {}))
+    before = load_checkpoint(parent)
+    data = load_data(before.config.data, "cpu", seed=before.config.seed)
+    expect = numpy_stats(before.model, data.train_x.numpy()[:4 * BATCH])
+    summary = freeze_checkpoint(parent, tmp_path / "frozen.pt")
+    assert summary["bn_refresh_batches"] == 4 and summary["bn_refresh_batch_size"] == BATCH
     frozen = load_checkpoint(tmp_path / "frozen.pt")
+    state = frozen.model.state_dict()
+    for name, (mean, var) in expect.items():
+        np.testing.assert_allclose(state[f"{name}.running_mean"].double().numpy(), mean, rtol=2e-4, atol=1e-5)
+        np.testing.assert_allclose(state[f"{name}.running_var"].double().numpy(), var, rtol=2e-4, atol=1e-5)
+    assert sum(isinstance(m, FrozenNorm) for m in frozen.model.modules()) == len(expect) == 8
     assert frozen.config.variant == "frozen_bn" and frozen.config.model.norm == "frozen"
-    assert not frozen.has_batch_stats
-    assert sum(isinstance(m, FrozenNorm) for m in frozen.model.modules()) == 8
-    assert summary["bn_refresh_batches"] == 1024 // 128
-    # Reference: refresh the parent's BN stats by hand (exact mean over the pass), eval mode.
-    data = load_data(cfg.data, "cpu", seed=cfg.seed)
-    from bnlab.freeze import refresh_bn_statistics
-    refresh_bn_statistics(parent.model, data, 128)
-    x = torch.randn(16, 3, 32, 32)
-    torch.testing.assert_close(frozen.model(x), parent.model.eval()(x), rtol=1e-5, atol=1e-5)
-    # batch independence: one example alone or in a batch gives the same logits
-    torch.testing.assert_close(frozen.model(x[:1]), frozen.model(x)[:1], rtol=1e-5, atol=1e-6)
+    assert frozen.config.model.affine is True and not frozen.has_batch_stats
+    # the frozen net is the parent in eval mode with those statistics: same weights, same function
+    ref = copy.deepcopy(before.model).eval()
+    with torch.no_grad():
+        for name, m in batch_norm_layers(ref):
+            m.running_mean.copy_(torch.from_numpy(expect[name][0]))
+            m.running_var.copy_(torch.from_numpy(expect[name][1]))
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(frozen.model(x), ref(x), rtol=1e-3, atol=1e-4)
+        # one example alone or in a batch: the frozen model does not look at the batch
+        torch.testing.assert_close(frozen.model(x[:1]), frozen.model(x)[:1], rtol=1e-5, atol=1e-6)
+    # its test numbers, recomputed here from its logits on the normalised test images
+    tx = (data.test_x.double() - torch.tensor(CIFAR_MEAN, dtype=torch.float64).view(1, 3, 1, 1)) / \
+        torch.tensor(CIFAR_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    with torch.no_grad():
+        z = frozen.model(tx.float())
+    assert summary["test_acc"] == pytest.approx((z.argmax(1) == data.test_y).double().mean().item())
+    assert summary["test_loss"] == pytest.approx(F.cross_entropy(z, data.test_y).item(), rel=1e-4)
+    # provenance: the parent's hash, epoch/step/metrics carried over, the summary stored inside
+    raw = torch.load(tmp_path / "frozen.pt", weights_only=True)
+    assert raw["frozen"]["frozen_from_sha256"] == hashlib.sha256(parent.read_bytes()).hexdigest()
+    assert raw["frozen"]["frozen_from"] == str(parent.resolve())
+    assert (raw["epoch"], raw["step"], raw["metrics"]) == (3, 12, [{"epoch": 3, "test_acc": 0.25}])
+    assert raw["status"] == "frozen" and json.dumps(raw["frozen"]) == json.dumps(summary)
+    # the parent file is untouched
+    again = load_checkpoint(parent).model.state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in before.model.state_dict().items())
+
+
+def test_refresh_in_place_restores_flags_and_momenta(tmp_path: Path) -> None:
+    ck = load_checkpoint(make_ckpt(tmp_path / "ck.pt", "bn"))
+    model = ck.model.eval()
+    data = load_data(ck.config.data, "cpu", seed=0)
+    expect = numpy_stats(model, data.train_x.numpy()[:2 * 128], 128)
+    assert refresh_bn_statistics(model, data, 128) == 2  # 300 images: 2 full batches of 128
+    assert not model.training and all(m.momentum == 0.1 for _, m in batch_norm_layers(model))
+    for name, m in batch_norm_layers(model):
+        np.testing.assert_allclose(m.running_mean.double().numpy(), expect[name][0], rtol=2e-4, atol=1e-5)
+        assert int(m.num_batches_tracked) == 2
+    # a batch larger than the training set: one batch of everything
+    small = load_data(make_config("bn", dataset="synthetic", synthetic_train=40, synthetic_test=20).data, "cpu")
+    assert refresh_bn_statistics(model, small, 64) == 1
+
+
+def test_frozen_simple_net_without_affine_and_errors(tmp_path: Path) -> None:
+    parent = make_ckpt(tmp_path / "ck.pt", "bn", model="simple", act="softplus")
+    summary = freeze_checkpoint(parent, tmp_path / "f.pt", batch_size=32)
+    assert summary["bn_refresh_batches"] == N_TRAIN // 32 and summary["bn_refresh_batch_size"] == 32
+    frozen = load_checkpoint(tmp_path / "f.pt")
+    assert frozen.config.model.affine is False and frozen.config.model.model == "simple"
+    with pytest.raises(BnlabError, match="exists"):
+        freeze_checkpoint(parent, tmp_path / "f.pt")
+    freeze_checkpoint(parent, tmp_path / "f.pt", force=True, batch_size=32)
+    with pytest.raises(BnlabError, match="does not exist"):
+        freeze_checkpoint(parent, tmp_path / "nowhere" / "f.pt")
+    with pytest.raises(BnlabError, match="nothing to freeze"):
+        freeze_checkpoint(tmp_path / "f.pt", tmp_path / "g.pt")
+    nobn = make_ckpt(tmp_path / "nobn.pt", "no_bn")
+    with pytest.raises(BnlabError, match="no batch-norm layers"):
+        freeze_checkpoint(nobn, tmp_path / "h.pt")

@@ -81,3 +81,61 @@ def test_lagged_norm4_chunked_matches_loop() -> None:
         x = x * (1 - 4 * lr * 5e-3 * A) + 2 * lr ** 2 * A ** 2 * li
         ref.append(x)
     np.testing.assert_allclose(v, ref, rtol=1e-9)
+
+
+def test_defaults_and_closed_forms_by_hand() -> None:
+    """Each formula at hand-picked numbers, with the defaults (plain SGD) and a gradient scale L != 1."""
+    assert theory.noise_gain() == 1.0 and theory.noise_gain(0.5) == pytest.approx(1 / 0.75)
+    assert theory.noise_gain(0.5, True) == pytest.approx(1.5 ** 2 + 0.5 ** 4 / 0.75)
+    assert theory.filter_sum(0.75) == pytest.approx(4.0)
+    assert theory.equilibrium_rel_step(0.1, 5e-4) == pytest.approx(2 * np.sin(np.sqrt(1e-4) / 2), rel=1e-12)
+    assert theory.relaxation_steps(0.1, 5e-4) == pytest.approx(5000.0)
+    # ||w||^4 = lr L / (2 wd (1 - mu)): L = 4, lr 0.1, wd 1e-3, mu 0.5 -> 400
+    assert theory.equilibrium_norm(0.1, 1e-3, 0.5, 4.0) == pytest.approx(400 ** 0.25)
+    # theta = lr sqrt(S2 L / ||w||^4): S2 = 1 (plain), L = 4, ||w||^4 = 2 -> 0.1 sqrt(2)
+    assert theory.lagged_angle(np.array([0.1]), np.array([2.0]), 4.0, 0.0, False)[0] == pytest.approx(0.1 * 2 ** 0.5)
+    s2 = theory.noise_gain(0.5, True)
+    assert theory.lagged_angle(0.1, 2.0, 4.0, 0.5, True) == pytest.approx(0.1 * np.sqrt(s2 * 2))
+    # integer inputs are numbers, not integer arrays: one step from v = 1 at lr 1, wd 1e-3, mu 0, L 1
+    v = theory.lagged_norm4(np.array([1, 1]), 1e-3, 0.0, 1, 1)
+    assert v[0] == pytest.approx(1 * (1 - 4e-3) + 2) and v[1] == pytest.approx(v[0] * (1 - 4e-3) + 2)
+    assert theory.lagged_norm4(np.array([]), 1e-3, 0.9, 1.0, 1.0).shape == (0,)
+
+
+def test_momentum_range_and_small_step_limit() -> None:
+    for mu in (-0.1, 1.0, 1.5):
+        with pytest.raises(BnlabError, match="momentum must be in"):
+            theory.noise_gain(mu)
+    # 4 lr wd / (1 - mu) >= 1: no small-step theory, even exactly at 1
+    for lr in (0.25, 0.3):
+        with pytest.raises(BnlabError, match="too large"):
+            theory.lagged_norm4(np.array([0.01, lr]), 1.0, 0.0, 1.0, 1.0)
+
+
+def test_zero_lr_or_wd_give_infinities_quietly() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a schedule ending at lr 0 must not print divide-by-zero warnings
+        assert theory.relaxation_steps(0.0, 5e-4, 0.9) == np.inf
+        assert theory.equilibrium_norm(0.1, 0.0, 0.9, 1.0) == np.inf
+        assert theory.equilibrium_angle(0.0, 5e-4, 0.9, True) == 0.0
+
+
+def test_lagged_norm4_extreme_decay_and_long_runs() -> None:
+    """Chunked cumulative products stay finite where one exp(-cumsum(log decay)) would overflow."""
+    def loop(lrs, wd, mu, L, v):
+        a, out = 1 / (1 - mu), []
+        for lr in lrs:
+            v = v * (1 - 4 * lr * wd * a) + 2 * lr ** 2 * a ** 2 * L
+            out.append(v)
+        return np.array(out)
+
+    # the strongest decay float64 allows: 2^-52 per step (log -36), so chunks of a few steps only
+    lrs = np.full(100, (1 - 2.0 ** -52) / 4)
+    np.testing.assert_allclose(theory.lagged_norm4(lrs, 1.0, 0.0, 1.0, 3.0), loop(lrs, 1.0, 0.0, 1.0, 3.0), rtol=1e-9)
+    # 20000 steps at 4 lr wd A = 0.1: the total log decay is -2100, far beyond exp's range
+    lrs = np.full(20000, 0.5)
+    got = theory.lagged_norm4(lrs, 5e-3, 0.9, 2.0, 7.0)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, loop(lrs, 5e-3, 0.9, 2.0, 7.0), rtol=1e-9)

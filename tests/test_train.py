@@ -104,3 +104,57 @@ def test_lr_schedules():
     p = make_config("bn", lr=5.0, epochs=10, lr_knots=(0, 4, 20), lr_mults=(0, 1, 0))
     assert lr_at(p, 10) == pytest.approx(5.0 * 10 / 16)
     assert math.isclose(lr_at(make_config("bn", epochs=12), 2.5), 0.4)
+
+
+def small(**opts):
+    return make_config("bn", width=4, dataset="synthetic", synthetic_train=256, synthetic_test=60, batch_size=64,
+                       lr=0.1, lr_schedule="const", **opts)
+
+
+def test_save_every_log_every_and_amp_options(tmp_path):
+    """--save-every 2 of 3 epochs: ckpt_epoch_002.pt only, holding the weights logged at its step; --log-every 3:
+    the rows of steps 3, 6, ... exactly as an every-step log has them; --amp auto = fp32 on the CPU, bf16 differs."""
+    torch.set_num_threads(1)
+    train(small(epochs=3, save_every=2), tmp_path / "a", quiet=True)
+    train(small(epochs=3, log_every=3, amp="off"), tmp_path / "b", quiet=True)
+    train(small(epochs=1, amp="bf16"), tmp_path / "c", quiet=True)  # const lr: the same first steps
+    names = {p.name for p in (tmp_path / "a").iterdir()}
+    assert "ckpt_epoch_002.pt" in names and not {"ckpt_epoch_001.pt", "ckpt_epoch_003.pt"} & names
+    spe = 256 // 64
+    mid = load_checkpoint(tmp_path / "a" / "ckpt_epoch_002.pt")
+    assert (mid.meta["epoch"], mid.meta["step"]) == (2, 2 * spe)
+    every = read_csv(tmp_path / "a" / "dynamics.csv")
+    at = {r["param"]: float(r["w_norm"]) for r in every if int(r["step"]) == 2 * spe}
+    for name, p in mid.model.named_parameters():
+        assert p.norm().item() == pytest.approx(at[name], rel=1e-6), name
+    sparse = read_csv(tmp_path / "b" / "dynamics.csv")
+    assert sorted({int(r["step"]) for r in sparse}) == list(range(3, 3 * spe + 1, 3))
+    assert sparse == [r for r in every if int(r["step"]) % 3 == 0]  # amp auto on CPU == off, bit for bit
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["amp"] == "bf16"
+    bf16 = [r for r in read_csv(tmp_path / "c" / "dynamics.csv") if r["step"] == "1"]
+    fp32 = [r for r in every if r["step"] == "1"]
+    assert bf16[0]["loss"] != fp32[0]["loss"]  # the forward ran in bfloat16 ...
+    assert float(bf16[0]["loss"]) == pytest.approx(float(fp32[0]["loss"]), rel=2e-2)  # ... to bf16 accuracy
+
+
+def test_resume_after_a_crash_mid_epoch_with_channel_log(tmp_path):
+    """A run killed after logging part of epoch 2 (rows past the last checkpoint, a half-written line) resumes
+    to logs identical to an uninterrupted run's, the per-channel log included."""
+    torch.set_num_threads(1)
+    cfg = small(epochs=2, log_channels=True)
+    train(cfg, tmp_path / "full", quiet=True)
+    train(cfg, tmp_path / "cut", quiet=True, stop_after_epoch=1)
+    for name in ("dynamics.csv", "dynamics_channels.csv"):
+        full = (tmp_path / "full" / name).read_text().splitlines(keepends=True)
+        done = (tmp_path / "cut" / name).read_text()
+        n_done = len(done.splitlines())
+        # what the killed process had appended after the checkpoint: two more steps and half a line
+        (tmp_path / "cut" / name).write_text(done + "".join(full[n_done:n_done + 6]) + full[n_done + 6][:9])
+    train(None, tmp_path / "cut", resume=True, quiet=True)
+    for name in ("dynamics.csv", "dynamics_channels.csv", "metrics.csv"):
+        a, b = (tmp_path / "full" / name).read_text(), (tmp_path / "cut" / name).read_text()
+        if name == "metrics.csv":  # wall-clock columns differ; the numbers must not
+            drop = ("train_time", "eval_time", "img_per_s")
+            a = [{k: v for k, v in r.items() if k not in drop} for r in read_csv(tmp_path / "full" / name)]
+            b = [{k: v for k, v in r.items() if k not in drop} for r in read_csv(tmp_path / "cut" / name)]
+        assert a == b, name

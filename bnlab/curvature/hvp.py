@@ -60,6 +60,9 @@ def func_block(model: nn.Module, names: Sequence[str], params: Sequence[torch.Te
         _, hv = jvp(grad_fn, (primals,), (tangents,))
         return torch.cat([hv[n].reshape(-1) for n in names])
 
-    if V.shape[0] == 1:
-        return hvp(V[0])[None]
-    return vmap(hvp)(V)
+    # The parameters outside the selection enter through the model itself; no_grad keeps the outer
+    # autograd out of it (the transforms still differentiate), so the result is a plain tensor.
+    with torch.no_grad():
+        if V.shape[0] == 1:
+            return hvp(V[0])[None]
+        return vmap(hvp)(V)

@@ -5,6 +5,12 @@ training, its measured angular update per step (and ``rel_step``) against the pr
 at the current lr and against the lagged prediction under the run's lr schedule, their ratio, and
 how long it took to get there. Averages of angles are root-mean-squares (the theory balances
 theta^2), over the *final window* (last `window` fraction of the logged steps).
+
+Which prediction a run is compared with (`Report.compare_to`, the ``ratio`` everywhere): the
+equilibrium at the current lr for a constant lr; the lagged prediction under a piecewise or exp
+schedule, where the norms trail the moving equilibrium by about a relaxation time (and a schedule
+ending at lr 0 has no equilibrium at all). A run shorter than `MIN_RELAXATION_TIMES` relaxation
+times gets a warning (`Report.warnings`): its norms are still relaxing.
 """
 from __future__ import annotations
 
@@ -20,6 +26,11 @@ from ..config import TrainConfig
 from ..errors import BnlabError
 from .invariance import DEFAULT_COS_TOL, cos_stats
 from .log import RunLog, Table, read_run
+
+EQUILIBRIUM, LAGGED = "equilibrium", "lagged"
+# Fewer relaxation times than this and the norms (so the angles) are still visibly off equilibrium:
+# ||w||^4 has closed e^-3 = 95% of its initial gap after 3 of them.
+MIN_RELAXATION_TIMES = 3.0
 
 
 @dataclass
@@ -51,7 +62,7 @@ class LayerResult:
     rel_step: float  # RMS ||dw|| / ||w|| over the final window
     angle_pred: float | None  # equilibrium angle at the window's lr (RMS over the window)
     angle_lagged_pred: float | None  # lagged-equilibrium angle under the schedule, same window
-    ratio: float | None  # angle / angle_pred
+    ratio: float | None  # angle / angle_ref (the prediction the report compares with, see Report.compare_to)
     ratio_lagged: float | None
     rel_step_pred: float | None
     rel_step_ratio: float | None
@@ -65,6 +76,7 @@ class LayerResult:
     steps_to_settle: int | None  # first step from which the smoothed angle stays within eq_tol of its end
     relaxation_steps: float | None  # theory's time constant (1-mu)/(4 eta lambda) at the final lr
     invariance: str = "no"  # "exact", "approximate" (see invariance.APPROX_*; theory applied, flagged) or "no"
+    angle_ref: float | None = None  # the prediction `ratio` compares with: angle_pred or angle_lagged_pred
 
 
 @dataclass
@@ -80,6 +92,10 @@ class Report:
     aggregate: dict
     series: dict[str, np.ndarray] = field(repr=False)
     channels: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    compare_to: str = EQUILIBRIUM  # which prediction `ratio` is against: EQUILIBRIUM or LAGGED
+    lr_schedule: str = "const"
+    relaxation_times: float | None = None  # sum over the steps of 4 lr wd / (1 - mu): relaxation times elapsed
+    warnings: list[str] = field(default_factory=list)
 
     def layer(self, name: str) -> LayerResult:
         for lr in self.layers:
@@ -90,6 +106,8 @@ class Report:
     def summary(self) -> dict:
         return {"run_dir": self.run_dir, "status": self.status, "live": self.live, "hyper": asdict(self.hyper),
                 "window": self.window, "eq_tol": self.eq_tol, "theory": self.theory,
+                "compare_to": self.compare_to, "lr_schedule": self.lr_schedule,
+                "relaxation_times": self.relaxation_times, "warnings": self.warnings,
                 "aggregate": self.aggregate, "layers": [asdict(lr) for lr in self.layers]}
 
 
@@ -108,7 +126,7 @@ def rolling_rms(x: np.ndarray, k: int) -> np.ndarray:
     c = np.concatenate([[0.0], np.cumsum(x ** 2)])
     n = np.arange(1, len(x) + 1)
     lo = np.maximum(n - k, 0)
-    return np.sqrt((c[n] - c[lo]) / (n - lo))
+    return np.sqrt(np.maximum(c[n] - c[lo], 0.0) / (n - lo))  # differences of sums can round below 0
 
 
 def rolling_mean(x: np.ndarray, k: int) -> np.ndarray:
@@ -129,6 +147,16 @@ def first_step_staying_within(steps: np.ndarray, ok: np.ndarray) -> int | None:
 def _rms(x: np.ndarray) -> float:
     x = x[np.isfinite(x)]
     return float(np.sqrt(np.mean(x ** 2))) if x.size else float("nan")
+
+
+def _nanmedian(x: np.ndarray) -> float:
+    x = x[~np.isnan(x)]
+    return float(np.median(x)) if x.size else float("nan")  # numpy warns on an all-NaN slice
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = x[~np.isnan(x)]
+    return float(np.mean(x)) if x.size else float("nan")
 
 
 def _fin(x: float | None) -> float | None:
@@ -155,11 +183,11 @@ def _series(t: Table) -> _Series:
     return _Series(t["step"], t["lr"], w_after, w_before, t["g_norm"], dw, t["angle"], rel, t["cos_wg"])
 
 
-def _predictions(s: _Series, hyper: Hyper, smooth: int) -> dict[str, np.ndarray]:
-    """Instantaneous and lagged theory along the logged steps of one invariant tensor."""
+def _predictions(s: _Series, hyper: Hyper, smooth: int, has_theory: bool) -> dict[str, np.ndarray]:
+    """Instantaneous and lagged theory along the logged steps of one invariant tensor (NaN without theory)."""
     L = rolling_mean((s.g * s.w_before) ** 2, smooth)
     out = {"grad_scale": L}
-    if hyper.wd <= 0:
+    if hyper.wd <= 0 or not has_theory:
         nan = np.full(len(s.step), np.nan)
         return {**out, "angle_eq": nan, "norm_eq": nan, "angle_lagged": nan, "norm_lagged": nan}
     out["angle_eq"] = theory.equilibrium_angle(s.lr, hyper.wd, hyper.momentum, hyper.nesterov)
@@ -182,6 +210,159 @@ def _predictions(s: _Series, hyper: Hyper, smooth: int) -> dict[str, np.ndarray]
     return out
 
 
+def _final_window(n: int, window: float) -> slice:
+    """The last `window` fraction of n logged steps (at least one)."""
+    return slice(n - max(1, int(math.ceil(window * n))), n)
+
+
+def _default_smooth(table: Table, log_every: int) -> int:
+    """About one epoch of logged steps, and at least a few momentum memories."""
+    steps = np.unique(table["step"])
+    per_epoch = steps[-1] / max(table["epoch"].max(), 1e-9) if "epoch" in table else 50
+    return int(np.clip(round(per_epoch / log_every), 5, max(5, len(steps) // 5)))
+
+
+def _radial_cos(s: _Series) -> float:
+    """Median cos(w, dw) from the norms alone: the radial share of each step."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        radial = (s.w_after ** 2 - s.w_before ** 2 - s.dw ** 2) / (2 * s.w_before * s.dw)
+    return _nanmedian(radial)
+
+
+def _pythagoras_residual(s: _Series, hyper: Hyper) -> float | None:
+    """Plain SGD without weight decay moves an invariant tensor orthogonally: |w_a|^2 = |w_b|^2 + |dw|^2."""
+    if hyper.wd != 0 or hyper.momentum != 0:
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        residual = (s.w_after ** 2 - s.w_before ** 2 - s.dw ** 2) / s.dw ** 2
+    return _fin(_nanmedian(np.abs(residual)))
+
+
+@dataclass
+class _WindowTheory:
+    """The theory's numbers over the final window of one tensor (None where it does not apply)."""
+
+    angle_eq: float | None = None  # RMS equilibrium angle at the logged lrs
+    angle_lagged: float | None = None  # RMS lagged angle under the schedule
+    angle_ref: float | None = None  # RMS of the prediction compared with (one of the two above)
+    rel_step_ref: float | None = None  # RMS chord 2 sin(angle / 2) of that prediction
+    norm_lagged: float | None = None  # lagged ||w|| after the last logged step
+
+
+def _window_theory(pred: dict[str, np.ndarray], win: slice) -> _WindowTheory:
+    return _WindowTheory(angle_eq=_rms(pred["angle_eq"][win]), angle_lagged=_rms(pred["angle_lagged"][win]),
+                         angle_ref=_rms(pred["angle_ref"][win]),
+                         rel_step_ref=_rms(2 * np.sin(pred["angle_ref"][win] / 2)),
+                         norm_lagged=float(pred["norm_lagged"][-1]))
+
+
+def _reference(pred: dict[str, np.ndarray], compare_to: str) -> np.ndarray:
+    """The predicted angle series the measured one is compared with."""
+    return pred["angle_lagged"] if compare_to == LAGGED else pred["angle_eq"]
+
+
+def _ratio(measured: float, predicted: float | None) -> float | None:
+    """measured / predicted, None when there is no (finite, non-zero) prediction."""
+    return _fin(measured / predicted) if predicted else None
+
+
+def _steps_to_equilibrium(s: _Series, angle_smooth: np.ndarray, ratio: np.ndarray, eq_tol: float,
+                          has_theory: bool) -> tuple[int | None, int | None]:
+    """(first step from which the smoothed angle stays within eq_tol of the prediction, first step from
+    which it stays within eq_tol of its own final value)."""
+    to_pred = first_step_staying_within(s.step, np.abs(ratio - 1) <= eq_tol) if has_theory else None
+    end = angle_smooth[-1]
+    to_end = first_step_staying_within(s.step, np.abs(angle_smooth / end - 1) <= eq_tol) if end > 0 else None
+    return to_pred, to_end
+
+
+def _analyse_tensor(name: str, t: Table, hyper: Hyper, *, smooth: int, window: float, eq_tol: float,
+                    cos_tol: float, checkpoint_cos: float | None, compare_to: str
+                    ) -> tuple[LayerResult, dict[str, np.ndarray]]:
+    """One parameter tensor's LayerResult and its per-step series columns."""
+    s = _series(t)
+    n = len(s.step)
+    win = _final_window(n, window)
+    cs = cos_stats(s.cos, s.rel, cos_tol)
+    has_theory = (cs.invariant or cs.approximate) and hyper.wd > 0
+    pred = _predictions(s, hyper, smooth, has_theory)
+    pred["angle_ref"] = _reference(pred, compare_to)
+    angle_smooth = rolling_rms(s.angle, smooth)
+    angle, rel = _rms(s.angle[win]), _rms(s.rel[win])
+    grad_scale = _nanmean((s.g[win] * s.w_before[win]) ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a prediction of 0 (lr 0) gives inf: never "within"
+        ratio = angle_smooth / pred["angle_ref"] if has_theory else np.full(n, np.nan)
+    w = _window_theory(pred, win) if has_theory else _WindowTheory()
+    lr_final = float(s.lr[-1])
+    to_pred, to_end = _steps_to_equilibrium(s, angle_smooth, ratio, eq_tol, has_theory)
+    result = LayerResult(
+        param=name, numel=int(t["numel"][0]) if "numel" in t else -1, scale_invariant=bool(cs.invariant),
+        median_abs_cos=cs.median_abs_cos, p90_abs_cos=cs.p90_abs_cos, checkpoint_abs_cos=_fin(checkpoint_cos),
+        logged_steps=n, last_step=int(s.step[-1]), w_norm_init=float(s.w_before[0]),
+        w_norm_final=float(s.w_after[-1]), lr_final=lr_final, angle=angle, rel_step=rel,
+        angle_pred=_fin(w.angle_eq), angle_lagged_pred=_fin(w.angle_lagged),
+        ratio=_ratio(angle, w.angle_ref), ratio_lagged=_ratio(angle, w.angle_lagged),
+        rel_step_pred=_fin(w.rel_step_ref), rel_step_ratio=_ratio(rel, w.rel_step_ref), grad_scale=grad_scale,
+        norm_pred=_fin(float(theory.equilibrium_norm(lr_final, hyper.wd, hyper.momentum, grad_scale)))
+        if has_theory else None,
+        norm_lagged_pred=_fin(w.norm_lagged), norm_ratio=_ratio(float(s.w_after[-1]), w.norm_lagged),
+        radial_cos=_radial_cos(s), pythagoras_residual=_pythagoras_residual(s, hyper),
+        steps_to_equilibrium=to_pred, steps_to_settle=to_end,
+        relaxation_steps=_fin(float(theory.relaxation_steps(lr_final, hyper.wd, hyper.momentum)))
+        if hyper.wd > 0 else None,
+        invariance="exact" if cs.invariant else "approximate" if cs.approximate else "no",
+        angle_ref=_fin(w.angle_ref),
+    )
+    nan = np.full(n, np.nan)
+    cols = {"step": s.step, "epoch": t["epoch"] if "epoch" in t else nan, "lr": s.lr,
+            "param": np.full(n, name), "scale_invariant": np.full(n, int(cs.invariant)), "w_norm": s.w_after,
+            "angle": s.angle, "rel_step": s.rel, "cos_wg": s.cos, "angle_smooth": angle_smooth,
+            "grad_scale": pred["grad_scale"]}
+    for key in ("angle_eq", "angle_lagged", "norm_eq", "norm_lagged", "angle_ref"):
+        cols[key] = pred[key] if has_theory else nan
+    cols["ratio"] = ratio
+    return result, cols
+
+
+def compare_to_of(config: TrainConfig) -> str:
+    """LAGGED under an lr schedule (the norms trail the moving equilibrium), else EQUILIBRIUM."""
+    return LAGGED if config.lr_schedule != "const" and config.weight_decay > 0 else EQUILIBRIUM
+
+
+def relaxation_times_elapsed(table: Table, hyper: Hyper) -> float | None:
+    """How many relaxation times the run lasted: the sum over its optimizer steps of 4 lr wd / (1 - mu)
+    (= steps / relaxation_steps for a constant lr); lrs between logged steps interpolated."""
+    if hyper.wd <= 0:
+        return None
+    steps, first = np.unique(table["step"], return_index=True)
+    lrs = np.interp(np.arange(1, int(steps[-1]) + 1), steps, table["lr"][first])
+    return float(np.sum(4 * lrs * hyper.wd / (1 - hyper.momentum)))
+
+
+def _short_run_warning(table: Table, hyper: Hyper, times: float | None) -> list[str]:
+    if times is None or times >= MIN_RELAXATION_TIMES:
+        return []
+    steps = int(table["step"].max())
+    return [f"short run: {steps} steps are {times:.1f} relaxation times (< {MIN_RELAXATION_TIMES:g}; one is "
+            f"(1 - momentum) / (4 lr wd) steps), so the norms are still relaxing and measured/predicted ratios "
+            "are not equilibrium values; train longer"]
+
+
+def _theory_summary(table: Table, hyper: Hyper, smooth: int) -> dict:
+    """The theory's constants and its predictions at the final logged lr."""
+    lr_final = float(table["lr"][np.argmax(table["step"])])
+    return {"noise_gain_S2": theory.noise_gain(hyper.momentum, hyper.nesterov),
+            "nesterov_factor": theory.nesterov_factor(hyper.momentum) if hyper.nesterov else 1.0,
+            "lr_final": lr_final,
+            "angle_eq_final_lr": _fin(float(theory.equilibrium_angle(lr_final, hyper.wd, hyper.momentum,
+                                                                       hyper.nesterov))),
+            "rel_step_eq_final_lr": _fin(float(theory.equilibrium_rel_step(lr_final, hyper.wd, hyper.momentum,
+                                                                            hyper.nesterov))),
+            "relaxation_steps_final_lr": _fin(float(theory.relaxation_steps(lr_final, hyper.wd, hyper.momentum)))
+            if hyper.wd > 0 else None,
+            "smooth_logged_steps": smooth}
+
+
 def analyse_log(log: RunLog, *, layers: list[str] | None = None, window: float = 0.25, eq_tol: float = 0.15,
                 cos_tol: float = DEFAULT_COS_TOL, checkpoint_cos: dict[str, float] | None = None,
                 smooth: int | None = None) -> Report:
@@ -191,84 +372,26 @@ def analyse_log(log: RunLog, *, layers: list[str] | None = None, window: float =
     table = log.dynamics
     hyper = Hyper.of(log.config)
     params = match_layers(table.params(), layers)
-    log_every = max(1, log.config.log_every or 1)
-    if smooth is None:  # about one epoch of logged steps, and at least a few momentum memories
-        steps = np.unique(table["step"])
-        per_epoch = steps[-1] / max(table["epoch"].max(), 1e-9) if "epoch" in table else 50
-        smooth = int(np.clip(round(per_epoch / log_every), 5, max(5, len(steps) // 5)))
-    series_cols: dict[str, list[np.ndarray]] = {}
-    results = []
+    if smooth is None:
+        smooth = _default_smooth(table, max(1, log.config.log_every or 1))
+    compare_to = compare_to_of(log.config)
+    results, series_cols = [], {}
     for name in params:
-        t = table.select(table["param"] == name)
-        s = _series(t)
-        n = len(s.step)
-        win = slice(n - max(1, int(math.ceil(window * n))), n)
-        cs = cos_stats(s.cos, s.rel, cos_tol)
-        ck = None if checkpoint_cos is None else checkpoint_cos.get(name)
-        invariant = cs.invariant
-        pred = _predictions(s, hyper, smooth)
-        ang_smooth = rolling_rms(s.angle, smooth)
-        angle, rel = _rms(s.angle[win]), _rms(s.rel[win])
-        L = float(np.nanmean((s.g[win] * s.w_before[win]) ** 2))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            radial = (s.w_after ** 2 - s.w_before ** 2 - s.dw ** 2) / (2 * s.w_before * s.dw)
-        pyth = None
-        if hyper.wd == 0 and hyper.momentum == 0:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                res = (s.w_after ** 2 - s.w_before ** 2 - s.dw ** 2) / s.dw ** 2
-            pyth = _fin(float(np.nanmedian(np.abs(res))))
-        has_theory = (invariant or cs.approximate) and hyper.wd > 0
-        ratio_series = ang_smooth / pred["angle_eq"] if has_theory else np.full(n, np.nan)
-        end = ang_smooth[-1]
-        lr_fin = float(s.lr[-1])
-        ap = _rms(pred["angle_eq"][win]) if has_theory else None
-        alp = _rms(pred["angle_lagged"][win]) if has_theory else None
-        rp = _rms(2 * np.sin(pred["angle_eq"][win] / 2)) if has_theory else None
-        nlag = float(pred["norm_lagged"][-1]) if has_theory else None
-        results.append(LayerResult(
-            param=name, numel=int(t["numel"][0]) if "numel" in t else -1, scale_invariant=bool(invariant),
-            median_abs_cos=cs.median_abs_cos, p90_abs_cos=cs.p90_abs_cos, checkpoint_abs_cos=_fin(ck),
-            logged_steps=n, last_step=int(s.step[-1]), w_norm_init=float(s.w_before[0]),
-            w_norm_final=float(s.w_after[-1]), lr_final=lr_fin, angle=angle, rel_step=rel,
-            angle_pred=_fin(ap), angle_lagged_pred=_fin(alp),
-            ratio=_fin(angle / ap) if ap else None, ratio_lagged=_fin(angle / alp) if alp else None,
-            rel_step_pred=_fin(rp), rel_step_ratio=_fin(rel / rp) if rp else None, grad_scale=L,
-            norm_pred=_fin(float(theory.equilibrium_norm(lr_fin, hyper.wd, hyper.momentum, L))) if has_theory
-            else None,
-            norm_lagged_pred=_fin(nlag), norm_ratio=_fin(float(s.w_after[-1]) / nlag) if nlag else None,
-            radial_cos=float(np.nanmedian(radial)), pythagoras_residual=pyth,
-            steps_to_equilibrium=first_step_staying_within(s.step, np.abs(ratio_series - 1) <= eq_tol)
-            if has_theory else None,
-            steps_to_settle=first_step_staying_within(s.step, np.abs(ang_smooth / end - 1) <= eq_tol)
-            if end > 0 else None,
-            relaxation_steps=_fin(float(theory.relaxation_steps(lr_fin, hyper.wd, hyper.momentum)))
-            if hyper.wd > 0 else None,
-            invariance="exact" if invariant else "approximate" if cs.approximate else "no",
-        ))
-        cols = {"step": s.step, "epoch": t["epoch"] if "epoch" in t else np.full(n, np.nan), "lr": s.lr,
-                "param": np.full(n, name), "scale_invariant": np.full(n, int(invariant)), "w_norm": s.w_after,
-                "angle": s.angle, "rel_step": s.rel, "cos_wg": s.cos, "angle_smooth": ang_smooth,
-                "grad_scale": pred["grad_scale"], "angle_eq": pred["angle_eq"] if has_theory else np.full(n, np.nan),
-                "angle_lagged": pred["angle_lagged"] if has_theory else np.full(n, np.nan),
-                "norm_eq": pred["norm_eq"] if has_theory else np.full(n, np.nan),
-                "norm_lagged": pred["norm_lagged"] if has_theory else np.full(n, np.nan), "ratio": ratio_series}
+        result, cols = _analyse_tensor(name, table.select(table["param"] == name), hyper, smooth=smooth,
+                                       window=window, eq_tol=eq_tol, cos_tol=cos_tol,
+                                       checkpoint_cos=None if checkpoint_cos is None else checkpoint_cos.get(name),
+                                       compare_to=compare_to)
+        results.append(result)
         for k, v in cols.items():
             series_cols.setdefault(k, []).append(v)
     series = {k: np.concatenate(v) for k, v in series_cols.items()}
-    lr_fin = float(table["lr"][np.argmax(table["step"])])
-    th = {"noise_gain_S2": theory.noise_gain(hyper.momentum, hyper.nesterov),
-          "nesterov_factor": theory.nesterov_factor(hyper.momentum) if hyper.nesterov else 1.0,
-          "lr_final": lr_fin,
-          "angle_eq_final_lr": _fin(float(theory.equilibrium_angle(lr_fin, hyper.wd, hyper.momentum, hyper.nesterov))),
-          "rel_step_eq_final_lr": _fin(float(theory.equilibrium_rel_step(lr_fin, hyper.wd, hyper.momentum,
-                                                                          hyper.nesterov))),
-          "relaxation_steps_final_lr": _fin(float(theory.relaxation_steps(lr_fin, hyper.wd, hyper.momentum)))
-          if hyper.wd > 0 else None,
-          "smooth_logged_steps": smooth}
     channels = analyse_channels(log, hyper, params, window, cos_tol) if log.channels is not None else None
+    times = relaxation_times_elapsed(table, hyper)
     return Report(run_dir=str(log.run_dir), status=log.status.get("status", "unknown"), live=log.live, hyper=hyper,
-                  window=window, eq_tol=eq_tol, theory=th, layers=results, aggregate=aggregate(results),
-                  series=series, channels=channels)
+                  window=window, eq_tol=eq_tol, theory=_theory_summary(table, hyper, smooth), layers=results,
+                  aggregate=aggregate(results), series=series, channels=channels, compare_to=compare_to,
+                  lr_schedule=log.config.lr_schedule, relaxation_times=times,
+                  warnings=_short_run_warning(table, hyper, times))
 
 
 def aggregate(results: list[LayerResult]) -> dict:
@@ -290,7 +413,7 @@ def aggregate(results: list[LayerResult]) -> dict:
     ratios = np.array([r.ratio for r in inv if r.ratio is not None])
     if ratios.size:
         out.update({"ratio_mean": float(ratios.mean()), "ratio_min": float(ratios.min()),
-                    "ratio_max": float(ratios.max()), "angle_pred": inv[0].angle_pred})
+                    "ratio_max": float(ratios.max()), "angle_pred": inv[0].angle_pred, "angle_ref": inv[0].angle_ref})
     return out
 
 
@@ -326,10 +449,12 @@ def analyse_channels(log: RunLog, hyper: Hyper, params: list[str], window: float
     # median |cos| per group: sort by (group, |cos|) and take the middle element
     order = np.lexsort((np.abs(c["cos_wg"]), group))
     med = np.abs(c["cos_wg"])[order][starts + (counts - 1) // 2]
+    with np.errstate(divide="ignore", invalid="ignore"):  # lr 0 over the window: no prediction
+        ratio = np.sqrt(ang2) / np.sqrt(pred2)
     return {"param": c["param"][starts], "channel": c["channel"][starts].astype(int),
             "median_abs_cos": med, "scale_invariant": (med < cos_tol).astype(int),
             "angle": np.sqrt(ang2), "angle_pred": np.sqrt(pred2),
-            "ratio": np.sqrt(ang2) / np.sqrt(pred2), "w_norm_final": c["w_norm"][ends - 1]}
+            "ratio": ratio, "w_norm_final": c["w_norm"][ends - 1]}
 
 
 def analyse_run(run_dir: str | Path, *, layers: list[str] | None = None, channels: bool = False,

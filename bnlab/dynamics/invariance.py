@@ -13,6 +13,7 @@ Two independent tests:
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,4 +101,7 @@ def euler_cos(model: nn.Module, *, batches: int = 3, batch: int = 32, image_size
             for i, (p, g) in enumerate(zip(params, grads)):
                 denom = float(p.detach().norm() * g.norm()) if g is not None else 0.0
                 cos[b, i] = abs(float((p.detach() * g).sum())) / denom if denom > 0 else np.nan
-    return dict(zip(names, np.nanmedian(cos, axis=0).tolist()))
+    with warnings.catch_warnings():  # a zero tensor (BN bias at init) has no direction: NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = np.nanmedian(cos, axis=0)
+    return dict(zip(names, median.tolist()))

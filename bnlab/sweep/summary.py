@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import theory
 from ..dynamics import analyse_run
+from ..dynamics.analysis import MIN_RELAXATION_TIMES
 from ..dynamics.report import write_columns
 from ..errors import BnlabError
 from ..io.jsonfile import write_json
@@ -25,7 +26,8 @@ from .runner import DONE, GRID_FILE, point_dir, point_state
 
 SUMMARY_COLUMNS = ("index", "name", "status", "lr", "weight_decay", "momentum", "nesterov", "lr_wd", "lr_wd_eff",
                    "epochs_done", "train_loss", "train_acc", "test_loss", "test_acc", "n_invariant", "angle",
-                   "angle_pred", "angle_ratio", "rel_step", "rel_step_pred", "norm_gmean", "norm_min", "norm_max")
+                   "angle_pred", "angle_ratio", "rel_step", "rel_step_pred", "norm_gmean", "norm_min", "norm_max",
+                   "relaxation_times")
 
 
 def _last_metrics(run_dir: Path) -> dict[str, float]:
@@ -57,12 +59,15 @@ def summarise_point(out: Path, grid: Grid, point: Point) -> dict[str, Any]:
         return row
     inv = [r for r in rep.layers if r.scale_invariant]
     row["n_invariant"] = len(inv)
+    row["relaxation_times"] = rep.relaxation_times
+    row["compare_to"] = rep.compare_to
     row["layers"] = {r.param: {"w_norm": r.w_norm_final, "angle": r.angle, "angle_pred": r.angle_pred,
                                "ratio": r.ratio, "grad_scale": r.grad_scale, "scale_invariant": r.scale_invariant}
                      for r in rep.layers}
     if inv:
         norms = np.array([r.w_norm_final for r in inv])
-        row.update({"angle": float(np.mean([r.angle for r in inv])), "angle_pred": inv[0].angle_pred,
+        # the prediction the run is compared with: the equilibrium (const lr) or the lagged one (schedules)
+        row.update({"angle": float(np.mean([r.angle for r in inv])), "angle_pred": inv[0].angle_ref,
                     "rel_step": float(np.mean([r.rel_step for r in inv])), "rel_step_pred": inv[0].rel_step_pred,
                     "norm_gmean": float(np.exp(np.mean(np.log(norms)))), "norm_min": float(norms.min()),
                     "norm_max": float(norms.max())})
@@ -165,6 +170,13 @@ def format_summary(summary: dict[str, Any]) -> str:
                          f"{f(r.get('norm_gmean'), '.3g'):>9s}")
         if g["n"] > 1:
             lines.append(f"{'':9s} -> angle spread {f(g['angle_spread'], '.3f')}x within the lr*wd group")
+    short = [r for r in summary["points"] if r.get("relaxation_times") is not None
+             and r["relaxation_times"] < MIN_RELAXATION_TIMES]
+    if short:
+        times = [r["relaxation_times"] for r in short]
+        lines.append(f"warning: {len(short)} point(s) ran fewer than {MIN_RELAXATION_TIMES:g} relaxation times "
+                     f"((1 - momentum) / (4 lr wd) steps each; here {min(times):.1f}..{max(times):.1f}): their "
+                     "norms are still relaxing, so their angle ratios are not equilibrium values; train longer")
     lines.append("")
     lines.append("groups by lr*wd/(1-momentum): " + "; ".join(
         f"{g['lr_wd_eff']:.3g}: n={g['n']}, angle {f(g['angle_mean'], '.3e')}"

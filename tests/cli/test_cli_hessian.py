@@ -1,18 +1,34 @@
 """`bnlab hessian` from the command line and `bnlab.hessian` from Python, on synthetic checkpoints."""
 from __future__ import annotations
 
+import functools
 import json
+import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
+from torch.func import functional_call, grad, jacfwd
 
 import bnlab
 from bnlab.checkpoint import load_checkpoint, save_checkpoint
 from bnlab.cli import main
 from bnlab.config import make_config
 from bnlab.curvature import hessian_operator_from_checkpoint
+from bnlab.data import CIFAR_MEAN, CIFAR_STD, eval_set, load_data
 from bnlab.models import build_model
+from bnlab.norms import batch_norm_layers
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny nets; see test_outstats.one_thread (oversubscribed threads spin)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_ckpt(tmp_path, variant, name="ck.pt", **opts):
@@ -103,3 +119,132 @@ def test_cli_bad_input_one_line_exit_2(tmp_path):
         assert r.exit_code == 2, (extra, r.output)
         err = r.stderr if hasattr(r, "stderr") else r.output
         assert msg in err and err.strip().count("\n") == 0, err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Numbers against a dense float64 Hessian computed here: the checkpoint's loss on its evaluation set,
+# N = 20 examples in batches of 15 and 5 (--batch-size 15), BN with batch statistics,
+# L = sum_i loss_i / N (per-example cross-entropy with the run's label smoothing, each batch's
+# examples normalised together), over the top of the net (--params layer3_extra*,classifier*: a
+# Hessian block, which keeps the dense truth and the Lanczos runs cheap).
+
+SMOOTH = 0.2
+WD = 5e-4  # the checkpoint's run weight decay (the default)
+N, BS = 20, 15
+TOP = "layer3_extra*,classifier*"
+
+
+@pytest.fixture(scope="module")
+def bn_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_ckpt(tmp_path_factory.mktemp("ck"), "bn", label_smoothing=SMOOTH)
+
+
+@functools.cache
+def dense_truth(path: str) -> np.ndarray:
+    """Eigenvalues (ascending) of the block of the Hessian on layer3_extra and the classifier."""
+    ck = load_checkpoint(path)
+    model = ck.model.double().train()
+    for _, m in batch_norm_layers(model):
+        m.track_running_stats = False  # batch statistics; buffers untouched
+    data = load_data(ck.config.data, "cpu", seed=ck.config.seed)
+    x, y = eval_set(data, N, seed=0)
+    mean = torch.tensor(CIFAR_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    x = (x.double() - mean) / std
+    cut = list(dict(model.named_children())).index("layer3_extra")
+    head, tail = model[:cut], model[cut:]
+    with torch.no_grad():  # the layers below are held fixed: their outputs are data for the block
+        feats = [(head(x[i:i + BS]), y[i:i + BS]) for i in range(0, N, BS)]
+    names = [n for n, _ in tail.named_parameters()]
+    assert names == ["layer3_extra.conv.weight", "classifier.weight"]
+    shapes = [p.shape for p in tail.parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in tail.parameters()])
+
+    def total(flat: torch.Tensor) -> torch.Tensor:
+        chunks = torch.split(flat, [math.prod(s) for s in shapes])
+        params = {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}
+        return sum(F.cross_entropy(functional_call(tail, params, (f,)), yb, reduction="sum", label_smoothing=SMOOTH)
+                   for f, yb in feats) / N
+
+    return np.linalg.eigvalsh(jacfwd(grad(total))(theta).numpy())
+
+
+def hessian_json(tmp_path: Path, ck: Path, name: str, *args: object) -> dict:
+    r = run("hessian", ck, "--num-samples", N, "--batch-size", BS, "--params", TOP, "--out", tmp_path / name,
+            "--quiet", *args)
+    assert r.exit_code == 0, r.output
+    return json.loads((tmp_path / name / "hessian.json").read_text())
+
+
+def test_eigenvalues_match_dense_truth_with_unequal_batches(tmp_path, bn_ckpt):
+    lam = dense_truth(str(bn_ckpt))[::-1]
+    rec = hessian_json(tmp_path, bn_ckpt, "f64", "--top-k", 3, "--tol", 1e-9, "--dtype", "float64")
+    s = rec["settings"]
+    assert (s["num_samples"], s["num_batches"], s["batch_size"], s["dtype"]) == (N, 2, BS, "float64")
+    assert s["dim"] == len(lam) and s["label_smoothing"] == SMOOTH
+    assert rec["eigen"]["eigenvalues"] == pytest.approx(lam[:3], rel=1e-7)
+    assert rec["eigen"]["all_converged"] and rec["eigen"]["residuals_measured"]
+    # default float32 products: the same eigenvalues to float32 accuracy
+    rec32 = hessian_json(tmp_path, bn_ckpt, "f32", "--top-k", 3, "--tol", 1e-6)
+    assert rec32["settings"]["dtype"] == "float32"
+    assert rec32["eigen"]["eigenvalues"] == pytest.approx(lam[:3], rel=1e-4)
+
+
+def test_batch_sum_units_and_weight_decay_term(tmp_path, bn_ckpt):
+    """batch-sum = the loss summed over a batch of 15 = 15 x the mean loss; the wd term adds wd·I to it
+    (times 15): eigenvalues 15 (lambda + wd)."""
+    lam = dense_truth(str(bn_ckpt))[::-1]
+    rec = hessian_json(tmp_path, bn_ckpt, "bs", "--top-k", 2, "--tol", 1e-9, "--dtype", "float64",
+                       "--loss-scale", "batch-sum", "--weight-decay-term")
+    s = rec["settings"]
+    assert (s["scale_factor"], s["weight_decay_term"], s["loss_scale"]) == (BS, WD, "batch-sum")
+    assert str(BS) in s["units"]
+    assert rec["eigen"]["eigenvalues"] == pytest.approx(BS * (lam[:2] + WD), rel=1e-7)
+
+
+@pytest.mark.parametrize("which,solver", [("SA", "lanczos"), ("LM", "arpack"), ("SA", "arpack")])
+def test_which_and_eigensolver(tmp_path, bn_ckpt, which, solver):
+    lam = dense_truth(str(bn_ckpt))
+    ref = {"SA": lam, "LM": lam[np.argsort(-np.abs(lam), kind="stable")]}[which][:2]
+    rec = hessian_json(tmp_path, bn_ckpt, f"{which}-{solver}", "--top-k", 2, "--tol", 1e-9, "--dtype", "float64",
+                       "--which", which, "--eigensolver", solver, "--ncv", 40)
+    e = rec["eigen"]
+    assert (e["which"], e["method"]) == (which, solver)
+    assert e["eigenvalues"] == pytest.approx(ref, rel=1e-6, abs=1e-8 * abs(lam).max())
+    assert e["all_converged"]
+
+
+def test_func_hvp_method_gives_the_same_numbers(tmp_path, bn_ckpt):
+    lam = dense_truth(str(bn_ckpt))[::-1]
+    rec = hessian_json(tmp_path, bn_ckpt, "func", "--top-k", 2, "--tol", 1e-9, "--dtype", "float64",
+                       "--hvp-method", "func")
+    assert rec["settings"]["hvp_method"] == "func" and rec["settings"]["cache_graphs"] is False
+    assert rec["eigen"]["eigenvalues"] == pytest.approx(lam[:2], rel=1e-7)
+
+
+def test_max_hvps_flags_unconverged_pairs(tmp_path, bn_ckpt):
+    r = run("hessian", bn_ckpt, "--num-samples", N, "--batch-size", BS, "--params", TOP, "--top-k", 3,
+            "--tol", 1e-12, "--max-hvps", 6, "--out", tmp_path / "cut")
+    assert r.exit_code == 0, r.output
+    e = json.loads((tmp_path / "cut" / "hessian.json").read_text())["eigen"]
+    assert e["hvp_count"] <= 6 and e["all_converged"] is False and not all(e["converged"])
+    assert all(rr > 1e-12 for rr in e["relative_residuals"])
+    assert f"[{sum(e['converged'])}/3 converged" in r.output
+
+
+def test_warm_start_and_its_mismatch_error(tmp_path, bn_ckpt):
+    lam = dense_truth(str(bn_ckpt))[::-1]
+    common = ("--top-k", 3, "--tol", 1e-8, "--dtype", "float64")
+    cold = hessian_json(tmp_path, bn_ckpt, "cold", *common)
+    warm = hessian_json(tmp_path, bn_ckpt, "warm", *common, "--warm-start", tmp_path / "cold" / "eigvecs.pt")
+    assert warm["eigen"]["warm_start"] == str(tmp_path / "cold" / "eigvecs.pt")
+    assert warm["eigen"]["eigenvalues"] == pytest.approx(lam[:3], rel=1e-6)
+    assert warm["eigen"]["hvp_count"] < cold["eigen"]["hvp_count"]
+    # eigenvectors over other parameters, or not an eigvecs.pt at all: one line, exit 2
+    hessian_json(tmp_path, bn_ckpt, "other", "--top-k", 1, "--params", "classifier*")
+    for bad, msg in ((tmp_path / "other" / "eigvecs.pt", "different parameters"),
+                     (tmp_path / "cold" / "hessian.json", "not an eigvecs.pt")):
+        r = CliRunner().invoke(main, ["hessian", str(bn_ckpt), "--num-samples", str(N), "--batch-size", str(BS),
+                                      "--params", TOP, "--top-k", "3", "--warm-start", str(bad),
+                                      "--out", str(tmp_path / "x"), "--force", "--quiet"])
+        assert r.exit_code == 2 and msg in r.output and r.output.strip().count("\n") == 0, r.output

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.func import functional_call, jacrev
@@ -112,6 +113,34 @@ def test_gradients_match_jacrev(model_name: str, norm: str, mode: str) -> None:
             values, grads = values[:, list(target.channels)], grads[:, list(target.channels)]
         torch.testing.assert_close(sg.values, values, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(sg.grads, grads, rtol=1e-8, atol=1e-11)
+
+
+# Batches of 6 and 2 (what --num-samples 8 --batch-size 6 gives): per-batch statistics must weigh
+# each batch n_b / N, pooled ones are the moments of all 8 examples together.
+UNEQUAL = [("simple", "bn", "batch"), ("davidnet", "bn", "batch"), ("davidnet", "bn", "running"),
+           ("simple", "frozen", "none"), ("davidnet", "none", "none")]
+
+
+@pytest.mark.parametrize("model_name,norm,mode", UNEQUAL)
+def test_unequal_batches_match_jacrev(model_name: str, norm: str, mode: str) -> None:
+    model = tiny(model_name, norm)
+    big, small = make_batches(1, 6, seed=4)[0], make_batches(1, 2, seed=5)[0]
+    batches = [big, small]
+    for target, moments in ((Target("logits"), "per-batch"), (Target("logits"), "pooled"),
+                            (Target("layer1", (1,)), "per-batch")):
+        sg = stat_gradients(model, batches, stats=STATS, target=target, moments=moments, mode=mode)
+        values, grads = reference(model, batches, target, mode, moments)
+        if target.channels:
+            values, grads = values[:, list(target.channels)], grads[:, list(target.channels)]
+        torch.testing.assert_close(sg.values, values, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(sg.grads, grads, rtol=1e-8, atol=1e-11)
+        assert (sg.num_samples, sg.num_batches, sg.moments, sg.bn_mode) == (8, 2, moments, mode)
+    # the weighting is visible: the plain average of the two batches' statistics is something else
+    sg = stat_gradients(model, batches, stats=("mean",), mode=mode)
+    with bn_mode(model, mode), torch.no_grad():
+        plain = sum(central(target_output(model, dict(model.named_parameters()), x, Target()))[0]
+                    for x, _ in batches) / 2
+    assert (sg.values[0] - plain).abs().max() > 1e-6 * plain.abs().max()  # far above float64 rounding
 
 
 @pytest.mark.parametrize("model_name,norm,mode", [("simple", "bn", "batch"), ("davidnet", "ghost", "batch"),
@@ -248,12 +277,46 @@ def test_channel_mean_share_of_constant_and_centred_channels() -> None:
     assert acts["prep.act"]["hist"].sum(1).tolist() == [2 * 8 * 8 * 8] * acts["prep.act"]["hist"].shape[0]
 
 
-def test_fc_collapse_follows_arccos_recursion() -> None:
+def relu_kernel(c: float) -> float:
+    """E[relu(u) relu(v)] / E[relu(u)^2] for standard normal u, v with correlation c, by quadrature.
+
+    Independent of the arc-cosine closed form: v = c u + s w (s = sqrt(1 - c^2)), and for fixed u the
+    mean of a rectified normal is E_w[relu(a + s w)] = a Phi(a/s) + s phi(a/s); E[relu(u)^2] = 1/2.
+    """
+    from scipy import integrate, stats
+
+    s = math.sqrt(max(1 - c * c, 0.0))
+    if s == 0:
+        return 1.0
+
+    def inner(u: float) -> float:
+        a = c * u
+        return u * (a * stats.norm.cdf(a / s) + s * stats.norm.pdf(a / s)) * stats.norm.pdf(u)
+
+    return 2 * integrate.quad(inner, 0, np.inf, epsabs=1e-13, epsrel=1e-12)[0]
+
+
+def test_arccos_recursion_against_quadrature() -> None:
     c = arccos_recursion(50)
-    assert [round(c[i], 2) for i in (0, 1, 4, 9, 19, 49)] == [0.0, 0.32, 0.68, 0.85, 0.94, 0.99]
+    assert len(c) == 50 and c[0] == 0.0
+    assert c[1] == pytest.approx(1 / math.pi, abs=1e-15)  # E[relu u]^2 / E[relu u^2] = (1/(2 pi)) / (1/2)
+    ref = [0.0]
+    for _ in range(49):
+        ref.append(relu_kernel(ref[-1]))
+    np.testing.assert_allclose(c, ref, rtol=1e-9, atol=1e-12)
+    assert all(b > a for a, b in zip(c, c[1:])) and c[-1] < 1  # monotone collapse towards 1
+
+
+def test_fc_collapse_follows_arccos_recursion() -> None:
     n = 256
     res = fc_collapse(depth=20, width=1024, n_inputs=n, seed=0)
+    assert res["theory"] == arccos_recursion(20) and len(res["shares"]) == 20
     expected = [ci + (1 - ci) / n for ci in res["theory"]]  # distinct pairs at c_l, plus the diagonal
+    assert res["theory_share"] == pytest.approx(expected, rel=1e-12)
     assert max(abs(a - b) for a, b in zip(res["shares"], expected)) < 0.05  # measured max 0.025 over seeds
     centred = fc_collapse(depth=10, width=1024, n_inputs=n, seed=0, centre=True)
     assert all(abs(s - 1 / math.pi) < 0.05 for s in centred["shares"][1:])
+    # the share of one layer, recomputed from its values: mean over inputs squared over the second moment
+    hist = fc_collapse(depth=3, width=64, n_inputs=50, seed=1, hist_layers=(3,), hist_channels=64, dtype=torch.float64)
+    h = hist["values"][3].double().T  # (inputs, channels), stored as float32
+    assert hist["shares"][2] == pytest.approx(float((h.mean(0) ** 2).sum() / (h ** 2).mean(0).sum()), rel=1e-5)

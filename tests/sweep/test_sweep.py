@@ -12,7 +12,16 @@ from click.testing import CliRunner
 from bnlab.cli import main
 from bnlab.dynamics import analyse_run
 from bnlab.errors import BnlabError
-from bnlab.sweep import Grid, parse_grid, point_dir, prepare_sweep_dir, read_grid_file, run_sweep, summarise_sweep
+from bnlab.sweep import (
+    Grid,
+    format_summary,
+    parse_grid,
+    point_dir,
+    prepare_sweep_dir,
+    read_grid_file,
+    run_sweep,
+    summarise_sweep,
+)
 from bnlab.train import train
 
 BASE = dict(width=2, dataset="synthetic", synthetic_train=256, synthetic_test=100, batch_size=64, epochs=2,
@@ -74,6 +83,11 @@ def test_sweep_resume_and_summary(tmp_path: Path) -> None:
         clf = rep.layer("classifier.weight").w_norm_final
         assert row["layers"]["classifier.weight"]["w_norm"] == pytest.approx(clf)
     assert [g["lr_wd"] for g in s["groups_lr_wd"]] == pytest.approx([5e-4, 1e-3])
+    # 8 steps each: 8 * 4 lr wd / (1 - mu) = 0.16 and 0.32 relaxation times, far too short: one warning line
+    assert [r["relaxation_times"] for r in s["points"]] == pytest.approx([8 * 4 * lr * 5e-3 / 0.1 for lr in (0.1, 0.2)])
+    text = format_summary(s)
+    warn = [line for line in text.splitlines() if line.startswith("warning:")]
+    assert len(warn) == 1 and "2 point(s) ran fewer than 3 relaxation times" in warn[0] and "0.2..0.3" in warn[0]
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [r["name"] for r in rows] == [p.name for p in pts]
 
@@ -93,3 +107,48 @@ def test_cli_plan_and_errors(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["sweep", "--grid-file", str(tmp_path / "s" / "grid.json"), "--out",
                                   str(tmp_path / "s"), "--point", "7", "--no-summary"])
     assert r.exit_code == 2 and "out of range" in r.output
+
+
+def test_retries_resume_a_crashed_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--retries: a point whose training raises is retried (resumed from its last.pt); without retries it is
+    reported as crashed with the error, and a rerun finishes it."""
+    import bnlab.train as trainer
+
+    torch.set_num_threads(1)
+    real = trainer.train
+    calls = []
+
+    def flaky(config, out, **kw):  # crash once, after the first epoch was committed
+        calls.append(kw.get("resume", False))
+        if len(calls) == 1:
+            real(config, out, **{**kw, "stop_after_epoch": 1})
+            raise RuntimeError("node lost")
+        return real(config, out, **kw)
+
+    monkeypatch.setattr(trainer, "train", flaky)
+    grid = Grid(axes=parse_grid("lr=0.1 wd=5e-3"), base={**BASE, "width": 2}, variant="bn")
+    res = run_sweep(grid, tmp_path / "a", device="cpu", quiet=True, retries=1)
+    assert res.ran == {0: "finished"} and not res.failed and calls == [False, True]
+    metrics = list(csv.DictReader(open(point_dir(tmp_path / "a", grid.points()[0]) / "metrics.csv")))
+    assert [int(r["epoch"]) for r in metrics] == [1, 2]  # resumed, not restarted
+    calls.clear()
+    res = run_sweep(grid, tmp_path / "b", device="cpu", quiet=True, retries=0)
+    assert res.failed == {0: "RuntimeError: node lost"} and not res.ran
+    res = run_sweep(grid, tmp_path / "b", device="cpu", quiet=True, retries=0)
+    assert res.ran == {0: "finished"}
+
+
+def test_parallel_jobs_match_serial_points(tmp_path: Path) -> None:
+    """--jobs 2: two points trained in separate processes (1 thread each) end exactly where the same points
+    trained here with 1 thread end."""
+    from bnlab.sweep import run_point
+
+    grid = Grid(axes=parse_grid("lr=0.1,0.2 wd=5e-3"), base={**BASE, "width": 2, "epochs": 1}, variant="bn")
+    res = run_sweep(grid, tmp_path / "par", device="cpu", quiet=True, jobs=2)
+    assert res.ran == {0: "finished", 1: "finished"} and not res.failed
+    for p in grid.points():
+        assert run_point(grid.config(p).to_dict(), str(tmp_path / "ser" / p.name), "cpu", 1, 0, True) == ("finished",
+                                                                                                         "ran")
+        a = torch.load(point_dir(tmp_path / "par", p) / "final.pt", weights_only=True)["model"]
+        b = torch.load(tmp_path / "ser" / p.name / "final.pt", weights_only=True)["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a), p.name

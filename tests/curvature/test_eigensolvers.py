@@ -1,0 +1,188 @@
+"""top_eigenpairs (thick-restart Lanczos and ARPACK) on matrices whose spectra are known by construction:
+Q diag(lambda) Q^T with a random orthogonal Q. Fast (no network), so every property is checked directly:
+eigenvalues and their order, eigenvectors, residuals and the converged flags, product counts, restarts,
+budgets, warm starts, invariant subspaces, errors."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bnlab.curvature import EigenResult, residual_norms, top_eigenpairs
+from bnlab.errors import BnlabError
+
+
+class SymMV:
+    """Q diag(spectrum) Q^T (dim x dim) with a matvec that counts its products."""
+
+    def __init__(self, spectrum, seed: int = 0) -> None:
+        self.spectrum = np.asarray(spectrum, dtype=np.float64)
+        self.dim = len(self.spectrum)
+        g = np.random.default_rng(seed)
+        q, _ = np.linalg.qr(g.standard_normal((self.dim, self.dim)))
+        self.Q = q
+        self.A = torch.from_numpy((q * self.spectrum) @ q.T)
+        self.products = 0
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.products += 1
+        return self.A @ v
+
+    def unflatten(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"a": v[:2], "b": v[2:].reshape(-1, 1)}
+
+    def vectors(self, idx) -> np.ndarray:
+        return self.Q[:, idx]
+
+
+class Sym(SymMV):
+    """... and a matmat (rows), as HessianOperator has."""
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        self.products += V.shape[0]
+        return V @ self.A
+
+
+def spectrum_mixed(dim: int = 120) -> np.ndarray:
+    """Three large positive, two large negative outliers, a bulk in [-1, 1]."""
+    bulk = np.linspace(-1, 1, dim - 5)
+    return np.concatenate([[30.0, 20.0, 12.0, -25.0, -15.0], bulk])
+
+
+def subspace_cos(U: np.ndarray, V: torch.Tensor) -> np.ndarray:
+    """Cosines of the principal angles between span(U columns) and span(V rows)."""
+    return np.linalg.svd(U.T @ V.numpy().T, compute_uv=False)
+
+
+@pytest.mark.parametrize("method", ["lanczos", "arpack"])
+@pytest.mark.parametrize("which,expect", [("LA", [30.0, 20.0, 12.0]), ("SA", [-25.0, -15.0, -1.0]),
+                                          ("LM", [30.0, -25.0, 20.0])])
+def test_which_order_vectors_and_residuals(method: str, which: str, expect: list[float]) -> None:
+    op = Sym(spectrum_mixed())
+    res = top_eigenpairs(op, 3, which=which, tol=1e-10, method=method, verify=True)
+    assert isinstance(res, EigenResult) and (res.which, res.method, res.tol) == (which, method, 1e-10)
+    np.testing.assert_allclose(res.eigenvalues.numpy(), expect, rtol=1e-9)
+    idx = [int(np.flatnonzero(op.spectrum == e)[0]) for e in expect]
+    assert np.all(subspace_cos(op.vectors(idx), res.eigenvectors) > 1 - 1e-9)
+    V = res.eigenvectors.numpy()
+    np.testing.assert_allclose(V @ V.T, np.eye(3), atol=1e-10)
+    # measured residuals ||A v - lambda v||, recomputed here
+    direct = np.linalg.norm(V @ op.A.numpy() - res.eigenvalues.numpy()[:, None] * V, axis=1)
+    np.testing.assert_allclose(res.residuals.numpy(), direct, rtol=1e-6, atol=1e-13)
+    assert res.converged.tolist() == [True] * 3 and res.verified and res.verify_hvps == 3
+    assert res.hvp_count > 0 and res.wall_time > 0
+    if method == "lanczos":
+        est = np.array(res.info["residuals_estimate"])
+        assert np.all(est <= 1e-10 * np.abs(res.eigenvalues.numpy()))  # the estimate the solver stopped on
+    else:
+        assert "residuals_estimate" in res.info
+
+
+def test_product_count_restarts_and_callback() -> None:
+    op = SymMV(spectrum_mixed(200))
+    seen: list[tuple[int, np.ndarray]] = []
+    res = top_eigenpairs(op, 4, tol=1e-9, ncv=12, callback=lambda h, rel: seen.append((h, rel.copy())))
+    assert res.hvp_count == op.products  # every product the solver made, no verification products
+    assert res.restarts >= 1 and res.restarts == len(seen) - 1 and res.info == {"ncv": 12}
+    hv = [h for h, _ in seen]
+    assert hv == sorted(hv) and hv[-1] == res.hvp_count and hv[0] == 12  # the first call after a full basis
+    assert all(len(rel) == 4 for _, rel in seen) and np.all(seen[-1][1] <= 1e-9)
+    assert not np.all(seen[0][1] <= 1e-9)
+    np.testing.assert_allclose(res.eigenvalues.numpy(), [30, 20, 12, 1], rtol=1e-8)
+    # verification: k more products, one matmat when the operator has one
+    op2 = Sym(spectrum_mixed(200))
+    res2 = top_eigenpairs(op2, 4, tol=1e-9, ncv=12, verify=True)
+    assert op2.products == res2.hvp_count + 4
+
+
+def test_budget_flags_unconverged_pairs() -> None:
+    op = Sym(spectrum_mixed(200))
+    res = top_eigenpairs(op, 3, tol=1e-12, ncv=8, max_hvps=10, verify=True)
+    assert res.hvp_count == 10 and not res.converged.all()
+    rel = (res.residuals / res.eigenvalues.abs()).numpy()
+    assert res.converged.tolist() == (rel <= 1e-12).tolist()
+    # the same in ARPACK (its own verdict; no residuals unless verified)
+    arp = top_eigenpairs(Sym(spectrum_mixed(200)), 3, tol=1e-14, method="arpack", ncv=6, max_hvps=6)
+    assert not arp.converged.any() and torch.isnan(arp.residuals).all() and not arp.verified
+    # default budget: 100 ncv + 10 k products
+    slow = Sym(np.concatenate([[1.0, 1 - 1e-9], np.linspace(0, 0.5, 60)]))
+    capped = top_eigenpairs(slow, 1, tol=1e-15, ncv=3)
+    assert capped.hvp_count <= 100 * 3 + 10
+
+
+def test_small_operator_is_solved_exactly() -> None:
+    # dim <= ncv: the Krylov basis spans everything, all Ritz pairs are exact
+    op = Sym([5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.25, -1.0], seed=3)
+    res = top_eigenpairs(op, 8, which="LA", tol=1e-12)
+    np.testing.assert_allclose(res.eigenvalues.numpy(), sorted(op.spectrum, reverse=True), rtol=1e-12, atol=1e-13)
+    assert res.hvp_count == 8 and res.converged.all() and res.restarts == 0
+    with pytest.raises(BnlabError, match="ARPACK needs k < dim"):
+        top_eigenpairs(op, 8, method="arpack")
+    arp = top_eigenpairs(op, 7, which="SA", tol=1e-12, method="arpack", ncv=3)  # ncv <= k is raised to k + 1
+    np.testing.assert_allclose(arp.eigenvalues.numpy(), sorted(op.spectrum)[:7], rtol=1e-10)
+    assert arp.info["ncv"] == 8
+
+
+def test_start_vectors_invariant_subspaces_and_determinism() -> None:
+    op = Sym(spectrum_mixed(), seed=1)
+    top = op.vectors([0, 1, 2]).T  # exact top eigenvectors
+    # a start in an invariant subspace (an eigenvector) still finds the other pairs: fresh directions are drawn
+    e0 = torch.from_numpy(top[0].copy())
+    res = top_eigenpairs(op, 3, tol=1e-10, v0=e0 * 7.0)
+    np.testing.assert_allclose(res.eigenvalues.numpy(), [30, 20, 12], rtol=1e-9)
+    # a block warm start from the exact vectors: converged after far fewer products than cold
+    cold = top_eigenpairs(Sym(spectrum_mixed(), seed=1), 3, tol=1e-10, ncv=8)
+    warm = top_eigenpairs(Sym(spectrum_mixed(), seed=1), 3, tol=1e-10, ncv=8, v0=torch.from_numpy(top.copy()) * 3.0)
+    np.testing.assert_allclose(warm.eigenvalues.numpy(), [30, 20, 12], rtol=1e-9)
+    assert warm.hvp_count < cold.hvp_count
+    with pytest.raises(BnlabError, match="start vector has shape"):
+        top_eigenpairs(op, 3, v0=torch.ones(op.dim + 1))
+    with pytest.raises(BnlabError, match="start vector has shape"):
+        top_eigenpairs(op, 3, v0=torch.ones(2, op.dim - 1))
+    # fixed seed: identical results; another seed: the same eigenvalues
+    a, b = (top_eigenpairs(Sym(spectrum_mixed()), 3, tol=1e-8, seed=4) for _ in range(2))
+    assert torch.equal(a.eigenvalues, b.eigenvalues) and torch.equal(a.eigenvectors, b.eigenvectors)
+    c = top_eigenpairs(Sym(spectrum_mixed()), 3, tol=1e-8, seed=5)
+    assert not torch.equal(a.eigenvectors, c.eigenvectors)
+    np.testing.assert_allclose(a.eigenvalues.numpy(), c.eigenvalues.numpy(), rtol=1e-7)
+
+
+def test_rank_deficient_operator_and_zero_eigenvalues() -> None:
+    # rank 3 in dimension 50: the Krylov space closes after 3 steps; LA still returns 3 exact pairs
+    spectrum = np.zeros(50)
+    spectrum[:3] = [3.0, 2.0, 1.0]
+    op = Sym(spectrum, seed=2)
+    res = top_eigenpairs(op, 3, tol=1e-10)
+    np.testing.assert_allclose(res.eigenvalues.numpy(), [3, 2, 1], rtol=1e-10)
+    assert res.converged.all()
+
+
+def test_param_shaped_and_residual_norms() -> None:
+    op = Sym(spectrum_mixed(20), seed=4)
+    res = top_eigenpairs(op, 2, tol=1e-10)
+    shaped = res.param_shaped(op)
+    assert len(shaped) == 2 and shaped[0]["a"].shape == (2,) and shaped[0]["b"].shape == (18, 1)
+    torch.testing.assert_close(torch.cat([shaped[1]["a"], shaped[1]["b"].reshape(-1)]), res.eigenvectors[1])
+    lam = torch.tensor([30.0, 1.0], dtype=torch.float64)
+    V = torch.from_numpy(op.vectors([0, 1]).T.copy())
+    r = residual_norms(op, lam, V).numpy()
+    # v0 is an exact eigenvector of 30; v1 (eigenvalue 20) misassigned 1: residual |20 - 1|
+    np.testing.assert_allclose(r, [0.0, 19.0], atol=1e-10)
+    before = op.products
+    residual_norms(op, lam, V)
+    assert op.products == before + 2
+    nomm = SymMV(spectrum_mixed(20), seed=4)
+    np.testing.assert_allclose(residual_norms(nomm, lam, V).numpy(), [0.0, 19.0], atol=1e-10)
+
+
+def test_argument_errors() -> None:
+    op = Sym(spectrum_mixed(20))
+    for kw, msg in ((dict(which="XX"), "unknown --which"), (dict(method="power"), "unknown eigensolver"),
+                    (dict(k=0), "at least 1"), (dict(k=21), "larger than"), (dict(tol=0.0), "--tol must be positive"),
+                    (dict(tol=-1e-3), "--tol must be positive")):
+        args = {"k": 2, **kw}
+        with pytest.raises(BnlabError, match=msg):
+            top_eigenpairs(op, args.pop("k"), **args)
+    assert math.isclose(top_eigenpairs(op, 20, tol=1e-9).eigenvalues[0].item(), 30.0, rel_tol=1e-9)

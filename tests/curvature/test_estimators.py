@@ -1,0 +1,169 @@
+"""Trace (Hutchinson, Hutch++) and spectral density (SLQ) where the answer is exact by construction.
+
+- A diagonal matrix: every Rademacher probe z has z_i^2 = 1, so z^T D z = tr(D) exactly, and an SLQ probe
+  v = z / sqrt(dim) has v_i^2 = 1/dim: with dim Lanczos steps its quadrature reproduces the spectral
+  measure (1/dim) sum_i delta(t - d_i) exactly, so every moment and the smoothed density are exact.
+- A matrix of rank r with >= 3r products: Hutch++'s sketch spans its range, so its trace is exact.
+- In general: estimates within 4 stated standard errors, and the error bars are the sample statistics.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bnlab.curvature import hutchinson_trace, hutchpp_trace, slq_density
+from bnlab.curvature._probe import rademacher
+from bnlab.errors import BnlabError
+
+
+class Dense:
+    def __init__(self, A: np.ndarray, matmat: bool = True) -> None:
+        self.A = torch.from_numpy(np.asarray(A, dtype=np.float64))
+        self.dim = self.A.shape[0]
+        self.products = 0
+        self._mm = matmat
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.products += 1
+        return self.A @ v
+
+    def __getattr__(self, name: str):  # matmat only when asked for (exercises both code paths)
+        if name == "matmat" and self.__dict__.get("_mm"):
+            def matmat(V: torch.Tensor) -> torch.Tensor:
+                self.products += V.shape[0]
+                return V @ self.A
+            return matmat
+        raise AttributeError(name)
+
+
+def rotated(spectrum: np.ndarray, seed: int = 0) -> np.ndarray:
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((len(spectrum), len(spectrum))))
+    return (q * spectrum) @ q.T
+
+
+DIAG = np.array([4.0, -1.0, 2.5, 0.5, 3.0, -2.0, 1.0, 0.0, 6.0, -0.5, 1.5, 2.0])
+
+
+def test_rademacher_probes() -> None:
+    Z = rademacher(50, 40, seed=3, device=torch.device("cpu"))
+    assert Z.shape == (50, 40) and Z.dtype == torch.float64
+    assert set(Z.unique().tolist()) == {-1.0, 1.0} and abs(Z.mean().item()) < 0.1
+    assert torch.equal(Z, rademacher(50, 40, seed=3, device=torch.device("cpu")))
+    assert not torch.equal(Z, rademacher(50, 40, seed=4, device=torch.device("cpu")))
+
+
+@pytest.mark.parametrize("matmat", [True, False])
+def test_hutchinson_exact_on_a_diagonal_and_its_error_bar(matmat: bool) -> None:
+    op = Dense(np.diag(DIAG), matmat=matmat)
+    res = hutchinson_trace(op, num_probes=7, seed=1)
+    assert res.estimate == pytest.approx(DIAG.sum(), abs=1e-12) and res.stderr == pytest.approx(0, abs=1e-12)
+    assert res.num_matvecs == 7 == op.products and res.method == "hutchinson" and len(res.samples) == 7
+    # a general matrix: the samples' mean and standard error, and the truth within 4 of them
+    A = rotated(np.linspace(-3, 5, 40), seed=2)
+    res = hutchinson_trace(Dense(A, matmat=matmat), num_probes=60, seed=2)
+    s = np.array(res.samples)
+    assert res.estimate == pytest.approx(s.mean(), rel=1e-12)
+    assert res.stderr == pytest.approx(s.std(ddof=1) / math.sqrt(60), rel=1e-12) and res.stderr > 0
+    assert abs(res.estimate - np.trace(A)) <= 4 * res.stderr
+    # each sample is z^T A z for a +-1 vector z: |sample - tr A| <= sum of |off-diagonal| entries
+    assert np.all(np.abs(s - np.trace(A)) <= np.abs(A - np.diag(np.diag(A))).sum() + 1e-9)
+    one = hutchinson_trace(Dense(A), num_probes=1)
+    assert one.stderr == math.inf and one.to_dict() == {"estimate": one.estimate, "stderr": math.inf,
+                                                        "method": "hutchinson", "num_matvecs": 1,
+                                                        "wall_time": one.wall_time}
+    with pytest.raises(BnlabError, match="at least one probe"):
+        hutchinson_trace(Dense(A), num_probes=0)
+
+
+def test_hutchpp_exact_for_low_rank_and_within_error_otherwise() -> None:
+    spectrum = np.zeros(60)
+    spectrum[:4] = [9.0, -5.0, 3.0, 1.0]
+    op = Dense(rotated(spectrum, seed=4))
+    res = hutchpp_trace(op, num_matvecs=15, seed=2)  # sketch of 5 >= rank 4: the range is captured
+    assert res.estimate == pytest.approx(8.0, abs=1e-9) and max(abs(x) for x in res.samples) < 1e-9
+    assert res.num_matvecs == 15 == op.products and res.method == "hutch++" and len(res.samples) == 5
+    A = rotated(np.concatenate([[50.0, 30.0], np.linspace(-1, 1, 48)]), seed=5)
+    op = Dense(A, matmat=False)
+    res = hutchpp_trace(op, num_matvecs=32, seed=3)  # s = 10 sketch, 12 Hutchinson probes
+    assert res.num_matvecs == 32 == op.products and len(res.samples) == 12
+    s = np.array(res.samples)
+    assert res.stderr == pytest.approx(s.std(ddof=1) / math.sqrt(12), rel=1e-12)
+    assert abs(res.estimate - np.trace(A)) <= 4 * res.stderr + 1e-9
+    # the low-rank part takes the outliers: the residual samples are far smaller than plain Hutchinson's
+    plain = hutchinson_trace(Dense(A), num_probes=32, seed=3)
+    assert res.stderr < 0.5 * plain.stderr
+    tiny = hutchpp_trace(Dense(np.diag([1.0, 2.0])), num_matvecs=9)  # sketch capped at the dimension
+    assert tiny.estimate == pytest.approx(3.0) and tiny.num_matvecs == 2 * 2 + 5
+    with pytest.raises(BnlabError, match="at least 3 matvecs"):
+        hutchpp_trace(Dense(A), num_matvecs=2)
+
+
+def test_slq_exact_on_a_diagonal() -> None:
+    dim = len(DIAG)
+    op = Dense(np.diag(DIAG))
+    d = slq_density(op, num_probes=3, lanczos_steps=50, seed=0)  # steps capped at dim: exact quadrature
+    assert d.nodes.shape == (3, dim) and d.weights.shape == (3, dim) and d.dim == dim
+    assert d.num_matvecs == 3 * dim == op.products
+    for nodes, w in zip(d.nodes, d.weights):
+        np.testing.assert_allclose(np.sort(nodes), np.sort(DIAG), atol=1e-10)
+        np.testing.assert_allclose(w, 1 / dim, atol=1e-10)
+    for p in (1, 2, 3, 5):
+        m, se = d.moment(p)
+        assert m == pytest.approx(np.mean(DIAG ** p), rel=1e-9, abs=1e-12) and se == pytest.approx(0, abs=1e-9)
+    tr, tr_se = d.trace()
+    assert tr == pytest.approx(DIAG.sum(), rel=1e-9) and tr_se == pytest.approx(0, abs=1e-8)
+    grid = np.linspace(-4, 8, 101)
+    sigma = 0.3
+    dens, se = d.density(grid, sigma)
+    truth = np.exp(-0.5 * ((grid[:, None] - DIAG[None]) / sigma) ** 2).sum(1) / (dim * sigma * math.sqrt(2 * math.pi))
+    np.testing.assert_allclose(dens, truth, atol=1e-9)
+    np.testing.assert_allclose(se, 0, atol=1e-9)
+    g, s = d.default_grid(points=50)
+    assert s == pytest.approx((DIAG.max() - DIAG.min()) / 200)
+    assert len(g) == 50 and g[0] == pytest.approx(DIAG.min() - 5 * s) and g[-1] == pytest.approx(DIAG.max() + 5 * s)
+    rec = d.to_dict(points=50)
+    assert rec["sigma"] == s and rec["grid"] == pytest.approx(g.tolist()) and rec["trace"] == pytest.approx(tr)
+    assert (rec["num_probes"], rec["lanczos_steps"], rec["num_matvecs"]) == (3, dim, 3 * dim)
+    assert rec["density"] == pytest.approx(d.density(g, s)[0].tolist())
+    assert sum(np.array(rec["weights"])[0]) == pytest.approx(1.0)
+
+
+def test_slq_repeated_eigenvalues_stop_early_and_stay_exact() -> None:
+    # 3 distinct eigenvalues in dimension 30: every Krylov space closes after 3 steps
+    spec = np.repeat([-1.0, 2.0, 5.0], 10)
+    op = Dense(rotated(spec, seed=6))
+    d = slq_density(op, num_probes=4, lanczos_steps=8, seed=1)
+    assert d.num_matvecs == 4 * 8  # products of every step, stopped runs included in the block
+    # each probe's measure has 3 atoms, so its 3-node quadrature is exact: sum w t^p = v^T A^p v for any p
+    V = (rademacher(4, 30, seed=1, device=torch.device("cpu")) / math.sqrt(30)).numpy()
+    for p in (1, 2, 4, 7):
+        Ap = np.linalg.matrix_power(op.A.numpy(), p)
+        np.testing.assert_allclose((d.weights * d.nodes ** p).sum(1), np.einsum("pi,ij,pj->p", V, Ap, V), rtol=1e-8)
+    np.testing.assert_allclose(d.weights.sum(1), 1.0, atol=1e-10)
+    big = d.weights > 1e-8
+    assert np.all(np.min(np.abs(d.nodes[big][:, None] - np.array([-1.0, 2.0, 5.0])[None]), axis=1) < 1e-8)
+
+
+def test_slq_general_matrix_and_grouping() -> None:
+    spec = np.concatenate([[8.0], np.linspace(-1, 1, 59)])
+    A = rotated(spec, seed=7)
+    d = slq_density(Dense(A), num_probes=12, lanczos_steps=20, seed=2)
+    tr, tr_se = d.trace()
+    assert abs(tr - spec.sum()) <= 4 * tr_se and tr_se > 0
+    m2, se2 = d.moment(2)
+    assert abs(m2 - np.mean(spec ** 2)) <= 4 * se2
+    assert d.nodes.min() >= spec.min() - 1e-9 and d.nodes.max() <= spec.max() + 1e-9
+    # probes run in groups that fit `memory_mb`: a group of one gives the same numbers
+    one = slq_density(Dense(A), num_probes=12, lanczos_steps=20, seed=2, memory_mb=1e-6)
+    np.testing.assert_allclose(one.nodes, d.nodes, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(one.weights, d.weights, rtol=1e-9, atol=1e-12)
+    single = slq_density(Dense(A), num_probes=1, lanczos_steps=5)
+    dens, se = single.density(np.array([0.0, 1.0]), 0.5)
+    assert np.all(np.isinf(se)) and single.moment(1)[1] == math.inf
+    with pytest.raises(BnlabError, match="at least one probe"):
+        slq_density(Dense(A), num_probes=0)
+    with pytest.raises(BnlabError, match="at least one probe"):
+        slq_density(Dense(A), lanczos_steps=0)

@@ -1,0 +1,297 @@
+"""HessianOperator against a float64 truth written here without bnlab: a small BN network whose loss
+is spelled out by hand (linear -> batch norm -> softplus -> linear -> cross-entropy) and
+differentiated twice by torch.autograd.functional.
+
+The evaluation set has batches of 6 and 2, the normal case whenever --num-samples is not a multiple
+of --batch-size: each batch's mean loss must count with weight n_b / N (an equal 1/2 per batch is
+a different, wrong Hessian; the tests check that it differs).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, jacfwd
+
+from bnlab.curvature import HessianOperator
+from bnlab.curvature.operator import available_memory
+from bnlab.errors import BnlabError
+from bnlab.models import ModelSpec, build_model
+
+SIZES = (6, 2)
+EPS = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny nets; see test_outstats.one_thread (oversubscribed threads spin)
+    yield
+    torch.set_num_threads(threads)
+
+
+def mlp(seed: int = 0) -> nn.Sequential:
+    """5 -> 4 (BatchNorm1d, learnable affine, non-trivial running stats) -> softplus -> 3 classes."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4, eps=EPS), nn.Softplus(), nn.Linear(4, 3)).double()
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 1.5)
+        net[1].bias.uniform_(-0.3, 0.3)
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def data(sizes: tuple[int, ...] = SIZES, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    n = sum(sizes)
+    x = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,), generator=g)
+    edges = np.cumsum((0, *sizes))
+    return [(x[a:b].clone(), y[a:b].clone()) for a, b in zip(edges[:-1], edges[1:])]  # own storage each
+
+
+def hand_loss(theta: torch.Tensor, net: nn.Sequential, batches, mode: str, weights: list[float]) -> torch.Tensor:
+    """Σ_b weights[b] · (mean cross-entropy of batch b) for the flat parameters theta, by hand."""
+    shapes = [p.shape for p in net.parameters()]
+    w1, b1, gamma, beta, w2, b2 = (c.reshape(s) for c, s in
+                                   zip(torch.split(theta, [math.prod(s) for s in shapes]), shapes))
+    total = theta.new_zeros(())
+    for (x, y), wt in zip(batches, weights):
+        h = x @ w1.T + b1
+        if mode == "batch":
+            mu, var = h.mean(0), ((h - h.mean(0)) ** 2).mean(0)  # biased variance, as BN normalises
+        else:
+            mu, var = net[1].running_mean, net[1].running_var
+        a = torch.log1p(torch.exp((h - mu) / torch.sqrt(var + EPS) * gamma + beta))
+        z = a @ w2.T + b2
+        ce = torch.logsumexp(z, 1) - z.gather(1, y[:, None])[:, 0]
+        total = total + wt * ce.mean()
+    return total
+
+
+@functools.cache
+def truth(mode: str, equal: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(Hessian, gradient, loss) of the size-weighted mean loss (or, `equal`, the wrong 1/B weighting)."""
+    net, batches = mlp(), data()
+    n = sum(SIZES)
+    weights = [1 / len(SIZES)] * len(SIZES) if equal else [s / n for s in SIZES]
+    theta = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    f = functools.partial(hand_loss, net=net, batches=batches, mode=mode, weights=weights)
+    H = torch.autograd.functional.hessian(f, theta)
+    g = torch.func.grad(f)(theta)
+    return H, g, float(f(theta))
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12 * float(b.abs().max()))
+
+
+def test_the_hand_written_loss_is_the_model_and_weighting_matters() -> None:
+    # The truth's forward equals the network's own (so the truth is about this model) ...
+    net, batches = mlp(), data()
+    theta = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    net.train()
+    with torch.no_grad():
+        own = sum(F.cross_entropy(net(x), y) * len(y) / 8 for x, y in batches)
+    net.eval()
+    assert own.item() == pytest.approx(float(hand_loss(theta, net, batches, "batch", [6 / 8, 2 / 8])), rel=1e-12)
+    # ... and batches of 6 and 2 make the weighting matter: 1/B per batch is far off.
+    for mode in ("batch", "running"):
+        H, _, _ = truth(mode)
+        wrong, _, _ = truth(mode, equal=True)
+        assert (wrong - H).norm() > 0.05 * H.norm()
+
+
+@pytest.mark.parametrize("mode", ["batch", "running"])
+@pytest.mark.parametrize("method,cache", [("double_backward", False), ("double_backward", True),
+                                          ("double_backward", "auto"), ("func", False)])
+def test_unequal_batches_weighted_by_size(mode: str, method: str, cache: bool | str) -> None:
+    H, g, loss = truth(mode)
+    net, batches = mlp(), data()
+    op = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode=mode, method=method, cache_graphs=cache)
+    V = torch.randn(3, op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for _ in range(2):  # the second call reuses cached graphs when there are any
+        close(op.matmat(V), V @ H)
+    close(op.matvec(V[0]), H @ V[0])
+    close(op.gradient(), g)
+    assert op.loss() == pytest.approx(loss, rel=1e-12)
+    assert op.sizes == list(SIZES) and op.num_samples == 8 and op.hvp_count == 7 and op.passes == 3
+
+
+def test_streamed_batches_and_running_mode_one_batch() -> None:
+    # Running statistics do not depend on how the set is split: 6 + 2 equals one batch of 8.
+    H, _, _ = truth("running")
+    net, batches = mlp(), data()
+    whole = [(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))]
+    v = torch.randn(op_dim := sum(p.numel() for p in net.parameters()), dtype=torch.float64)
+    one = HessianOperator(net, whole, loss_fn=F.cross_entropy, bn_mode="running")
+    streamed = HessianOperator(net, lambda: iter(batches), loss_fn=F.cross_entropy, bn_mode="running")
+    assert one.dim == streamed.dim == op_dim
+    close(one.matvec(v), H @ v)
+    close(streamed.matvec(v), H @ v)
+
+
+def test_batch_sum_units_weight_decay_and_subset() -> None:
+    H, g, loss = truth("batch")
+    net, batches = mlp(), data()
+    names = [n for n, _ in net.named_parameters()]
+    sizes = [p.numel() for p in net.parameters()]
+    decayed = torch.cat([torch.full((s,), float(n.endswith("weight"))) for n, s in zip(names, sizes)]).double()
+    theta = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    wd = 0.03
+    v = torch.randn(len(theta), dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    # batch-sum: the loss summed over a batch of `batch_size` = batch_size x the mean loss
+    for bs, expect_bs in ((None, 6), (4, 4)):
+        op = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", loss_scale="batch-sum",
+                             batch_size=bs, weight_decay=wd, decayed=lambda n: n.endswith("weight"))
+        assert op.batch_size == expect_bs and op.scale == expect_bs
+        close(op.matvec(v), expect_bs * (H @ v + wd * decayed * v))
+        close(op.gradient(), expect_bs * (g + wd * decayed * theta))
+        assert op.loss() == pytest.approx(expect_bs * (loss + 0.5 * wd * float((decayed * theta ** 2).sum())),
+                                          rel=1e-12)
+        d = op.describe()
+        assert (d["num_samples"], d["num_batches"], d["batch_size"], d["scale_factor"]) == (8, 2, expect_bs, expect_bs)
+        assert (d["loss_scale"], d["weight_decay_term"], d["bn_mode"], d["dtype"]) == ("batch-sum", wd, "batch",
+                                                                                       "float64")
+        assert d["dim"] == len(theta) and d["num_param_tensors"] == 6 and d["hvp_method"] == "double_backward"
+    # mean units with every parameter decayed (the default, as trained)
+    op = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", weight_decay=wd)
+    assert op.batch_size == 6 and op.scale == 1.0
+    close(op.matvec(v), H @ v + wd * v)
+    # a subset: the block of the full Hessian (other parameters held fixed)
+    idx = np.concatenate([np.arange(a, a + s) for a, s, n in zip(np.cumsum([0] + sizes[:-1]), sizes, names)
+                          if n.startswith("1.") or n == "3.weight"])
+    U = torch.randn(2, len(idx), dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    for method in ("double_backward", "func"):
+        sub = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", params=["1.*", "3.weight"],
+                              method=method)
+        assert sub.param_names == ["1.weight", "1.bias", "3.weight"] and sub.dim == len(idx)
+        # plain tensors out (the func route once returned results attached to the unselected parameters)
+        hv, HU = sub.matvec(U[0]), sub.matmat(U)
+        assert not hv.requires_grad and not HU.requires_grad
+        close(hv, H[idx][:, idx] @ U[0])
+        close(HU, U @ H[idx][:, idx])
+    u = U[0]
+    parts = sub.unflatten(u)
+    assert [tuple(t.shape) for t in parts.values()] == [(4,), (4,), (3, 4)]
+    close(sub.flat_params(), theta[idx])
+
+
+def test_blocks_counts_scipy_view_and_flags() -> None:
+    H, _, _ = truth("batch")
+    net, batches = mlp(), data()
+    for p in net.parameters():
+        p.requires_grad_(False)  # a loaded model may have them off: products still work, flags come back
+    op = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", block_size=2, cache_graphs=False)
+    V = torch.randn(5, op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    close(op.matmat(V), V @ H)
+    assert op.hvp_count == 5 and op.passes == 3  # ceil(5 / 2) passes over the data
+    assert not any(p.requires_grad for p in net.parameters())
+    lo = op.as_linear_operator()
+    X = V[:2].T.numpy().copy()
+    np.testing.assert_allclose(lo @ X[:, 0], (H @ V[0]).numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(lo.matmat(X), (H @ V[:2].T).numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(lo.rmatvec(X[:, 1]), (H @ V[1]).numpy(), rtol=1e-10, atol=1e-12)
+    assert lo.shape == (op.dim, op.dim) and lo.dtype == np.float64 and op.hvp_count == 5 + 1 + 2 + 1
+    with pytest.raises(BnlabError, match="expected vectors of shape"):
+        op.matmat(torch.ones(2, op.dim + 1, dtype=torch.float64))
+    with pytest.raises(BnlabError, match="expected vectors of shape"):
+        op.matmat(torch.ones(op.dim, dtype=torch.float64))
+
+
+def test_float32_model_gives_float64_products_of_the_float32_hessian() -> None:
+    H, _, _ = truth("batch")
+    net, batches = mlp(), data()
+    net32 = net.float()
+    op = HessianOperator(net32, [(x.float(), y) for x, y in batches], loss_fn=F.cross_entropy, bn_mode="batch")
+    assert op.dtype == torch.float32 and op.describe()["dtype"] == "float32"
+    v = torch.randn(op.dim, dtype=torch.float64)
+    hv = op.matvec(v)
+    assert hv.dtype == torch.float64
+    torch.testing.assert_close(hv, H @ v, rtol=1e-3, atol=1e-4 * float((H @ v).abs().max()))
+
+
+def test_graph_cache_decision_boundary() -> None:
+    net, batches = mlp(), data()
+    probe = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", cache_budget=0)
+    probe.matvec(torch.ones(probe.dim, dtype=torch.float64))
+    est = probe.cache_info["estimated_bytes"]
+    assert probe.cache_info["cached"] is False and probe.cache_info["budget_bytes"] == 0 and est > 0
+    # (the record truncates the estimate to whole bytes) a budget just above it fits, just below does not
+    fits = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", cache_budget=est + 1)
+    fits.matvec(torch.ones(fits.dim, dtype=torch.float64))
+    assert fits.cache_info == {"mode": "auto", "cached": True, "estimated_bytes": est, "budget_bytes": est + 1}
+    assert fits.cache_graphs is True and len(fits._cache) == 2
+    tight = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", cache_budget=est - 1)
+    tight.matvec(torch.ones(tight.dim, dtype=torch.float64))
+    assert tight.cache_info["cached"] is False and tight._cache is None
+    # the estimate scales with the set: per example of the first batch times N
+    big = HessianOperator(net, data((6, 6)), loss_fn=F.cross_entropy, bn_mode="batch", cache_budget=0)
+    big.matvec(torch.ones(big.dim, dtype=torch.float64))
+    assert big.cache_info["estimated_bytes"] == pytest.approx(est * 12 / 8, abs=2)
+    assert HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch",
+                           cache_graphs=True).describe()["graph_cache"] == {"mode": "on"}
+    assert HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch",
+                           cache_graphs=False).describe()["graph_cache"] == {"mode": "off"}
+    func = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", method="func")
+    assert func.cache_graphs is False and func.describe()["hvp_method"] == "func"
+
+
+def test_available_memory_reads_meminfo() -> None:
+    with open("/proc/meminfo") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+    got = available_memory(torch.device("cpu"))
+    assert got is not None and abs(got - kib * 1024) < 0.2 * kib * 1024  # it moves a little between reads
+
+
+def test_bad_arguments() -> None:
+    net, batches = mlp(), data()
+    kw = dict(loss_fn=F.cross_entropy, bn_mode="batch")
+    with pytest.raises(BnlabError, match="unknown HVP method"):
+        HessianOperator(net, batches, method="reverse", **kw)
+    with pytest.raises(BnlabError, match="unknown loss scale"):
+        HessianOperator(net, batches, loss_scale="sum", **kw)
+    with pytest.raises(BnlabError, match="cache_graphs must be"):
+        HessianOperator(net, batches, cache_graphs="yes", **kw)
+    with pytest.raises(BnlabError, match="needs method double_backward"):
+        HessianOperator(net, batches, cache_graphs=True, method="func", **kw)
+    with pytest.raises(BnlabError, match="empty"):
+        HessianOperator(net, [], **kw)
+
+
+def test_real_network_with_batches_of_6_and_2() -> None:
+    """The simple BN net of the batch-norm post, BN in batch mode, the same 6 + 2 split: against a
+    torch.func Hessian of Σ_i loss_i / N written here (per-example losses summed within each batch)."""
+    torch.manual_seed(0)
+    net = build_model(ModelSpec(model="simple", width=1, norm="bn_fixed_affine", act="softplus")).double()
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(8, 3, 8, 8, generator=g, dtype=torch.float64)
+    y = torch.arange(8) % 10
+    batches = [(x[:6], y[:6]), (x[6:], y[6:])]
+    names = [n for n, _ in net.named_parameters()]
+    shapes = [p.shape for p in net.parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+
+    def total(flat: torch.Tensor) -> torch.Tensor:
+        params = dict(zip(names, (c.reshape(s) for c, s in zip(torch.split(flat, [math.prod(s) for s in shapes]),
+                                                                 shapes))))
+        return sum(F.cross_entropy(functional_call(net, params, (xb,)), yb, reduction="sum") for xb, yb in batches) / 8
+
+    net.train()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.track_running_stats = False  # batch statistics, buffers untouched (torch.func needs that)
+    H = jacfwd(grad(total))(theta)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.track_running_stats = True
+    net.eval()
+    op = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch")
+    V = torch.randn(2, op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(op.matmat(V), V @ H, rtol=1e-9, atol=1e-11 * float(H.abs().max()))

@@ -1,0 +1,483 @@
+"""bnlab.dynamics.analysis on hand-made logs whose answers are known in closed form.
+
+The logs follow the weight-decay theory exactly: ||w||^4 = v_t obeys the first-order recursion
+v_t = v_{t-1} (1 - 4 lr wd A) + 2 lr^2 A^2 L with A = 1 / (1 - mu) (for a constant lr:
+v_t = v_eq + (v_0 - v_eq) r^t), the gradient has ||g|| ||w|| = sqrt(L), and the angle per step is
+lr sqrt(S2 L / ||w||^4) with S2 the momentum filter's noise gain (Nesterov (1+mu)^2 + mu^4/(1-mu^2),
+heavy ball 1/(1-mu^2)). Every number the analysis reports is then derived here by hand from those
+formulas, never by calling bnlab.theory: the lagged predictions must match the log (ratios 1), the
+equilibrium ones are written out, and the step counts come from explicit loops.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bnlab.config import make_config
+from bnlab.dynamics import analyse_run
+
+LR, WD, MU = 0.1, 5e-3, 0.9
+L = 4e-4  # ||g||^2 ||w||^2
+INV, CLF = "a.conv.weight", "classifier.weight"
+STEPS_PER_EPOCH = 50
+
+
+def s2(mu: float, nesterov: bool) -> float:
+    return (1 + mu) ** 2 + mu ** 4 / (1 - mu ** 2) if nesterov else 1 / (1 - mu ** 2)
+
+
+def norm4_path(lrs: np.ndarray, v0: float, mu: float = MU, wd: float = WD) -> np.ndarray:
+    """v after each step (index t = after step t+1), by the recursion written as a plain loop."""
+    a = 1 / (1 - mu)
+    out, v = [], v0
+    for lr in lrs:
+        v = v * (1 - 4 * lr * wd * a) + 2 * lr ** 2 * a ** 2 * L
+        out.append(v)
+    return np.array(out)
+
+
+def write_run(path: Path, lrs: np.ndarray, *, v0: float = 1.0, nesterov: bool = True, log_every: int = 1,
+              schedule: str = "const", mu: float = MU, angle_scale: float = 1.0, wd: float = WD,
+              status: str = "finished", path_lrs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """A run directory whose log follows the theory; returns the per-step truth (steps 1..len(lrs)).
+
+    The norms follow the recursion at `wd` (WD when wd is 0) under `path_lrs` (default: the logged lrs).
+    """
+    path.mkdir(parents=True)
+    cfg = make_config("bn", lr=float(lrs.max()), weight_decay=wd, momentum=mu, nesterov=nesterov,
+                      lr_schedule=schedule, log_every=log_every, dataset="synthetic", width=2)
+    (path / "config.json").write_text(cfg.to_json())
+    (path / "status.json").write_text(json.dumps({"status": status}))
+    steps = np.arange(1, len(lrs) + 1)
+    v_after = norm4_path(lrs if path_lrs is None else path_lrs, v0, mu, wd or WD)
+    v_before = np.concatenate([[v0], v_after[:-1]])
+    w_before, w_after = v_before ** 0.25, v_after ** 0.25
+    g = math.sqrt(L) / w_before
+    angle = angle_scale * (lrs if path_lrs is None else path_lrs) * np.sqrt(s2(mu, nesterov) * L / v_before)
+    rel = angle.copy()  # a norm-preserving turn's chord ~ the angle; only its ratio to dw matters here
+    dw = rel * w_before
+    cos = 1e-8 * np.where(steps % 2 == 0, 1.0, -1.0)
+    # a classifier that is not scale-invariant: |cos| far above rounding, same step sizes
+    rows = []
+    for i, s in enumerate(steps):
+        if s % log_every:
+            continue
+        common = [s, f"{s / STEPS_PER_EPOCH:.6g}", f"{lrs[i]:.10g}", 2.0, 0.5]
+        rows.append(common + [INV, 100] + [f"{x:.12g}" for x in (w_after[i], g[i], dw[i], rel[i], cos[i], angle[i])])
+        rows.append(common + [CLF, 20] + [f"{x:.12g}" for x in (1.0, 0.1, 0.01, 0.01, -0.05, 0.01)])
+    head = "step,epoch,lr,loss,acc,param,numel,w_norm,g_norm,dw_norm,rel_step,cos_wg,angle\n"
+    (path / "dynamics.csv").write_text(head + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    return {"step": steps, "lr": lrs, "v_after": v_after, "v_before": v_before, "angle": angle, "rel": rel}
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x))))
+
+
+def window(x: np.ndarray, frac: float = 0.25) -> np.ndarray:
+    n = len(x)
+    return x[n - math.ceil(frac * n):]
+
+
+def first_staying(steps: np.ndarray, ok: list[bool]) -> int | None:
+    """First step from which ok holds to the end, by a plain backwards loop."""
+    if not ok[-1]:
+        return None
+    i = len(ok) - 1
+    while i > 0 and ok[i - 1]:
+        i -= 1
+    return int(steps[i])
+
+
+def trailing_rms(x: np.ndarray, k: int) -> np.ndarray:
+    return np.array([rms(x[max(0, i + 1 - k):i + 1]) for i in range(len(x))])
+
+
+def angle_eq(lr: float, mu: float = MU, nesterov: bool = True) -> float:
+    # the weight-decay post's form: sqrt(2 lr wd / (1 + mu)), times k_N for Nesterov
+    k_n = math.sqrt((1 + mu) ** 3 * (1 - mu) + mu ** 4) if nesterov else 1.0
+    return math.sqrt(2 * lr * WD / (1 + mu)) * k_n
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_constant_lr_every_reported_number(tmp_path: Path, nesterov: bool) -> None:
+    lrs = np.full(400, LR)
+    t = write_run(tmp_path / "run", lrs, nesterov=nesterov)
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1)
+    r = rep.layer(INV)
+    assert r.scale_invariant and r.invariance == "exact" and r.logged_steps == 400 and r.last_step == 400
+    assert r.w_norm_init == pytest.approx(1.0) and r.w_norm_final == pytest.approx(t["v_after"][-1] ** 0.25)
+    assert r.lr_final == LR and r.numel == 100
+    assert r.angle == pytest.approx(rms(window(t["angle"])), rel=1e-9)
+    assert r.rel_step == pytest.approx(rms(window(t["rel"])), rel=1e-9)
+    assert r.grad_scale == pytest.approx(L, rel=1e-9)
+    # equilibrium predictions at the constant lr
+    assert r.angle_pred == pytest.approx(angle_eq(LR, nesterov=nesterov), rel=1e-12)
+    assert r.ratio == pytest.approx(r.angle / r.angle_pred, rel=1e-12)
+    assert r.rel_step_pred == pytest.approx(2 * math.sin(angle_eq(LR, nesterov=nesterov) / 2), rel=1e-12)
+    assert r.rel_step_ratio == pytest.approx(r.rel_step / r.rel_step_pred, rel=1e-12)
+    v_eq = LR * L / (2 * WD * (1 - MU))
+    assert r.norm_pred == pytest.approx(v_eq ** 0.25, rel=1e-9)
+    assert r.relaxation_steps == pytest.approx((1 - MU) / (4 * LR * WD)) == pytest.approx(50)
+    # the lagged predictions reproduce a log that follows the recursion: ratios 1
+    assert r.norm_lagged_pred == pytest.approx((v_eq + (1 - v_eq) * (1 - 0.02) ** 400) ** 0.25, rel=1e-8)
+    assert r.norm_ratio == pytest.approx(1.0, abs=1e-8)
+    assert r.angle_lagged_pred == pytest.approx(r.angle, rel=1e-8) and r.ratio_lagged == pytest.approx(1, abs=1e-8)
+    # step counts: the angle relative to the equilibrium, and to its own end value, within 15%
+    ratio = t["angle"] / angle_eq(LR, nesterov=nesterov)
+    assert r.steps_to_equilibrium == first_staying(t["step"], [abs(q - 1) <= 0.15 for q in ratio])
+    end = t["angle"][-1]
+    assert r.steps_to_settle == first_staying(t["step"], [abs(a / end - 1) <= 0.15 for a in t["angle"]])
+    # by hand: angle/eq = (v_eq / v_{s-1})^(1/2) is within 15% once v_{s-1} <= v_eq / 0.85^2
+    s_eq = 1 + math.ceil(math.log((v_eq / 0.85 ** 2 - v_eq) / (1 - v_eq)) / math.log(0.98))
+    assert r.steps_to_equilibrium == s_eq
+    assert r.pythagoras_residual is None  # only defined for plain SGD without weight decay
+    c = rep.layer(CLF)
+    assert not c.scale_invariant and c.invariance == "no" and c.median_abs_cos == pytest.approx(0.05)
+    assert None is c.angle_pred is c.ratio is c.angle_lagged_pred is c.norm_lagged_pred is c.norm_ratio
+    assert c.steps_to_equilibrium is None and c.steps_to_settle == 1 and c.relaxation_steps == pytest.approx(50)
+    # aggregate over the invariant layers
+    a = rep.aggregate
+    assert a["scale_invariant"] == [INV] and a["not_scale_invariant"] == [CLF]
+    assert a["ratio_mean"] == a["ratio_min"] == a["ratio_max"] == pytest.approx(r.ratio)
+    assert a["angle_pred"] == r.angle_pred and a["angle_mean"] == pytest.approx(r.angle)
+    assert a["norm_spread"] == pytest.approx(1.0) and a["angle_cv"] == pytest.approx(0.0)
+    th = rep.theory
+    assert th["noise_gain_S2"] == pytest.approx(s2(MU, nesterov))
+    assert th["nesterov_factor"] == pytest.approx(math.sqrt(1.9 ** 3 * 0.1 + 0.9 ** 4) if nesterov else 1.0)
+    assert th["angle_eq_final_lr"] == pytest.approx(r.angle_pred) and th["lr_final"] == LR
+    assert th["relaxation_steps_final_lr"] == pytest.approx(50) and th["smooth_logged_steps"] == 1
+
+
+def test_smoothing_window_and_default(tmp_path: Path) -> None:
+    lrs = np.full(400, LR)
+    t = write_run(tmp_path / "run", lrs)
+    ratio = trailing_rms(t["angle"], 7) / angle_eq(LR)
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=7)
+    r = rep.layer(INV)
+    assert r.steps_to_equilibrium == first_staying(t["step"], [abs(q - 1) <= 0.15 for q in ratio])
+    inv = rep.series["param"] == INV
+    np.testing.assert_allclose(rep.series["angle_smooth"][inv], trailing_rms(t["angle"], 7), rtol=1e-9)
+    np.testing.assert_allclose(rep.series["ratio"][inv], ratio, rtol=1e-9)
+    np.testing.assert_allclose(rep.series["grad_scale"][inv], L, rtol=1e-9)
+    np.testing.assert_allclose(rep.series["norm_lagged"][inv], t["v_after"] ** 0.25, rtol=1e-8)
+    np.testing.assert_allclose(rep.series["angle_lagged"][inv], t["angle"], rtol=1e-8)
+    np.testing.assert_allclose(rep.series["angle_eq"][inv], angle_eq(LR), rtol=1e-12)
+    v_eq = LR * L / (2 * WD * (1 - MU))
+    np.testing.assert_allclose(rep.series["norm_eq"][inv], v_eq ** 0.25, rtol=1e-9)
+    assert np.isnan(rep.series["ratio"][~inv]).all() and np.isnan(rep.series["angle_eq"][~inv]).all()
+    # default smoothing: one epoch of logged steps (50 here)
+    assert analyse_run(tmp_path / "run", check_checkpoint=False).theory["smooth_logged_steps"] == STEPS_PER_EPOCH
+
+
+def test_eq_tol_and_window_options(tmp_path: Path) -> None:
+    lrs = np.full(400, LR)
+    t = write_run(tmp_path / "run", lrs)
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1, eq_tol=0.05, window=0.5)
+    r = rep.layer(INV)
+    assert r.angle == pytest.approx(rms(t["angle"][200:]), rel=1e-9)
+    ratio = t["angle"] / angle_eq(LR)
+    assert r.steps_to_equilibrium == first_staying(t["step"], [abs(q - 1) <= 0.05 for q in ratio])
+    assert rep.window == 0.5 and rep.eq_tol == 0.05
+    one = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1, window=1e-6).layer(INV)
+    assert one.angle == pytest.approx(t["angle"][-1], rel=1e-9)  # at least the last logged step
+
+
+def test_log_every_two_interpolates_the_steps_between(tmp_path: Path) -> None:
+    """Logged every 2nd step: the lagged recursion still runs over every optimizer step."""
+    lrs = np.full(400, LR)
+    t = write_run(tmp_path / "run", lrs, log_every=2)
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1)
+    r = rep.layer(INV)
+    assert r.logged_steps == 200 and r.w_norm_init == pytest.approx(t["v_before"][1] ** 0.25)
+    assert r.norm_ratio == pytest.approx(1.0, abs=1e-8)
+    assert r.ratio_lagged == pytest.approx(1.0, abs=1e-8)
+    assert r.angle == pytest.approx(rms(window(t["angle"][1::2])), rel=1e-9)
+
+
+def test_lagged_prediction_under_a_schedule(tmp_path: Path) -> None:
+    """Warm-up then decay (as piecewise does, ending above 0): the log follows the recursion step by
+    step, so the lagged predictions match it while the instantaneous equilibrium does not."""
+    lrs = np.concatenate([np.linspace(0.02, 0.2, 200), np.linspace(0.2, 0.05, 200)])
+    t = write_run(tmp_path / "run", lrs, schedule="piecewise")
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1)
+    r = rep.layer(INV)
+    assert r.norm_ratio == pytest.approx(1.0, abs=1e-7)
+    assert r.angle_lagged_pred == pytest.approx(rms(window(t["angle"])), rel=1e-7)
+    eq = rms(np.sqrt(2 * window(lrs) * WD / 1.9) * math.sqrt(1.9 ** 3 * 0.1 + 0.9 ** 4))
+    assert r.angle_pred == pytest.approx(eq, rel=1e-9)
+    assert abs(r.angle / r.angle_pred - 1) > 0.05  # the lag matters here
+    assert r.relaxation_steps == pytest.approx((1 - MU) / (4 * 0.05 * WD))
+
+
+def test_heavy_ball_log_and_bad_theory_range(tmp_path: Path) -> None:
+    lrs = np.full(300, LR)
+    write_run(tmp_path / "hb", lrs, nesterov=False, mu=0.5)
+    r = analyse_run(tmp_path / "hb", check_checkpoint=False, smooth=1).layer(INV)
+    assert r.norm_ratio == pytest.approx(1.0, abs=1e-8) and r.ratio_lagged == pytest.approx(1.0, abs=1e-8)
+    assert r.angle_pred == pytest.approx(angle_eq(LR, mu=0.5, nesterov=False), rel=1e-12)
+    assert r.relaxation_steps == pytest.approx(0.5 / (4 * LR * WD))
+    # lr * wd beyond the small-step theory (4 lr wd / (1 - mu) >= 1): no lagged prediction, no crash
+    write_run(tmp_path / "big", np.full(50, 30.0), wd=0.01, path_lrs=np.full(50, LR))
+    big = analyse_run(tmp_path / "big", check_checkpoint=False, smooth=1).layer(INV)
+    assert big.norm_lagged_pred is None and big.norm_ratio is None and big.angle_lagged_pred is None
+    assert big.angle_pred == pytest.approx(math.sqrt(2 * 30.0 * 0.01 / 1.9) * math.sqrt(1.9 ** 3 * 0.1 + 0.9 ** 4))
+
+
+def test_no_weight_decay_no_equilibrium(tmp_path: Path) -> None:
+    lrs = np.full(100, LR)
+    write_run(tmp_path / "run", lrs, wd=0.0)
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1)
+    r = rep.layer(INV)
+    assert r.scale_invariant and r.angle_pred is None and r.angle_lagged_pred is None and r.ratio is None
+    assert r.relaxation_steps is None and r.steps_to_equilibrium is None and r.norm_pred is None
+    assert rep.theory["relaxation_steps_final_lr"] is None and rep.theory["angle_eq_final_lr"] == 0.0
+    assert "ratio_mean" not in rep.aggregate
+
+
+# ---------------------------------------------------------------------------------------------------
+# Schedules: the report compares with the lagged prediction, says so, and stays quiet numerically.
+
+def test_schedule_compares_with_the_lagged_prediction(tmp_path: Path) -> None:
+    lrs = np.concatenate([np.linspace(0.02, 0.2, 200), np.linspace(0.2, 0.05, 200)])
+    t = write_run(tmp_path / "run", lrs, schedule="piecewise")
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1)
+    r = rep.layer(INV)
+    assert rep.compare_to == "lagged" and rep.summary()["compare_to"] == "lagged"
+    assert r.angle_ref == r.angle_lagged_pred and r.ratio == pytest.approx(1.0, abs=1e-7)
+    assert r.rel_step_pred == pytest.approx(rms(2 * np.sin(window(t["angle"]) / 2)), rel=1e-7)
+    assert r.steps_to_equilibrium == 1  # the log follows the lagged prediction from its first step
+    inv = rep.series["param"] == INV
+    np.testing.assert_allclose(rep.series["ratio"][inv], 1.0, atol=1e-7)
+    np.testing.assert_allclose(rep.series["angle_ref"][inv], t["angle"], rtol=1e-7)
+    assert rep.aggregate["ratio_mean"] == pytest.approx(1.0, abs=1e-7)
+    assert rep.aggregate["angle_ref"] == r.angle_lagged_pred
+    # a constant lr keeps comparing with the equilibrium
+    write_run(tmp_path / "const", np.full(400, LR))
+    const = analyse_run(tmp_path / "const", check_checkpoint=False, smooth=1)
+    assert const.compare_to == "equilibrium" and const.layer(INV).angle_ref == const.layer(INV).angle_pred
+
+
+def test_schedule_ending_at_lr_zero_no_runtime_warning(tmp_path: Path) -> None:
+    """DavidNet's piecewise schedule ends at lr 0: no equilibrium there, no 'angle_eq 0 at lr 0' line, no
+    divide-by-zero warnings, and the table says what the predictions are."""
+    import warnings
+
+    from bnlab.dynamics import format_table
+
+    lrs = np.concatenate([np.linspace(0.0, 0.2, 100)[1:], np.linspace(0.2, 0.0, 301)])
+    write_run(tmp_path / "run", lrs, schedule="piecewise", log_every=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any RuntimeWarning fails the test
+        rep = analyse_run(tmp_path / "run", check_checkpoint=False)
+        text = format_table(rep)
+    assert rep.theory["lr_final"] == 0.0 and rep.theory["relaxation_steps_final_lr"] is None
+    assert "lagged prediction under the piecewise lr schedule" in text and "ends at lr 0" in text
+    assert "angle_eq 0" not in text and "rad/step at lr 0 " not in text
+    r = rep.layer(INV)
+    assert r.ratio is not None and math.isfinite(r.ratio) and r.relaxation_steps is None
+
+
+def test_short_run_warning(tmp_path: Path) -> None:
+    """tau = (1 - mu) / (4 lr wd) = 50 steps here: 40 steps are 0.8 relaxation times -> one warning line;
+    400 steps are 8 -> none."""
+    from bnlab.dynamics import format_table
+
+    write_run(tmp_path / "short", np.full(40, LR))
+    short = analyse_run(tmp_path / "short", check_checkpoint=False)
+    assert short.relaxation_times == pytest.approx(40 / 50)
+    assert len(short.warnings) == 1 and "40 steps are 0.8 relaxation times" in short.warnings[0]
+    lines = [x for x in format_table(short).splitlines() if x.startswith("warning:")]
+    assert lines == [f"warning: {short.warnings[0]}"]
+    assert short.summary()["warnings"] == short.warnings
+    write_run(tmp_path / "long", np.full(400, LR))
+    long = analyse_run(tmp_path / "long", check_checkpoint=False)
+    assert long.relaxation_times == pytest.approx(8.0) and long.warnings == []
+    assert "warning" not in format_table(long)
+    # under a schedule: the sum of 4 lr wd / (1 - mu) over the steps (log every 2nd step: interpolated)
+    lrs = np.linspace(0.02, 0.2, 100)
+    write_run(tmp_path / "ramp", lrs, schedule="piecewise", log_every=2)
+    ramp = analyse_run(tmp_path / "ramp", check_checkpoint=False)
+    lr_of_step = np.interp(np.arange(1, 101), np.arange(2, 101, 2), lrs[1::2])  # step 1 is before the first log
+    assert ramp.relaxation_times == pytest.approx(float(np.sum(4 * lr_of_step * WD / (1 - MU))), rel=1e-9)
+    write_run(tmp_path / "nowd", np.full(40, LR), wd=0.0)
+    assert analyse_run(tmp_path / "nowd", check_checkpoint=False).warnings == []
+
+
+def test_cli_on_a_scheduled_run_prints_no_runtime_warning(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from bnlab.checkpoint import save_checkpoint
+    from bnlab.models import build_model
+
+    lrs = np.concatenate([np.linspace(0.0, 0.2, 20)[1:], np.linspace(0.2, 0.0, 41)])
+    write_run(tmp_path / "run", lrs, schedule="piecewise")
+    # a checkpoint too, so the default Euler-identity check runs (zero BN biases: no direction, no warning)
+    cfg = make_config("bn", width=2, dataset="synthetic")
+    save_checkpoint(tmp_path / "run" / "last.pt", {"config": cfg.to_dict(),
+                                                   "model": build_model(cfg.model).state_dict()})
+    p = subprocess.run([sys.executable, "-m", "bnlab", "dynamics", str(tmp_path / "run"),
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "Warning" not in p.stderr and "divide" not in p.stderr, p.stderr
+    assert "lagged prediction under the piecewise lr schedule" in p.stdout
+    assert sum(line.startswith("warning: short run") for line in p.stdout.splitlines()) == 1
+    summary = json.loads((tmp_path / "out" / "dynamics_summary.json").read_text())
+    assert summary["compare_to"] == "lagged" and summary["relaxation_times"] < 3
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-channel summaries, layer selection, the Euler-identity cross-check, the radial part of the steps.
+
+def write_channels(path: Path, steps: np.ndarray, angles: list[float], cos: list[float]) -> None:
+    """Channel rows of INV (channel k turns by angles[k] every step, |cos| = cos[k]), written unsorted."""
+    rows = []
+    for k, (a, c) in enumerate(zip(angles, cos)):
+        for s in steps:
+            rows.append([s, INV, k, f"{1.0 + 0.01 * k + 1e-4 * s:.10g}", 0.1, 0.01, f"{c * (-1) ** s:.6g}", a])
+    rows = rows[::-1]  # the reader sorts by (param, channel, step)
+    head = "step,param,channel,w_norm,g_norm,dw_norm,cos_wg,angle\n"
+    (path / "dynamics_channels.csv").write_text(head + "".join(",".join(map(str, r)) + "\n" for r in rows))
+
+
+def test_channel_summary_by_hand(tmp_path: Path) -> None:
+    lrs = np.concatenate([np.full(100, 0.05), np.full(100, 0.2)])  # the lr per row comes from the main log
+    write_run(tmp_path / "run", lrs, schedule="piecewise", log_every=2)
+    steps = np.arange(2, 201, 2)
+    write_channels(tmp_path / "run", steps, angles=[0.01, 0.02, 0.04], cos=[1e-7, 2e-6, 0.05])
+    rep = analyse_run(tmp_path / "run", channels=True, check_checkpoint=False, window=0.25, layers=[INV])
+    ch = rep.channels
+    assert ch["param"].tolist() == [INV] * 3 and ch["channel"].tolist() == [0, 1, 2]
+    np.testing.assert_allclose(ch["median_abs_cos"], [1e-7, 2e-6, 0.05], rtol=1e-6)
+    assert ch["scale_invariant"].tolist() == [1, 1, 0]
+    np.testing.assert_allclose(ch["angle"], [0.01, 0.02, 0.04], rtol=1e-12)
+    # final window: the last ceil(0.25 * 100) = 25 logged steps, all at lr 0.2
+    np.testing.assert_allclose(ch["angle_pred"], angle_eq(0.2), rtol=1e-12)
+    np.testing.assert_allclose(ch["ratio"], np.array([0.01, 0.02, 0.04]) / angle_eq(0.2), rtol=1e-12)
+    np.testing.assert_allclose(ch["w_norm_final"], [1.0 + 0.01 * k + 0.02 for k in range(3)], rtol=1e-9)
+    # a window reaching into the lr 0.05 half: the RMS of the equilibrium angles of the rows in it
+    half = analyse_run(tmp_path / "run", channels=True, check_checkpoint=False, window=0.8).channels
+    lr_rows = np.where(steps[-80:] <= 100, 0.05, 0.2)
+    pred = math.sqrt(np.mean([angle_eq(x) ** 2 for x in lr_rows]))
+    np.testing.assert_allclose(half["angle_pred"], pred, rtol=1e-12)
+    # a selection without channel rows
+    from bnlab.errors import BnlabError
+    with pytest.raises(BnlabError, match="no rows for the selected layers"):
+        analyse_run(tmp_path / "run", channels=True, check_checkpoint=False, layers=[CLF])
+    write_run(tmp_path / "nowd", np.full(50, LR), wd=0.0)
+    write_channels(tmp_path / "nowd", np.arange(1, 51), angles=[0.01], cos=[1e-7])
+    nowd = analyse_run(tmp_path / "nowd", channels=True, check_checkpoint=False).channels
+    assert np.isnan(nowd["angle_pred"]).all() and np.isnan(nowd["ratio"]).all()
+
+
+def test_layer_selection_and_window_errors(tmp_path: Path) -> None:
+    from bnlab.dynamics.analysis import match_layers
+    from bnlab.errors import BnlabError
+
+    params = ["a.conv.weight", "a.norm.weight", "ab.conv.weight", "classifier.weight"]
+    assert match_layers(params, None) == params
+    assert match_layers(params, ["a"]) == ["a.conv.weight", "a.norm.weight"]  # module prefix, not "ab"
+    assert match_layers(params, ["classifier.weight", "*.conv.*"]) == ["a.conv.weight", "ab.conv.weight",
+                                                                      "classifier.weight"]
+    with pytest.raises(BnlabError, match="matches no logged parameter"):
+        match_layers(params, ["layer9"])
+    write_run(tmp_path / "run", np.full(20, LR))
+    for w in (0.0, 1.5):
+        with pytest.raises(BnlabError, match="--window must be in"):
+            analyse_run(tmp_path / "run", check_checkpoint=False, window=w)
+    whole = analyse_run(tmp_path / "run", check_checkpoint=False, window=1.0, smooth=1).layer(INV)
+    assert whole.logged_steps == 20
+
+
+def test_checkpoint_verdict_is_reported_beside_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bnlab.dynamics.analysis as analysis
+
+    write_run(tmp_path / "run", np.full(100, LR))
+    assert analysis.checkpoint_cos(tmp_path / "run") is None  # no checkpoint there
+    (tmp_path / "run" / "final.pt").write_bytes(b"not a checkpoint")
+    assert analysis.checkpoint_cos(tmp_path / "run") is None  # unreadable: the log stands alone
+    monkeypatch.setattr(analysis, "checkpoint_cos", lambda run_dir: {INV: 0.3, CLF: 1e-6})
+    rep = analyse_run(tmp_path / "run", smooth=1)
+    assert rep.layer(INV).checkpoint_abs_cos == 0.3 and rep.layer(CLF).checkpoint_abs_cos == 1e-6
+    assert rep.aggregate["checkpoint_disagrees"] == [INV, CLF]  # both verdicts flip at the same threshold
+    monkeypatch.setattr(analysis, "checkpoint_cos", lambda run_dir: {INV: 1e-6, CLF: 0.3})
+    assert analyse_run(tmp_path / "run", smooth=1).aggregate["checkpoint_disagrees"] == []
+
+
+def test_real_checkpoint_euler_identity(tmp_path: Path) -> None:
+    """A BN net's conv weights are scale-invariant by construction: |cos(w, grad)| ~ 0 in float64 on the
+    checkpoint; the BN affine parameters and the classifier are not."""
+    import torch
+
+    from bnlab.checkpoint import save_checkpoint
+    from bnlab.dynamics.analysis import checkpoint_cos
+    from bnlab.models import build_model
+
+    cfg = make_config("bn", width=2, dataset="synthetic")
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "last.pt", {"config": cfg.to_dict(), "model": build_model(cfg.model).state_dict()})
+    cos = checkpoint_cos(run)
+    assert cos is not None and max(v for k, v in cos.items() if k.endswith("conv.weight")) < 1e-4  # BN eps: ~1e-6
+    assert cos["classifier.weight"] > 1e-3
+
+
+def test_radial_share_and_pythagoras(tmp_path: Path) -> None:
+    """Plain SGD without weight decay on an invariant tensor: |w_a|^2 = |w_b|^2 + |dw|^2 (residual 0,
+    radial cos 0). A log where every step shrinks the norm radially by 1% has radial cos -dw/(2 w)... by hand."""
+    path = tmp_path / "pyth"
+    path.mkdir()
+    cfg = make_config("bn", lr=0.1, weight_decay=0.0, momentum=0.0, nesterov=False, lr_schedule="const",
+                      dataset="synthetic", width=2)
+    (path / "config.json").write_text(cfg.to_json())
+    head = "step,epoch,lr,loss,acc,param,numel,w_norm,g_norm,dw_norm,rel_step,cos_wg,angle\n"
+    rows, w = [], 1.0
+    for s in range(1, 51):
+        dw = 0.02 * w
+        w_after = math.sqrt(w * w + dw * dw)
+        rows.append(f"{s},{s / 10},0.1,2,0.5,{INV},10,{w_after:.15g},0.2,{dw:.15g},{dw / w:.15g},1e-9,0.02\n")
+        w = w_after
+    (path / "dynamics.csv").write_text(head + "".join(rows))
+    r = analyse_run(path, check_checkpoint=False).layer(INV)
+    assert r.pythagoras_residual == pytest.approx(0, abs=1e-9) and r.radial_cos == pytest.approx(0, abs=1e-9)
+    assert r.angle_pred is None and r.relaxation_steps is None
+    assert r.w_norm_final == pytest.approx(w) and r.w_norm_init == pytest.approx(1.0)
+    # weight decay on: the log that follows the theory has norms shrinking from 1 towards equilibrium
+    t = write_run(tmp_path / "wd", np.full(100, LR))
+    r = analyse_run(tmp_path / "wd", check_checkpoint=False, smooth=1).layer(INV)
+    wb, wa = t["v_before"] ** 0.25, t["v_after"] ** 0.25
+    dw = t["rel"] * wb
+    assert r.radial_cos == pytest.approx(float(np.median((wa ** 2 - wb ** 2 - dw ** 2) / (2 * wb * dw))), rel=1e-6)
+    assert r.pythagoras_residual is None and r.radial_cos < 0
+
+
+def test_approximately_invariant_tier_gets_the_theory_flagged(tmp_path: Path) -> None:
+    from bnlab.dynamics import format_table
+
+    t = write_run(tmp_path / "run", np.full(200, LR))
+    text = (tmp_path / "run" / "dynamics.csv").read_text().replace(",1e-08,", ",0.0005,").replace(",-1e-08,",
+                                                                                                    ",0.0005,")
+    (tmp_path / "run" / "dynamics.csv").write_text(text)
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1)
+    r = rep.layer(INV)
+    assert r.invariance == "approximate" and not r.scale_invariant and r.angle_pred is not None
+    assert rep.aggregate["approximately_invariant"] == {INV: r.ratio}
+    assert rep.aggregate["scale_invariant"] == [] and "ratio_mean" not in rep.aggregate
+    assert r.ratio == pytest.approx(rms(window(t["angle"])) / angle_eq(LR), rel=1e-9)
+    table = format_table(rep)
+    assert "approximately invariant (~" in table and f"{INV} {r.ratio:.3f}" in table
+
+
+def test_status_and_live_flag(tmp_path: Path) -> None:
+    write_run(tmp_path / "live", np.full(30, LR), status="running")
+    assert analyse_run(tmp_path / "live", check_checkpoint=False).live
+    write_run(tmp_path / "gone", np.full(30, LR))
+    (tmp_path / "gone" / "status.json").unlink()
+    rep = analyse_run(tmp_path / "gone", check_checkpoint=False)
+    assert rep.status == "unknown" and not rep.live
