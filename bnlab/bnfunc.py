@@ -12,7 +12,7 @@ Per channel, with M elements, x̂ = (x - μ)·r, r = (σ² + eps)^-½, γ the we
     second backward   (grads a, bγ, bβ on dx, dγ, dβ)
       d/d dy = γ r (a - mean(a) - x̂ mean(a x̂)) + bγ x̂ + bβ          (BN's backward applied to a)
       d/dγ   = r (Σ a dy - M mean(a) mean(dy) - M mean(a x̂) mean(dy x̂))
-      d/dx   = r (G - mean(G) - x̂ (mean(G x̂) + r² d/dγ · γ / M)),
+      d/dx   = r (G - mean(G) - x̂ (mean(G x̂) + γ d/dγ / M)),
                G = -γ r (mean(dy x̂) a + mean(a x̂) dy) + bγ dy
 
 The per-channel means of G and G x̂ follow from the other reductions, so the second backward costs
@@ -54,8 +54,6 @@ def batch_norm_batch_stats(x: torch.Tensor, weight: torch.Tensor | None, bias: t
     """``F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)``, with a cheap double backward."""
     if (_use_generic or torch._C._are_functorch_transforms_active() or not torch.is_grad_enabled()
             or not any(t is not None and t.requires_grad for t in (x, weight, bias))):
-        return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
-    if (weight is None) != (bias is None):  # not produced by torch's BN modules; keep the generic path
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
     if x.dim() < 2 or x.numel() <= x.shape[1]:
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)  # raises its usual error
