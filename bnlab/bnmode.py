@@ -20,7 +20,7 @@ The previous training flags and ``track_running_stats`` are restored on exit.
 from __future__ import annotations
 
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -63,31 +63,53 @@ def bn_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
         raise BnlabError(f"unknown BN mode {mode!r}; choose one of {', '.join(BN_MODES)}")
     training = {m: m.training for m in model.modules()}
     tracking = {m: m.track_running_stats for _, m in batch_norm_layers(model)}
-    patched: list[nn.Module] = []
+    saved: dict[nn.Module, object] = {}  # BN layer -> its instance-level forward before (or _UNSET)
     try:
         if mode == "batch":
             model.train()
             for m in tracking:
                 m.track_running_stats = False
-                forward = _BATCH_FORWARDS.get(type(m))
-                if forward is not None and "forward" not in m.__dict__:
-                    m.forward = types.MethodType(forward, m)
-                    patched.append(m)
         else:
             model.eval()
-            if mode == "running":
-                for m in tracking:
-                    if getattr(m, "running_var", None) is not None and "forward" not in m.__dict__:
-                        m.forward = types.MethodType(_running_affine, m)
-                        patched.append(m)
+        for m in tracking:
+            if mode == "batch":
+                forward = _BATCH_FORWARDS.get(type(m))
+            elif mode == "running" and getattr(m, "running_var", None) is not None:
+                forward = _running_affine
+            else:
+                forward = None
+            _set_forward(m, forward, saved)
         yield model
     finally:
-        for m in patched:
-            del m.forward
+        for m, previous in saved.items():
+            if previous is _UNSET:
+                m.__dict__.pop("forward", None)
+            else:
+                m.forward = previous
         for m, flag in training.items():
             m.training = flag
         for m, flag in tracking.items():
             m.track_running_stats = flag
+
+
+_UNSET = object()
+
+
+def _set_forward(m: nn.Module, forward: Callable[..., torch.Tensor] | None, saved: dict[nn.Module, object]) -> None:
+    """Give `m` the instance-level `forward` (None: its class's), remembering what it had.
+
+    Replaces only bn_mode's own forwards, so nested bn_mode calls each get their mode (an inner
+    "running" inside "batch" must not keep the batch-statistics forward); an instance forward set
+    by anyone else is left alone.
+    """
+    previous = m.__dict__.get("forward", _UNSET)
+    if previous is not _UNSET and getattr(previous, "__func__", None) not in _OWN_FORWARDS:
+        return
+    saved.setdefault(m, previous)
+    if forward is None:
+        m.__dict__.pop("forward", None)
+    else:
+        m.forward = types.MethodType(forward, m)
 
 
 def _running_affine(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -128,3 +150,4 @@ def _ghost_batch_stats(self: GhostBatchNorm, x: torch.Tensor) -> torch.Tensor:
 # Exact types only: a subclass may have its own forward, which then runs unchanged.
 _BATCH_FORWARDS = {nn.BatchNorm1d: _batch_stats, nn.BatchNorm2d: _batch_stats, nn.BatchNorm3d: _batch_stats,
                    GhostBatchNorm: _ghost_batch_stats}
+_OWN_FORWARDS = (_running_affine, _batch_stats, _ghost_batch_stats)

@@ -231,3 +231,29 @@ def test_ghost_splits_one_is_plain_bn():
         y = m(x)
     assert y.grad_fn.name() == "_BatchStatsNormBackward"
     torch.testing.assert_close(y, reference(x, m.weight, m.bias), rtol=0, atol=1e-12)
+
+
+def test_nested_bn_modes_each_get_their_own_forward():
+    net, batches = tiny("davidnet", "bn", None)
+    x = batches[0][0]
+    close = functools.partial(torch.testing.assert_close, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        with bn_mode(net, "running"):
+            running = net(x)
+        with bn_mode(net, "batch"):
+            batch = net(x)
+        assert not torch.allclose(running, batch)
+        for outer, inner, ref_outer, ref_inner in (("batch", "running", batch, running),
+                                                   ("running", "batch", running, batch)):
+            with bn_mode(net, outer):
+                with bn_mode(net, inner):
+                    close(net(x), ref_inner)
+                close(net(x), ref_outer)
+    assert all("forward" not in m.__dict__ for _, m in batch_norm_layers(net))
+    # An instance-level forward that bn_mode did not set is left alone, and kept afterwards.
+    m = nn.BatchNorm2d(2).double()
+    m.forward = lambda t: t * 3
+    for mode in ("batch", "running"):
+        with bn_mode(m, mode):
+            close(m(torch.ones(2, 2, 1, 1, dtype=torch.float64)), torch.full((2, 2, 1, 1), 3.0, dtype=torch.float64))
+    assert "forward" in m.__dict__
