@@ -13,6 +13,9 @@ Peers are NOT bnlab dependencies: pip install pyhessian hessian-eigenthings.
 
     python benchmarks/hessian_vs_peers.py --width 8 --num-samples 320 --batch-size 160 --out bench.json
     python benchmarks/hessian_vs_peers.py --width 16 --num-samples 1280 --batch-size 256 --cost-only
+    # BN batch mode, bnlab.bnfunc's double backward against PyTorch's generic one, interleaved:
+    python benchmarks/hessian_vs_peers.py --width 16 --num-samples 640 --batch-size 256 --cost-only \
+        --bn-mode batch --compare-generic-bn --cost-variants double_backward+cached_graph --no-matmat
 """
 from __future__ import annotations
 
@@ -71,33 +74,56 @@ def make_checkpoint(width: int, data_dir: str | None, tmp: Path, synthetic_image
     return path
 
 
-def cost_ratios(op, repeats: int) -> dict[str, float]:
-    """Median wall time of one HVP per method divided by that of one gradient (interleaved runs)."""
+COST_VARIANTS = {"double_backward": dict(method="double_backward", cache_graphs=False), "func": dict(method="func"),
+                 "double_backward+cached_graph": dict(method="double_backward", cache_graphs=True)}
+
+
+def cost_ratios(op, repeats: int, variants: list[str] | None = None, matmat: bool = True,
+                generic_bn: bool = False) -> dict[str, object]:
+    """Median wall time of one HVP per method divided by that of one gradient (interleaved runs).
+
+    generic_bn (BN batch mode): also time the double-backward rows and the gradient with PyTorch's
+    generic batch-norm double backward (`bnlab.bnfunc.generic_batch_norm`, the path before
+    bnlab.bnfunc), interleaved with the default rows; "generic BN: ..." rows are ratios to that
+    path's own gradient, and the "seconds" entry has every median.
+    """
+    from bnlab.bnfunc import generic_batch_norm
     from bnlab.curvature import HessianOperator
-    variants = {"double_backward": dict(method="double_backward", cache_graphs=False), "func": dict(method="func"),
-                "double_backward+cached_graph": dict(method="double_backward", cache_graphs=True)}
-    ops = {k: HessianOperator(op.model, op._batches, loss_fn=op.loss_fn, bn_mode=op.bn_mode, **kw)
-           for k, kw in variants.items()}
+    variants = list(COST_VARIANTS) if variants is None else variants
+    paths = {"": False, "generic BN: ": True} if generic_bn else {"": False}
+    # No generic twin for func: it runs under torch.func, where BN is F.batch_norm on both paths.
+    ops = {(p, k): HessianOperator(op.model, op._batches, loss_fn=op.loss_fn, bn_mode=op.bn_mode, **COST_VARIANTS[k])
+           for p in paths for k in variants if not (paths[p] and k == "func")}
     v = torch.randn(op.dim, dtype=torch.float64)
-    times: dict[str, list[float]] = {k: [] for k in ["gradient", *ops]}
-    for o in ops.values():
-        o.matvec(v)  # warm-up (and fills the graph cache)
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, generic: bool, fn, per: int = 1) -> None:  # noqa: ANN001
+        with generic_batch_norm(generic):
+            t = time.perf_counter()
+            fn()
+            times.setdefault(name, []).append((time.perf_counter() - t) / per)
+
+    for (p, _), o in ops.items():
+        with generic_batch_norm(paths[p]):
+            o.matvec(v)  # warm-up (and fills the graph cache, built by this path's BN)
     for _ in range(repeats):
-        t = time.perf_counter()
-        op.gradient()
-        times["gradient"].append(time.perf_counter() - t)
-        for k, o in ops.items():
-            t = time.perf_counter()
-            o.matvec(v)
-            times[k].append(time.perf_counter() - t)
         V = torch.randn(8, op.dim, dtype=torch.float64)
-        for k in ("double_backward", "func"):
-            t = time.perf_counter()
-            ops[k].matmat(V)
-            times.setdefault(f"{k} matmat(8), per vector", []).append((time.perf_counter() - t) / 8)
-    g = statistics.median(times["gradient"])
-    return {"gradient_seconds": g, **{f"{k} / gradient": statistics.median(t) / g for k, t in times.items()
-                                      if k != "gradient"}}
+        for p, generic in paths.items():
+            timed(f"{p}gradient", generic, op.gradient)
+        for (p, k), o in ops.items():
+            timed(f"{p}{k}", paths[p], lambda o=o: o.matvec(v))
+        for (p, k), o in ops.items():
+            if matmat and k in ("double_backward", "func"):
+                timed(f"{p}{k} matmat(8), per vector", paths[p], lambda o=o, V=V: o.matmat(V), per=8)
+    med = {k: statistics.median(t) for k, t in times.items()}
+    out: dict[str, object] = {"gradient_seconds": med["gradient"]}
+    for name, t in med.items():
+        p = "generic BN: " if name.startswith("generic BN: ") else ""
+        if name != f"{p}gradient":
+            out[f"{name} / gradient"] = t / med[f"{p}gradient"]
+    out["seconds"] = med
+    out["repeats"] = repeats
+    return out
 
 
 def run_bnlab(op, k: int, ref: np.ndarray, target: float) -> dict:
@@ -187,6 +213,11 @@ def main() -> None:
     ap.add_argument("--cost-repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cost-only", action="store_true", help="only the HVP / gradient cost table")
+    ap.add_argument("--cost-variants", default=",".join(COST_VARIANTS),
+                    help=f"HVP rows of the cost table (comma list of {', '.join(COST_VARIANTS)})")
+    ap.add_argument("--no-matmat", action="store_true", help="leave the matmat(8) rows out of the cost table")
+    ap.add_argument("--compare-generic-bn", action="store_true",
+                    help="BN batch mode: also time PyTorch's generic BN double backward, interleaved")
     ap.add_argument("--bn-mode", choices=["running", "batch"], default="running",
                     help="batch only with --cost-only (the peers support running mode only)")
     ap.add_argument("--out", default="hessian_vs_peers.json")
@@ -201,7 +232,12 @@ def main() -> None:
                                               bn_mode=args.bn_mode, device="cpu")  # graphs cached if they fit
     batches = list(op.batches())
     out = {"settings": op.settings, "target_rel_err": args.target, "threads": args.threads, "rows": []}
-    out["cost"] = cost_ratios(op, args.cost_repeats)
+    variants = [k for k in args.cost_variants.split(",") if k]
+    unknown = set(variants) - set(COST_VARIANTS)
+    if unknown:
+        ap.error(f"unknown --cost-variants {', '.join(sorted(unknown))}")
+    out["cost"] = cost_ratios(op, args.cost_repeats, variants, matmat=not args.no_matmat,
+                              generic_bn=args.compare_generic_bn and args.bn_mode == "batch")
     print(json.dumps(out["cost"], indent=1), flush=True)
     out["graph_cache"] = dict(op.cache_info)  # still undecided here; rewritten after bnlab's runs below
     if args.cost_only:

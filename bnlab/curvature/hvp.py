@@ -8,7 +8,8 @@
   ``functional_call``, ``vmap``-ed over the vectors of a block.
 
 Both run the forward inside ``bn_mode`` (set by the caller), so BN either uses batch statistics
-without touching its running buffers, or is in eval mode.
+without touching its running buffers, or is in eval mode. In batch mode the double-backward route
+differentiates BN's backward with `bnlab.bnfunc`'s written-out formula (``func`` uses PyTorch's).
 """
 from __future__ import annotations
 
