@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +14,10 @@ import torch
 from torch import nn
 
 from . import __version__
+from .bnmode import has_batch_stats
 from .config import TrainConfig
 from .errors import BnlabError
+from .io.torchfile import atomic_torch_save
 from .models import build_model
 
 FORMAT = "bnlab-checkpoint"
@@ -32,25 +33,7 @@ class Checkpoint:
 
     @property
     def has_batch_stats(self) -> bool:
-        from .bnmode import has_batch_stats
         return has_batch_stats(self.model)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> Path:
-    """torch.save to a temp file beside `path`, fsync, rename: readers never see half a file."""
-    if path.is_dir():
-        raise BnlabError(f"{path} is a directory; name a file to write")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:

@@ -37,6 +37,7 @@ from .data import Data, eval_batches, eval_set, load_data
 from .device import resolve_device
 from .errors import BnlabError
 from .norms import GhostBatchNorm
+from .runtime import tune_allocator
 
 DEFAULT_NUM_SAMPLES = 2560
 DEFAULT_BATCH_SIZE = 256  # as in the batch-norm post
@@ -115,6 +116,7 @@ class AnalysisContext:
         weight_decay_term: True adds the run's wd·I (all parameters are decayed, as trained), a float
         adds that coefficient.
         """
+        # Imported here: bnlab.curvature builds on this module (its package imports the context).
         from .curvature.operator import HessianOperator
         from .curvature.params import parse_param_spec
 
@@ -167,6 +169,7 @@ def build_context(ckpt: Checkpoint | str | os.PathLike, spec: EvalSpec | None = 
     """
     spec = spec or EvalSpec()
     spec.validate()
+    tune_allocator()
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
     if not isinstance(ckpt, Checkpoint):
         ckpt = load_checkpoint(ckpt, dev)

@@ -16,6 +16,7 @@ from .data import Data, eval_batches, load_data
 from .errors import BnlabError
 from .models import build_model
 from .norms import batch_norm_layers
+from .train import evaluate  # the trainer's test-set evaluation, so numbers are comparable
 
 
 @torch.no_grad()
@@ -80,8 +81,6 @@ def freeze_checkpoint(path: str | Path, out: str | Path, *, data_dir: str | None
     bs = batch_size or ckpt.config.batch_size
     batches = refresh_bn_statistics(ckpt.model, data, bs)
     frozen, config = frozen_copy(ckpt.model, ckpt)
-    from .train import evaluate  # the trainer's test-set evaluation, so numbers are comparable
-
     test_loss, test_acc = evaluate(frozen, data, config, torch.device(device))
     summary = {"frozen_from": str(Path(path).resolve()), "frozen_from_sha256": file_hash(path),
                "bn_refresh_batches": batches, "bn_refresh_batch_size": bs,

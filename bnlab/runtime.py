@@ -13,6 +13,8 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import threading
+import time
 from typing import Any
 
 import torch
@@ -66,9 +68,6 @@ def exit_with_parent(poll_seconds: float = 1.0) -> None:
     A daemon thread polls the parent pid; when the parent dies (killed, crashed) the worker is
     re-parented and exits at once, instead of training on for minutes as an orphan.
     """
-    import threading
-    import time
-
     parent = os.getppid()
 
     def watch() -> None:

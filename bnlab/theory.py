@@ -139,3 +139,16 @@ def lagged_angle(lrs: np.ndarray, norm4: np.ndarray, grad_scale: np.ndarray | fl
                  nesterov: bool) -> np.ndarray:
     """Angle per step predicted from a norm trajectory: theta^2 = eta^2 S2 L / ||w||^4."""
     return np.asarray(lrs) * np.sqrt(noise_gain(momentum, nesterov) * np.asarray(grad_scale) / np.asarray(norm4))
+
+
+def stability_threshold(momentum: float = 0.0, nesterov: bool = False) -> float:
+    """The largest η·λ for which torch SGD on a quadratic of curvature λ does not diverge.
+
+    Plain SGD 2; heavy ball 2(1 + μ); Nesterov (torch's form) 2(1 + μ)/(1 + 2μ) (1.357 at μ = 0.9).
+    Training at the largest stable lr drives the top Hessian eigenvalue towards threshold/η (the
+    "edge of stability", Cohen et al. 2021).
+    """
+    _check(momentum, nesterov)
+    if nesterov:
+        return 2 * (1 + momentum) / (1 + 2 * momentum)
+    return 2 * (1 + momentum)

@@ -56,3 +56,13 @@ def tiny_config(variant: str = "bn", **options: object):
         defaults["ghost_splits"] = 4
     defaults.update(options)
     return make_config(variant, **defaults)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished one-epoch run directory of a tiny BN net (shared by a test module's tests)."""
+    from bnlab.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    train(tiny_config(epochs=1, synthetic_train=512, batch_size=128), out, quiet=True)
+    return out

@@ -8,6 +8,7 @@ import click
 
 from .. import __version__
 from ..errors import BnlabError
+from ..runtime import tune_allocator
 
 # Subcommand modules; each defines a click command named `command`.
 COMMANDS = ("train", "info", "freeze", "dynamics", "sweep", "outstats", "hessian", "collapse")
@@ -18,6 +19,7 @@ class BnlabGroup(click.Group):
 
     def main(self, args: list[str] | None = None, prog_name: str | None = None, **extra: object) -> None:
         extra.pop("standalone_mode", None)
+        tune_allocator()  # every command allocates and frees large activations (see bnlab.runtime)
         try:
             rv = super().main(args, prog_name or "bnlab", standalone_mode=False, **extra)  # type: ignore[arg-type]
         except BnlabError as e:

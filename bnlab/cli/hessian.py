@@ -11,7 +11,9 @@ from ..context import build_context
 from ..curvature.hessian import CACHE_GRAPHS, HessianOptions, HessianResult, check_inputs, run_hessian
 from ..curvature.hvp import HVP_METHODS
 from ..curvature.lanczos import EIG_METHODS, WHICH
-from ..rundir import claim_out_dir
+from ..curvature.series import run_hessian_series, series_checkpoints
+from ..errors import BnlabError
+from ..rundir import check_out_dir, claim_out_dir
 from .common import (
     device_option,
     eval_options,
@@ -53,19 +55,30 @@ from .common import (
 @click.option("--warm-start", type=click.Path(), default=None,
               help="eigvecs.pt (or a hessian output dir) of an earlier run to start from.")
 @click.option("--no-verify", is_flag=True, help="Report Lanczos residual estimates instead of measuring (k HVPs).")
+@click.option("--compare-cold", is_flag=True, help="RUN_DIR only: also solve every checkpoint from a random start, "
+              "to measure the products the warm starts save.")
 @out_option()
 @force_option
 @device_option
 @quiet_option
 def command(ckpt: str, out: str, force: bool, device: str, quiet: bool, params: str | None, no_verify: bool,
-            **options: Any) -> None:
+            compare_cold: bool, **options: Any) -> None:
     """Hessian of CKPT's training loss: top eigenpairs by Lanczos, optionally density and trace.
+
+    CKPT may be a run directory: then every saved checkpoint (ckpt_epoch_NNN.pt, train with
+    --save-every) is analysed in order, each warm-started from the previous one, and
+    hessian_series.json follows λ1..λk and η·λ1 against the edge of stability along training.
 
     Every setting (BN mode, units, evaluation set, checkpoint hash) is recorded in hessian.json.
     Computing never changes the model (parameters and BN buffers stay bit-identical).
     """
     opts = HessianOptions(eval=eval_spec(options), params=str_list(params), verify=not no_verify, **options)
     opts.validate()
+    if Path(ckpt).is_dir():
+        _series(ckpt, opts, out, force, device, quiet, compare_cold)
+        return
+    if compare_cold:
+        raise BnlabError("--compare-cold is for a run directory (a series of checkpoints)")
     loaded, dev = load_for_analysis(ckpt, device)
     ctx = build_context(loaded, opts.eval, device=dev)
     check_inputs(ctx, opts)
@@ -73,6 +86,25 @@ def command(ckpt: str, out: str, force: bool, device: str, quiet: bool, params: 
         result = run_hessian(ctx, opts, quiet=quiet)
         result.write(out_dir)
     _echo_summary(ckpt, result, opts, Path(out))
+
+
+def _series(run_dir: str, opts: HessianOptions, out: str, force: bool, device: str, quiet: bool,
+            compare_cold: bool) -> None:
+    if opts.top_k < 1:
+        raise BnlabError("a curvature series needs --top-k >= 1")
+    series_checkpoints(run_dir)  # refuses a folder without saved checkpoints before --out is touched
+    check_out_dir(out, force=force)
+    with claim_out_dir(out, force=force) as out_dir:
+        result = run_hessian_series(run_dir, opts, device=device, quiet=quiet, compare_cold=compare_cold)
+        result.write(out_dir)
+    rec = result.record
+    click.echo(f"hessian series of {run_dir}: {len(rec['checkpoints'])} checkpoints, threshold "
+               f"2(1+μ)/(1+2μ) = {rec['threshold']:.4g} (μ = {rec['momentum']:g})")
+    for e in rec["checkpoints"]:
+        cold = f" (cold {e['hvps_cold']})" if e["hvps_cold"] is not None else ""
+        click.echo(f"  epoch {e['epoch']:3d} lr {e['lr']:.4g}: λ1 {e['eigenvalues'][0]:.4g}, η·λ1 "
+                   f"{e['eta_lambda1']:.3g} = {e['ratio_to_threshold']:.3g} x threshold, {e['hvps']} HVPs{cold}")
+    click.echo(f"wrote {Path(out) / 'hessian_series.json'}")
 
 
 def _echo_summary(ckpt: str, result: HessianResult, opts: HessianOptions, out: Path) -> None:

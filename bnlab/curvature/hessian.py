@@ -137,12 +137,14 @@ def estimated_hvps(k: int, max_hvps: int | None) -> int:
 
 
 def run_hessian(ctx: AnalysisContext, opts: HessianOptions, *, quiet: bool = True,
-                op: Any = None) -> HessianResult:
+                op: Any = None, v0: torch.Tensor | None = None) -> HessianResult:
     """Top-k eigenpairs (and optionally SLQ density and Hutch++ trace) of the context's Hessian.
 
-    op: an operator already made by `make_operator` for these options (reused, e.g. along a series).
+    op: an operator already made by `make_operator` for these options. v0: start vectors (rows),
+    e.g. the previous checkpoint's eigenvectors along a series (instead of opts.warm_start).
     """
-    v0 = check_inputs(ctx, opts)
+    warm = check_inputs(ctx, opts)
+    v0 = v0 if v0 is not None else warm
     t0 = time.perf_counter()
     op = op if op is not None else make_operator(ctx, opts, quiet=quiet)
     ckpt = ctx.checkpoint
@@ -161,7 +163,8 @@ def run_hessian(ctx: AnalysisContext, opts: HessianOptions, *, quiet: bool = Tru
             "residuals_measured": result.verified, "converged": result.converged.tolist(),
             "all_converged": bool(result.converged.all()), "hvp_count": result.hvp_count,
             "verify_hvps": result.verify_hvps, "restarts": result.restarts, "wall_time": result.wall_time,
-            "warm_start": str(opts.warm_start) if opts.warm_start else None, "seed": opts.seed,
+            "warm_start": (str(opts.warm_start) if opts.warm_start else
+                           "given start vectors" if v0 is not None else None), "seed": opts.seed,
         }
     if opts.density:
         record["density"] = slq_density(op, num_probes=opts.density_probes, lanczos_steps=opts.density_steps,
@@ -177,17 +180,26 @@ def run_hessian(ctx: AnalysisContext, opts: HessianOptions, *, quiet: bool = Tru
 
 
 def _eigenpairs(op: Any, opts: HessianOptions, v0: torch.Tensor | None, quiet: bool) -> EigenResult:
-    start = op.hvp_count
-    progress = Progress(estimated_hvps(opts.top_k, opts.max_hvps), "hessian: HVPs (total estimated)",
-                        quiet=quiet, unit="HVP")
+    return solve_with_progress(op, opts.top_k, which=opts.which, tol=opts.tol, v0=v0, method=opts.eigensolver,
+                               ncv=opts.ncv, max_hvps=opts.max_hvps, seed=opts.seed, verify=opts.verify,
+                               desc="hessian: HVPs", quiet=quiet)
+
+
+def solve_with_progress(op: Any, k: int, *, desc: str, quiet: bool, which: str = "LA", tol: float = DEFAULT_TOL,
+                        v0: torch.Tensor | None = None, method: str = "lanczos", ncv: int | None = None,
+                        max_hvps: int | None = None, seed: int = 0, verify: bool = True) -> EigenResult:
+    """`top_eigenpairs` with a progress bar over the products (the total is an estimate)."""
+    start = op.hvp_count if hasattr(op, "hvp_count") else 0
+    progress = Progress(estimated_hvps(k, max_hvps), f"{desc} (total estimated)", quiet=quiet, unit="HVP")
 
     def show(hvps: int, rel: Any) -> None:
         worst = max(rel) if len(rel) else 0.0
-        done = int(sum(r <= opts.tol for r in rel))
+        done = int(sum(r <= tol for r in rel))
         progress.update(hvps - progress.n, postfix=f"converged {done}/{len(rel)}, max rel. residual {worst:.1e}")
 
-    result = top_eigenpairs(op, opts.top_k, which=opts.which, tol=opts.tol, v0=v0, method=opts.eigensolver,
-                            ncv=opts.ncv, max_hvps=opts.max_hvps, seed=opts.seed, verify=opts.verify, callback=show)
-    progress.update(op.hvp_count - start - progress.n)
-    progress.close(postfix=f"{result.hvp_count} HVPs, {int(result.converged.sum())}/{opts.top_k} converged")
+    result = top_eigenpairs(op, k, which=which, tol=tol, v0=v0, method=method, ncv=ncv, max_hvps=max_hvps,
+                            seed=seed, verify=verify, callback=show)
+    used = (op.hvp_count - start) if hasattr(op, "hvp_count") else result.hvp_count + result.verify_hvps
+    progress.update(max(0, used - progress.n))
+    progress.close(postfix=f"{result.hvp_count} HVPs, {int(result.converged.sum())}/{k} converged")
     return result

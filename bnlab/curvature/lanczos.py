@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
 from ..errors import BnlabError
 from .linop import SymmetricOperator
@@ -208,8 +209,6 @@ def _thick_restart(op: SymmetricOperator, k: int, which: str, tol: float, q0: to
 def _arpack(op: SymmetricOperator, k: int, which: str, tol: float, q0: torch.Tensor, ncv: int,
             max_hvps: int) -> EigenResult:
     """scipy eigsh (ARPACK implicitly restarted Lanczos) on a float64 LinearOperator around `op`."""
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
-
     dim, device = q0.shape[0], q0.device
     count = [0]
 

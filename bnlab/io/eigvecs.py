@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import BnlabError
+from .torchfile import atomic_torch_save
 
 FORMAT = "bnlab-eigvecs"
 VERSION = 1
@@ -39,8 +40,6 @@ class Eigvecs:
 def write_eigvecs(path: str | os.PathLike, eigenvalues: torch.Tensor, eigenvectors: torch.Tensor,
                   param_names: list[str], shapes: list[Any], settings: dict[str, Any]) -> Path:
     """Write atomically (temp file in the same folder, then rename)."""
-    from ..checkpoint import atomic_torch_save
-
     payload = {"format": FORMAT, "version": VERSION,
                "eigenvalues": eigenvalues.detach().to(torch.float64).cpu(),
                "eigenvectors": eigenvectors.detach().to(torch.float32).cpu(),

@@ -15,6 +15,7 @@ import torch
 from .. import validate as check
 from ..errors import BnlabError
 from ..io.jsonfile import write_json
+from ..io.torchfile import atomic_torch_save
 from .fcnet import fc_collapse
 
 RECORD_FILE = "collapse.json"
@@ -52,8 +53,6 @@ class CollapseResult:
     values: dict[str, dict[str, torch.Tensor]]  # plain/centred -> layer -> (channels, inputs)
 
     def write(self, out: str | Path) -> list[Path]:
-        from ..checkpoint import atomic_torch_save
-
         out = Path(out)
         return [write_json(out / RECORD_FILE, self.record, indent=1), atomic_torch_save(self.values, out / VALUES_FILE)]
 

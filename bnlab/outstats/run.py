@@ -14,16 +14,16 @@ import torch
 from .. import validate as check
 from ..bnmode import resolve_bn_mode
 from ..context import AnalysisContext, EvalSpec
-from ..curvature.hessian import DEFAULT_TOL
-from ..curvature.lanczos import top_eigenpairs
+from ..curvature.hessian import DEFAULT_TOL, solve_with_progress
 from ..curvature.linop import ProjectedOperator
 from ..curvature.operator import LOSS_SCALES
 from ..errors import BnlabError
 from ..io.eigvecs import Eigvecs, read_eigvecs
 from ..io.jsonfile import write_json
+from ..io.torchfile import atomic_torch_save
 from ..models import build_model
 from .activations import activation_stats, default_layers
-from .gradients import check_stats, stat_gradients
+from .gradients import check_stats, stat_gradients, trainable_parameters
 from .layers import per_layer_sq_norms
 from .moments import MOMENTS
 from .perturb import perturbation_table
@@ -73,8 +73,6 @@ class OutstatsResult:
     tensors: dict[str, Any]  # what outstats.pt holds (gradients, values, activations)
 
     def write(self, out: str | Path) -> list[Path]:
-        from ..checkpoint import atomic_torch_save
-
         out = Path(out)
         return [write_json(out / SUMMARY_FILE, self.summary), atomic_torch_save(self.tensors, out / TENSORS_FILE)]
 
@@ -96,8 +94,6 @@ def check_inputs(ctx: AnalysisContext, opts: OutstatsOptions) -> Eigvecs | None:
     Target(opts.module, opts.channels).check(ctx.model)
     if opts.eigvecs is None:
         return None
-    from .gradients import trainable_parameters
-
     ev = read_eigvecs(opts.eigvecs)
     check_eigvecs_match(ev, ctx.settings(), trainable_parameters(ctx.model)[0], str(opts.eigvecs))
     return ev
@@ -161,7 +157,7 @@ def run_outstats(ctx: AnalysisContext, opts: OutstatsOptions, *, quiet: bool = T
     if opts.project or (ev is None and opts.num_eigs > 0):  # the Hessian only when it is needed
         op = ctx.hessian(loss_scale=opts.loss_scale)
         op.quiet = quiet
-    eig = _eigvecs(ev, op, opts)
+    eig = _eigvecs(ev, op, opts, quiet)
     if eig is not None:
         vecs, vals, source, hsettings = eig
         if vecs.shape[1] != basis_all.shape[0]:
@@ -175,7 +171,8 @@ def run_outstats(ctx: AnalysisContext, opts: OutstatsOptions, *, quiet: bool = T
             summary["eigen"]["overlap_means"] = overlaps(basis_means, vecs.T.to(basis_means.device)).tolist()
     if opts.project:
         k = max(opts.num_eigs, 1) if eig is None else max(opts.num_eigs, eig[0].shape[0])
-        res = top_eigenpairs(ProjectedOperator(op, basis_all), k, which="LA", tol=opts.tol, seed=opts.seed)
+        res = solve_with_progress(ProjectedOperator(op, basis_all), k, tol=opts.tol, seed=opts.seed, verify=False,
+                                  desc="outstats: projected Hessian", quiet=quiet)
         summary["projected"] = {"k": k, "eigenvalues": res.eigenvalues.tolist(),
                                 "converged": res.converged.tolist(), "hvps": res.hvp_count,
                                 "span_dim": basis_all.shape[1], "loss_scale": opts.loss_scale}
@@ -193,12 +190,13 @@ def run_outstats(ctx: AnalysisContext, opts: OutstatsOptions, *, quiet: bool = T
     return OutstatsResult(summary, tensors)
 
 
-def _eigvecs(ev: Eigvecs | None, op: Any, opts: OutstatsOptions
+def _eigvecs(ev: Eigvecs | None, op: Any, opts: OutstatsOptions, quiet: bool
              ) -> tuple[torch.Tensor, torch.Tensor | None, str, dict] | None:
     if ev is not None:
         return ev.eigenvectors, ev.eigenvalues, str(opts.eigvecs), ev.settings
     if opts.num_eigs > 0:
-        res = top_eigenpairs(op, opts.num_eigs, which="LA", tol=opts.tol, seed=opts.seed)
+        res = solve_with_progress(op, opts.num_eigs, tol=opts.tol, seed=opts.seed, verify=False,
+                                  desc="outstats: Hessian eigenvectors", quiet=quiet)
         return (res.eigenvectors, res.eigenvalues, f"computed (top {opts.num_eigs}, LA, tol {opts.tol})",
                 dict(op.settings))
     return None

@@ -24,12 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import TrainConfig
 from ..errors import BnlabError
 from ..io.jsonfile import read_json, write_json
 from ..progress import Progress
 from ..rundir import LOCK_NAME, check_out_dir
-from .grid import Grid, Point
+from ..runtime import exit_with_parent
+from ..train import train
+from .grid import Grid, Point, read_grid_file
 
 try:
     import fcntl
@@ -84,8 +88,6 @@ def prepare_sweep_dir(grid: Grid, out: Path) -> list[Point]:
     check_out_dir(out, force=True)  # a path that is a file, a dangling link, an unwritable folder
     path = out / GRID_FILE
     if path.exists():
-        from .grid import read_grid_file
-
         old = read_grid_file(path)
         if old.to_dict() != grid.to_dict():
             raise BnlabError(f"{out} holds a sweep with a different grid (see {path}); use another --out")
@@ -105,8 +107,6 @@ def run_point(config_dict: dict[str, Any], run_dir: str, device: str, threads: i
     Top-level, for process pools. Trains with `threads` torch threads and restores the caller's
     setting afterwards. ("claimed", ...) means another process holds the point right now.
     """
-    import torch
-
     rd = Path(run_dir)
     with _flock(rd.parent / f".{rd.name}.lock") as mine:
         if not mine:
@@ -120,8 +120,6 @@ def run_point(config_dict: dict[str, Any], run_dir: str, device: str, threads: i
 
 
 def _run_point(config_dict: dict[str, Any], rd: Path, device: str, retries: int, quiet: bool) -> tuple[str, str]:
-    from ..train import train
-
     config = TrainConfig.from_dict(config_dict)
     last_error = ""
     for _attempt in range(retries + 1):
@@ -144,8 +142,6 @@ def _run_point(config_dict: dict[str, Any], rd: Path, device: str, retries: int,
 
 
 def _worker_init() -> None:
-    from ..runtime import exit_with_parent
-
     exit_with_parent()
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from .. import theory
+from ..dynamics import analyse_run
+from ..dynamics.report import write_columns
 from ..errors import BnlabError
 from ..io.jsonfile import write_json
 from .grid import Grid, Point, read_grid_file
@@ -37,8 +39,6 @@ def _last_metrics(run_dir: Path) -> dict[str, float]:
 
 def summarise_point(out: Path, grid: Grid, point: Point) -> dict[str, Any]:
     """One summary row: final metrics (metrics.csv) and equilibrium stats (`bnlab.dynamics`) of a point."""
-    from ..dynamics import analyse_run
-
     config = grid.config(point)
     rd = point_dir(out, point)
     lr, wd, mu = config.lr, config.weight_decay, config.momentum
@@ -130,8 +130,6 @@ def norm_exponents(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def summarise_sweep(out: str | os.PathLike, grid: Grid | None = None) -> dict[str, Any]:
     """Summary of every point of the sweep in OUT; writes summary.csv and summary.json there."""
-    from ..dynamics.report import write_columns
-
     out = Path(out)
     grid = grid or read_grid_file(out / GRID_FILE)
     rows = [summarise_point(out, grid, p) for p in grid.points()]

@@ -8,8 +8,6 @@ import pytest
 from click.testing import CliRunner
 
 from bnlab.cli import main
-from bnlab.train import train
-from conftest import tiny_config
 
 TINY = ["--width", "8", "--dataset", "synthetic", "--subset", "1000", "--test-subset", "200", "--batch-size", "128",
         "--quiet"]
@@ -17,10 +15,8 @@ EVAL = ["--num-samples", "40", "--batch-size", "20", "-q"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "run"
-    train(tiny_config(epochs=1, synthetic_train=512, batch_size=128), out, quiet=True)
-    return out
+def run_dir(tiny_run: Path) -> Path:
+    return tiny_run
 
 
 TRAIN_CASES = [

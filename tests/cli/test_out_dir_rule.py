@@ -10,17 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 from bnlab.cli import main
-from bnlab.train import train
-from conftest import tiny_config
 
 EVAL = ["--num-samples", "40", "--batch-size", "20", "-q"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "run"
-    train(tiny_config(epochs=1, synthetic_train=512, batch_size=128), out, quiet=True)
-    return out
+def run_dir(tiny_run: Path) -> Path:
+    return tiny_run
 
 
 def invoke(*args: object):
