@@ -18,7 +18,8 @@ FINDINGS: tuple[Finding, ...] = (
             "A conv followed by train-mode BN is scale-invariant, so its gradient is orthogonal to it (<w,g> = 0); "
             "with lambda = 0 and plain SGD its norm therefore grows by Pythagoras and never shrinks.",
             "A (Euler's identity)", "exact identity (no number)",
-            "trained BN net: every BN-preceded conv channel has median |cos(w_c, g_c)| < 1e-3 over training; "
+            "trained BN net: per channel of the BN-preceded convs, median |cos(w_c, g_c)| over training; their "
+            "median over channels < 1e-3; "
             "float64 plain SGD, lambda = 0: |‖w'‖² - ‖w‖² - eta²‖g‖²| <= 1e-4 eta²‖g‖² at every step and ‖w‖ "
             "never decreases"),
     Finding("F2", "weight-decay", "equilibrium angle per step",
@@ -52,7 +53,8 @@ FINDINGS: tuple[Finding, ...] = (
             "per-channel output histograms (no number); DavidNet width 8: layer3 0.76 no BN vs 0.55 BN, "
             "logits 0.91 vs 0.89",
             "FC ReLU net (depth 50): share at layers 1, 2, 5, 10, 20, 50 within +-0.05 of the arc-cosine "
-            "recursion (0, .32, .68, .85, .94, .99); centred ReLU below 0.05 at every layer. DavidNet at init: "
+            "recursion (0, .32, .68, .85, .94, .99); centred net (pre-activations centred, as by BN) below 0.05 at "
+            "every layer. DavidNet at init: "
             "shares reported side by side, no threshold"),
     Finding("F6", "batch-norm", "LR stress test",
             "With an exponentially growing lr (lr0 2^(epoch/2)) the net without BN fails far earlier than the "

@@ -1,8 +1,8 @@
 """F12, edge of stability along training: eta lambda1 against the momentum-SGD threshold, from the
 ``hessian_series.json`` that ``bnlab hessian RUN_DIR`` writes (top-k eigenpairs of every saved checkpoint).
 
-The threshold of momentum SGD on a quadratic with curvature lambda is eta lambda < 2(1 + mu)/(1 + 2 mu) for
-torch's Nesterov form and 2(1 + mu) for heavy ball (the series file records the one of its run).
+The threshold (`bnlab.theory.stability_threshold`: 2(1 + mu)/(1 + 2 mu) for torch's Nesterov, 2(1 + mu) for
+heavy ball) and eta lambda1 (mean-loss units) are the series file's own: nothing is recomputed here.
 """
 from __future__ import annotations
 
@@ -17,10 +17,6 @@ SERIES_FORMAT = "bnlab-hessian-series"
 F12_LOW, F12_HIGH = 0.5, 2.0
 F12_SKIP = 0.25  # first fraction of the constant-lr phase left out (progressive sharpening)
 LR_RTOL = 1e-6
-
-
-def nesterov_threshold(momentum: float) -> float:
-    return 2 * (1 + momentum) / (1 + 2 * momentum)
 
 
 def constant_phase(checkpoints: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -43,12 +39,11 @@ def f12_edge_of_stability(series: dict[str, Any]) -> FindingRecord:
     if series.get("format") != SERIES_FORMAT:
         raise ValueError(f"not a {SERIES_FORMAT} record")
     mu = float(series["momentum"])
-    threshold = float(series.get("threshold") or nesterov_threshold(mu))
+    threshold = float(series["threshold"])
     phase = constant_phase(series["checkpoints"])
-    ratios = [c["lr"] * c["eigenvalues"][0] / threshold for c in phase]
+    ratios = [c["ratio_to_threshold"] for c in phase]
     all_ratios = [{"epoch": c["epoch"], "step": c["step"], "lr": c["lr"], "lambda1": c["eigenvalues"][0],
-                   "eta_lambda1": c["lr"] * c["eigenvalues"][0],
-                   "ratio": c["lr"] * c["eigenvalues"][0] / threshold,
+                   "eta_lambda1": c["eta_lambda1"], "ratio": c["ratio_to_threshold"],
                    "converged": bool(c.get("converged", [True])[0])}
                   for c in sorted(series["checkpoints"], key=lambda c: c["step"]) if c.get("eigenvalues")]
     unconverged = [c["epoch"] for c in phase if not bool(c.get("converged", [True])[0])]
@@ -57,7 +52,8 @@ def f12_edge_of_stability(series: dict[str, Any]) -> FindingRecord:
               ("lambda1 converged at each of them", not unconverged),
               (f"eta lambda1 / threshold {fmt(lo, '.2f')}..{fmt(hi, '.2f')} within {F12_LOW:g}-{F12_HIGH:g}",
                bool(ratios) and lo >= F12_LOW and hi <= F12_HIGH)]
-    measured = (f"eta lambda1 = {fmt(lo * threshold, '.3g')}..{fmt(hi * threshold, '.3g')} at {len(ratios)} checkpoints "
+    measured = (f"eta lambda1 = {fmt(lo * threshold, '.3g')}..{fmt(hi * threshold, '.3g')} at {len(ratios)} "
+                "checkpoints "
                 f"(threshold {threshold:.3f}: {fmt(lo, '.2f')}..{fmt(hi, '.2f')}x, median "
                 f"{fmt(float(np.median(ratios)) if ratios else None, '.2f')}x)")
     values = {"threshold": threshold, "momentum": mu, "nesterov": series.get("nesterov"),
