@@ -71,16 +71,16 @@ def _data(scale: str, subset: int | None, test_subset: int | None, synthetic: tu
 SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": {
         # DavidNet, constant lr: F1-F3 (dynamics) and F12 (curvature series)
-        "wd_main": dict(width=4, batch_size=32, epochs=6, lr=0.2, weight_decay=5e-3, save_every=2,
+        "wd_main": dict(width=4, batch_size=32, epochs=6, lr=0.2, weight_decay=5e-3, save_every=3,
                         **_data("smoke", None, None, (256, 100))),
-        "wd_series": dict(top_k=2, num_samples=100, batch_size=50, tol=1e-2),
-        "sweep": dict(base=dict(width=2, batch_size=32, epochs=4, **_data("smoke", None, None, (256, 100))),
+        "wd_series": dict(top_k=2, num_samples=40, batch_size=20, tol=1e-2),
+        "sweep": dict(base=dict(width=2, batch_size=32, epochs=3, **_data("smoke", None, None, (256, 100))),
                       grid="lr=0.2,0.4 wd=2.5e-3,5e-3"),
         "stress": dict(width=2, batch_size=32, epochs=6, lr=0.05, **_data("smoke", None, None, (256, 100))),
-        "bn_post": dict(width=2, epochs=4, batch_size=32, lr_scale=0.25, **_data("smoke", None, None, (320, 100))),
-        "bn_eval": dict(num_samples=100, batch_size=50, top_k=4, frozen_top_k=12, tol=1e-2),
+        "bn_post": dict(width=2, epochs=3, batch_size=32, lr_scale=0.25, **_data("smoke", None, None, (320, 100))),
+        "bn_eval": dict(num_samples=40, batch_size=20, top_k=3, frozen_top_k=5, tol=1e-2),
         "collapse": dict(depth=50, width=64, n_inputs=100),
-        "init_shares": dict(width=2, num_samples=100, batch_size=50, **_data("smoke", None, None, (256, 100))),
+        "init_shares": dict(width=2, num_samples=40, batch_size=20, **_data("smoke", None, None, (256, 100))),
         "exact": dict(width=2, images=64, batch_size=8, pythagoras_steps=10, exp_steps=40),
     },
     "cpu": {
