@@ -58,7 +58,7 @@ def draw(series: dict, out: Path, title: str | None = None) -> Path:
         for i in range(ov.shape[1]):
             ax.plot(st, ov[:, i], "o-", ms=3, label=f"v{i + 1}")
         ax.set(ylim=(-0.02, 1.02), xlabel="step", ylabel="‖P_prev v_i‖²",
-               title="overlap with the previous checkpoint's top-k space")
+               title="overlap with the previous top-k space")
         ax.legend(fontsize=8, ncol=2)
     else:
         ax.set_axis_off()

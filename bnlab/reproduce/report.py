@@ -54,11 +54,12 @@ def _cell(text: Any) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def _hms(seconds: float | None) -> str:
+def hms(seconds: float | None) -> str:
+    """A duration for people: 45s, 3m07s, 1h02m."""
     if seconds is None:
         return "-"
     s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def _header(record: dict[str, Any]) -> list[str]:
@@ -71,8 +72,9 @@ def _header(record: dict[str, Any]) -> list[str]:
         "",
         f"bnlab {v['bnlab']}, torch {v['torch']}, numpy {v['numpy']}, scipy {v['scipy']}, Python {v['python']}; "
         f"device {p['device']} ({p['device_name']}), {p['cpu_count']} CPU cores, {p['jobs']} worker(s); "
-        f"created {p['created']}; wall time {_hms(p['wall_time_total'])} (stages run now: "
-        f"{_hms(p['wall_time_stages_run'])} of worker time).",
+        f"created {p['created']}; this invocation took {hms(p['wall_time_total'])} (stages run now: "
+        f"{hms(p['wall_time_stages_run'])} of worker time; all stages of the report, reused ones included: "
+        f"{hms(p['wall_time_stages_all'])}).",
         "",
         f"Data: {p['data']['folder'] or 'synthetic'} (fingerprint {str(p['data']['fingerprint'])[:16]}). "
         f"Seeds: {p['seeds']}.",
@@ -104,7 +106,7 @@ def markdown(record: dict[str, Any]) -> str:
     lines += ["", "## Stages", "", "| stage | kind | status | wall time | folder |", "|---|---|---|---|---|"]
     for s in record["stages"]:
         err = f" ({_cell(s['error'])})" if s.get("error") else ""
-        lines.append(f"| {s['name']} | {s['kind']} | {s['status']}{err} | {_hms(s['wall_time'])} | {s['folder']} |")
+        lines.append(f"| {s['name']} | {s['kind']} | {s['status']}{err} | {hms(s['wall_time'])} | {s['folder']} |")
     ck = record["provenance"]["checkpoint_sha256"]
     if ck:
         lines += ["", "Checkpoints (sha256): " + "; ".join(f"{n} {h[:16]}" for n, h in ck.items())]
@@ -159,7 +161,7 @@ def to_html(record: dict[str, Any], out: Path) -> str:
                  "<th>folder</th></tr>")
     for s in record["stages"]:
         parts.append(f"<tr><td>{e(s['name'])}</td><td>{e(s['kind'])}</td><td>{e(s['status'])}"
-                     f"{' (' + e(s['error']) + ')' if s.get('error') else ''}</td><td>{_hms(s['wall_time'])}</td>"
+                     f"{' (' + e(s['error']) + ')' if s.get('error') else ''}</td><td>{hms(s['wall_time'])}</td>"
                      f"<td>{e(s['folder'])}</td></tr>")
     parts.append("</table>")
     ck = record["provenance"]["checkpoint_sha256"]

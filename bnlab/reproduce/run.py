@@ -34,6 +34,8 @@ from ..rundir import claim_out_dir
 from .cache import STAGE_FILE, STAGE_FORMAT, data_fingerprint, finished, stage_dir, stage_keys
 from .evaluate import evaluate
 from .plan import SCALES, SETTINGS, Stage, build_plan, needed_stages
+from .report import hms as _hms
+from .report import write_report
 from .stages import OUT, run_stage
 
 MANIFEST = "reproduce.json"
@@ -106,8 +108,6 @@ class ReproduceResult:
 
     def write(self, out: str | Path) -> list[Path]:
         """report.json, the figures (DIR/figures/*.png), report.md and the self-contained report.html."""
-        from .report import write_report
-
         return write_report(self, Path(out))
 
 
@@ -415,13 +415,6 @@ class _Log:
             self.stream.flush()
 
 
-def _hms(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -456,6 +449,7 @@ def _report_record(opts: ReproduceOptions, wanted: tuple[str, ...], records: lis
             "seeds": "every run and analysis uses seed 0 (training, data subsets, evaluation sets, probes)",
             "checkpoint_sha256": checkpoints, "wall_time_total": wall,
             "wall_time_stages_run": sum(o.wall_time or 0 for o in outcomes.values() if o.status == "ran"),
+            "wall_time_stages_all": sum(o.wall_time or 0 for o in outcomes.values()),
             "scale_settings": SETTINGS[opts.scale], "command": " ".join(sys.argv),
         },
     }
