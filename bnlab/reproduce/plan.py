@@ -94,9 +94,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "stress": dict(width=8, batch_size=256, epochs=25, lr=0.005, **_data("cpu", 2560, 1000, (0, 0))),
         # the post's schedule compressed onto fewer, smaller batches: lr scaled with the batch (128/512)
         "bn_post": dict(width=8, epochs=10, batch_size=128, lr_scale=0.25, **_data("cpu", 5000, 1000, (0, 0))),
-        "bn_eval": dict(num_samples=512, batch_size=256, top_k=12, frozen_top_k=12, tol=1e-3),
+        "bn_eval": dict(num_samples=640, batch_size=256, top_k=12, frozen_top_k=12, tol=1e-3),
         "collapse": dict(depth=50, width=2048, n_inputs=1000),
-        "init_shares": dict(width=8, num_samples=512, batch_size=256, **_data("cpu", 3200, 1000, (0, 0))),
+        "init_shares": dict(width=8, num_samples=640, batch_size=256, **_data("cpu", 3200, 1000, (0, 0))),
         "exact": dict(width=4, images=128, batch_size=16, pythagoras_steps=100, exp_steps=200),
     },
     "full": {

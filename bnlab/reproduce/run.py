@@ -36,7 +36,7 @@ from .evaluate import evaluate
 from .plan import SCALES, SETTINGS, Stage, build_plan, needed_stages
 from .report import hms as _hms
 from .report import write_report
-from .stages import OUT, run_stage
+from .stages import OUT, check_stage, run_stage
 
 MANIFEST = "reproduce.json"
 MANIFEST_FORMAT = "bnlab-reproduce"
@@ -142,6 +142,8 @@ def run_reproduce(opts: ReproduceOptions, out: str | Path, *, force: bool = Fals
     plan = build_plan(opts.scale)
     wanted = opts.findings
     names = needed_stages(plan, wanted)
+    for n in names:  # everything a stage's command would refuse is refused now, before OUT is touched
+        check_stage(plan[n].kind, plan[n].settings)
     keys = stage_keys(plan, list(plan), context)
     jobs = opts.jobs or (1 if dev.type == "cuda" else max(1, os.cpu_count() or 1))
     log = _Log(None if quiet else (stream or sys.stderr))
@@ -308,8 +310,7 @@ def _run_stages(plan: dict[str, Stage], names: list[str], keys: dict[str, str], 
 
     def start_line(n: str) -> None:
         eta.started(n)
-        log.line(f"[{done_count + 1}/{len(names)}] start   {n} ({plan[n].kind}, estimate "
-                 f"{_hms(eta.estimate(n))})")
+        log.line(f"{'':>{2 * len(str(len(names))) + 3}} start   {n} ({plan[n].kind}, estimate {_hms(eta.estimate(n))})")
 
     pending = list(todo)
     if jobs == 1:

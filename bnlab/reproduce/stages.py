@@ -187,5 +187,30 @@ def _exact(settings: dict[str, Any], out: Path, inputs: dict[str, Path], env: di
     return {}
 
 
+def check_stage(kind: str, settings: dict[str, Any]) -> None:
+    """Refuse (BnlabError) settings the stage's command would refuse, before anything runs."""
+    from ..config import make_config
+    from ..context import EvalSpec
+    from ..curvature.hessian import HessianOptions
+    from ..outstats.collapse import CollapseOptions
+    from ..outstats.run import OutstatsOptions
+    from ..sweep import Grid, parse_grid
+
+    s = _tuples(settings)
+    if kind == "train":
+        make_config(s.pop("variant"), **s)
+    elif kind in ("hessian", "series", "outstats"):
+        spec = EvalSpec(num_samples=s.pop("num_samples"), batch_size=s.pop("batch_size"))
+        (OutstatsOptions if kind == "outstats" else HessianOptions)(eval=spec, **s).validate()
+    elif kind == "sweep":
+        Grid(axes=parse_grid(s["grid"]), base=_tuples(s["base"]), variant=s["variant"]).validate()
+    elif kind == "collapse":
+        CollapseOptions(**s).validate()
+    elif kind == "init_shares":
+        EvalSpec(num_samples=s["num_samples"], batch_size=s["batch_size"]).validate()
+    elif kind not in _RUNNERS:
+        raise BnlabError(f"unknown stage kind {kind!r}")
+
+
 _RUNNERS = {"train": _train, "freeze": _freeze, "hessian": _hessian, "outstats": _outstats, "dynamics": _dynamics,
             "series": _series, "sweep": _sweep, "collapse": _collapse, "init_shares": _init_shares, "exact": _exact}

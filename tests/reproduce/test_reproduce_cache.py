@@ -15,10 +15,12 @@ import pytest
 from click.testing import CliRunner
 
 from bnlab.cli import main
+from bnlab.errors import BnlabError
 from bnlab.findings.spec import IDS
 from bnlab.reproduce.cache import data_fingerprint, stage_keys
 from bnlab.reproduce.plan import FINDING_STAGES, build_plan, needed_stages
 from bnlab.reproduce.run import resolve_targets
+from bnlab.reproduce.stages import check_stage
 from conftest import write_cifar_folder
 
 CTX = {"data": "synthetic", "device_type": "cpu"}
@@ -48,15 +50,20 @@ def test_a_changed_setting_invalidates_exactly_its_downstream(stage: str) -> Non
     assert stage_keys(plan, list(plan), {**CTX, "device_type": "cuda"}) != keys
 
 
-def test_every_finding_has_stages_and_the_plans_are_dags() -> None:
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "full"])
+def test_every_plan_is_a_valid_dag(scale: str) -> None:
+    """Every scale, the full one included (which only a GPU runs), builds options its commands accept."""
     assert set(FINDING_STAGES) == set(IDS)
-    for scale in ("smoke", "cpu", "full"):
-        plan = build_plan(scale)
-        order = needed_stages(plan, IDS)
-        assert set(order) == set(plan)  # nothing planned that no finding reads
-        for i, n in enumerate(order):
-            assert all(order.index(d) < i for d in plan[n].deps.values())
-        assert all(st.cost > 0 for st in plan.values())
+    plan = build_plan(scale)
+    order = needed_stages(plan, IDS)
+    assert set(order) == set(plan)  # nothing planned that no finding reads
+    for i, n in enumerate(order):
+        assert all(order.index(d) < i for d in plan[n].deps.values())
+        check_stage(plan[n].kind, plan[n].settings)
+    assert all(st.cost > 0 for st in plan.values())
+    bad = dataclasses.replace(plan["train_wd_main"], settings={**plan["train_wd_main"].settings, "batch_size": 0})
+    with pytest.raises(BnlabError):
+        check_stage(bad.kind, bad.settings)
 
 
 def test_targets() -> None:
