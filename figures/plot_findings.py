@@ -254,7 +254,7 @@ def fig_f11(f: Finding, out: Path) -> None:
 
 
 def fig_f12(f: Finding, out: Path) -> None:
-    draw_series(f.json("series_wd_main", "hessian_series.json"), out, title=f.title())
+    draw_series(f.json("series_eos", "hessian_series.json"), out, title=f.title())
 
 
 FIGURES: dict[str, Callable[[Finding, Path], None]] = {

@@ -115,7 +115,7 @@ def _f11(outs: Outs, plan: dict[str, Stage]) -> FindingRecord:
 
 
 def _f12(outs: Outs, plan: dict[str, Stage]) -> FindingRecord:
-    return stability.f12_edge_of_stability(read_json(outs["series_wd_main"] / "hessian_series.json"))
+    return stability.f12_edge_of_stability(read_json(outs["series_eos"] / "hessian_series.json"))
 
 
 EVALUATORS: dict[str, Callable[[Outs, dict[str, Stage]], FindingRecord]] = {

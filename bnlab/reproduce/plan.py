@@ -73,7 +73,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
         # DavidNet, constant lr: F1-F3 (dynamics) and F12 (curvature series)
         "wd_main": dict(width=4, batch_size=32, epochs=6, lr=0.2, weight_decay=5e-3, save_every=3,
                         **_data("smoke", None, None, (256, 100))),
-        "wd_series": dict(top_k=2, num_samples=40, batch_size=20, tol=1e-2),
+        "eos": None,  # F12 reads the F1-F3 run's checkpoints
+        "eos_series": dict(top_k=2, num_samples=40, batch_size=20, tol=1e-2),
         "sweep": dict(base=dict(width=2, batch_size=32, epochs=3, **_data("smoke", None, None, (256, 100))),
                       grid="lr=0.2,0.4 wd=2.5e-3,5e-3"),
         "stress": dict(width=2, batch_size=32, epochs=6, lr=0.05, **_data("smoke", None, None, (256, 100))),
@@ -87,11 +88,15 @@ SETTINGS: dict[str, dict[str, Any]] = {
         # lr*wd = 2.5e-4 -> relaxation time 0.1/(4 * 2.5e-4) = 100 steps; 2000 steps = 20 of them.
         "wd_main": dict(width=16, batch_size=32, epochs=20, lr=0.05, weight_decay=5e-3, save_every=2,
                         **_data("cpu", 3200, 1000, (0, 0))),
-        "wd_series": dict(top_k=2, num_samples=640, batch_size=32, tol=1e-3),
+        # F12: DavidNet at the recipe's peak lr and batch (the largest stable lr of part 5's search), constant,
+        # on a subset; the Hessian on fixed batches of the training batch size.
+        "eos": dict(width=8, batch_size=512, epochs=64, lr=0.4, weight_decay=5e-4, save_every=8,
+                    **_data("cpu", 5120, 1000, (0, 0))),
+        "eos_series": dict(top_k=2, num_samples=1020, batch_size=510, tol=1e-3),
         # lr*wd from 2.5e-4 to 1e-3, 1000 steps each; two points at lr*wd = 5e-4; lr/wd from 5 to 20.
         "sweep": dict(base=dict(width=8, batch_size=64, epochs=20, **_data("cpu", 3200, 1000, (0, 0))),
                       grid="lr=0.05,0.1 wd=5e-3,1e-2"),
-        "stress": dict(width=8, batch_size=256, epochs=25, lr=0.005, **_data("cpu", 2560, 1000, (0, 0))),
+        "stress": dict(width=8, batch_size=128, epochs=25, lr=0.005, **_data("cpu", 5120, 1000, (0, 0))),
         # the post's schedule compressed onto fewer, smaller batches: lr scaled with the batch (128/512)
         "bn_post": dict(width=8, epochs=10, batch_size=128, lr_scale=0.25, **_data("cpu", 5000, 1000, (0, 0))),
         "bn_eval": dict(num_samples=640, batch_size=256, top_k=12, frozen_top_k=12, tol=1e-3),
@@ -103,7 +108,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
         # The post's DavidNet at constant lr (F2 needs one): lr*wd = 2e-4 -> 125 steps; 2328 steps = 18.6 of them.
         "wd_main": dict(width=64, batch_size=512, epochs=24, lr=0.4, weight_decay=5e-4, save_every=2, log_every=4,
                         **_data("full", None, None, (0, 0))),
-        "wd_series": dict(top_k=4, num_samples=5120, batch_size=512, tol=1e-3),
+        "eos": None,  # the F1-F3 run is the recipe's DavidNet at constant lr already
+        "eos_series": dict(top_k=4, num_samples=5120, batch_size=512, tol=1e-3),
         "sweep": dict(base=dict(width=64, batch_size=512, epochs=24, log_every=4, **_data("full", None, None, (0, 0))),
                       grid="lr=0.2,0.4 wd=2.5e-4,5e-4"),
         "stress": dict(width=64, batch_size=512, epochs=25, lr=0.005, **_data("full", None, None, (0, 0))),
@@ -127,17 +133,25 @@ def build_plan(scale: str) -> dict[str, Stage]:
     def add(stage: Stage) -> None:
         stages.append(stage)
 
-    # Weight-decay post: one constant-lr BN DavidNet (F1-F3, F12), a sweep (F4), exact simulations (F1, F4b).
+    # Weight-decay post: one constant-lr BN DavidNet (F1-F3; F12 where "eos" is None), a sweep (F4), exact
+    # simulations (F1, F4b); F12's own run at the largest stable lr where "eos" is set.
     main = dict(s["wd_main"])
     main.update(variant="bn", lr_schedule="const", momentum=0.9, nesterov=True, log_channels=True,
                 log_every=main.get("log_every", 1))
     add(Stage("train_wd_main", "train", main, cost=_train_cost(main)))
     add(Stage("dynamics_wd_main", "dynamics", {"channels": True}, {"run": "train_wd_main"},
               cost=5 + 3e-6 * _steps(main) / main["log_every"] * (30 + 35 * main["width"])))
-    ser = s["wd_series"]
-    n_ckpt = main["epochs"] // main["save_every"]
-    add(Stage("series_wd_main", "series", dict(ser), {"run": "train_wd_main"},
-              cost=n_ckpt * 0.7 * _hessian_cost("davidnet", main["width"], ser["top_k"], ser["num_samples"])))
+    eos_run = "train_wd_main"
+    if s["eos"] is not None:
+        eos = dict(s["eos"])
+        eos.update(variant="bn", lr_schedule="const", momentum=0.9, nesterov=True, log_every=0)
+        add(Stage("train_eos", "train", eos, cost=_train_cost(eos)))
+        eos_run = "train_eos"
+    ser = s["eos_series"]
+    run = next(st.settings for st in stages if st.name == eos_run)
+    n_ckpt = run["epochs"] // run["save_every"]
+    add(Stage("series_eos", "series", dict(ser), {"run": eos_run},
+              cost=n_ckpt * 0.7 * _hessian_cost("davidnet", run["width"], ser["top_k"], ser["num_samples"])))
     sw = s["sweep"]
     base = dict(sw["base"], lr_schedule="const", momentum=0.9, nesterov=True, log_every=sw["base"].get("log_every", 1))
     n_points = math.prod(len(item.split("=")[1].split(",")) for item in sw["grid"].split())
@@ -201,7 +215,7 @@ FINDING_STAGES: dict[str, tuple[str, ...]] = {
     "F9": ("hessian_bn", "hessian_frozen", "hessian_no_bn"),
     "F10": ("outstats_frozen",),
     "F11": ("outstats_bn", "outstats_frozen", "outstats_no_bn"),
-    "F12": ("series_wd_main",),
+    "F12": ("series_eos",),
 }
 
 

@@ -420,6 +420,16 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def versions() -> dict[str, str]:
     return {"bnlab": __version__, "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
             "python": platform.python_version()}
@@ -443,7 +453,7 @@ def _report_record(opts: ReproduceOptions, wanted: tuple[str, ...], records: lis
         "summary": summary, "findings": [r.to_dict() for r in records], "stages": stages,
         "provenance": {
             "created": _now(), "versions": versions(), "device": str(dev),
-            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
             "cpu_count": os.cpu_count(), "jobs": jobs,
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "data": {"folder": str(data_folder) if data_folder else None, "fingerprint": context["data"]},
