@@ -1,0 +1,80 @@
+"""The stage cache of a reproduction folder: every stage's outputs live in DIR/stages/NAME-KEY/, KEY the
+hash of the stage's kind, settings, the data it reads and its inputs' keys. So
+
+- a finished stage (its ``stage.json`` written last, atomically) is reused by any later run that asks for
+  the same thing, whatever else changed;
+- a changed setting gives a new key, and so reruns that stage and everything downstream of it, nothing else;
+- a stage killed half-way has a folder without ``stage.json``: it is redone (a training run resumes from
+  its last committed epoch).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import BnlabError
+from ..io.jsonfile import read_json, to_jsonable
+from .plan import Stage
+
+STAGE_FILE = "stage.json"
+STAGE_FORMAT = "bnlab-reproduce-stage"
+# Bump a kind's version when its code changes what it writes: cached outputs of the old code are then
+# recomputed rather than reused.
+KIND_VERSIONS = {"train": 1, "freeze": 1, "hessian": 1, "outstats": 1, "dynamics": 1, "series": 1, "sweep": 1,
+                 "collapse": 1, "init_shares": 1, "exact": 1}
+
+
+def digest(obj: Any) -> str:
+    """sha256 of an object's canonical JSON (sorted keys, no whitespace)."""
+    text = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def data_fingerprint(folder: Path) -> str:
+    """Identity of a CIFAR-10 folder without reading all of it: names, sizes, first and last 64 KiB of
+    each batch file. Moving the folder keeps the cache; different images invalidate it."""
+    h = hashlib.sha256()
+    for name in sorted(p.name for p in folder.iterdir() if p.name.startswith(("data_batch", "test_batch"))):
+        p = folder / name
+        size = p.stat().st_size
+        h.update(f"{name}:{size}".encode())
+        with open(p, "rb") as f:
+            h.update(f.read(1 << 16))
+            f.seek(max(0, size - (1 << 16)))
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def stage_keys(plan: dict[str, Stage], names: list[str], context: dict[str, Any]) -> dict[str, str]:
+    """Key of every named stage (deps first). `context` holds what outside the settings changes a stage's
+    result: the data's fingerprint and the device type (CUDA trains in bf16)."""
+    keys: dict[str, str] = {}
+
+    def key(name: str) -> str:
+        if name not in keys:
+            st = plan[name]
+            keys[name] = digest({"kind": st.kind, "version": KIND_VERSIONS[st.kind], "settings": st.settings,
+                                 "deps": {role: key(dep) for role, dep in sorted(st.deps.items())},
+                                 "context": context})[:12]
+        return keys[name]
+
+    for n in names:
+        key(n)
+    return keys
+
+
+def stage_dir(root: Path, name: str, key: str) -> Path:
+    return root / "stages" / f"{name}-{key}"
+
+
+def finished(folder: Path, key: str) -> dict[str, Any] | None:
+    """The stage record of a finished stage in `folder`, or None (never started, or killed before its end)."""
+    try:
+        rec = read_json(folder / STAGE_FILE, "stage record")
+    except BnlabError:
+        return None
+    if not isinstance(rec, dict) or rec.get("format") != STAGE_FORMAT or rec.get("key") != key:
+        return None
+    return rec

@@ -1,0 +1,172 @@
+"""The reproduction report: DIR/report.json (strict JSON, every number), DIR/figures/*.png (drawn by
+figures/plot_findings.py from the same result files), DIR/report.md (readable on a code host) and
+DIR/report.html (one self-contained file: figures inline as base64 PNG, no outside resources).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..io.jsonfile import write_json
+
+FIGURES_DIR = "figures"
+FIGURE_SCRIPT = Path(__file__).resolve().parents[2] / "figures" / "plot_findings.py"
+TITLE = "Reproduction of *How to train your ResNet*, parts 6 (weight decay) and 7 (batch norm)"
+
+
+def draw_figures(out: Path, timeout: float = 900) -> str | None:
+    """Run figures/plot_findings.py on the folder; returns a one-line problem, or None when it drew."""
+    if not FIGURE_SCRIPT.is_file():
+        return f"no figures: {FIGURE_SCRIPT} not found (bnlab installed without its repository)"
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    try:
+        r = subprocess.run([sys.executable, str(FIGURE_SCRIPT), str(out)], capture_output=True, text=True, env=env,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"figures: {FIGURE_SCRIPT.name} ran past {timeout:.0f}s"
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        return f"figures: {FIGURE_SCRIPT.name} failed ({last[:200]})"
+    return None
+
+
+def write_report(result: Any, out: Path) -> list[Path]:
+    record = result.record
+    paths = [write_json(out / "report.json", record)]
+    problem = draw_figures(out) if result.draw_figures else "figures not drawn (--no-figures)"
+    for rec, frec in zip(result.findings, record["findings"]):
+        fig = Path(FIGURES_DIR) / f"{rec.id}.png"
+        rec.figure = frec["figure"] = str(fig) if (out / fig).is_file() else None
+    record["figures_problem"] = problem
+    paths.append(write_json(out / "report.json", record))
+    md = markdown(record)
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(to_html(record, out))
+    return [*paths, out / "report.md", out / "report.html"]
+
+
+def _cell(text: Any) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def hms(seconds: float | None) -> str:
+    """A duration for people: 45s, 3m07s, 1h02m."""
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def _header(record: dict[str, Any]) -> list[str]:
+    p = record["provenance"]
+    v = p["versions"]
+    s = record["summary"]
+    return [
+        f"Scale **{record['scale']}**; requested: {', '.join(record['requested'])}. "
+        f"Verdicts: {s.get('PASS', 0)} PASS, {s.get('FAIL', 0)} FAIL, {s.get('NOT RUN', 0)} NOT RUN.",
+        "",
+        f"bnlab {v['bnlab']}, torch {v['torch']}, numpy {v['numpy']}, scipy {v['scipy']}, Python {v['python']}; "
+        f"device {p['device']} ({p['device_name']}), {p['cpu_count']} CPU cores, {p['jobs']} worker(s); "
+        f"created {p['created']}; this invocation took {hms(p['wall_time_total'])} (stages run now: "
+        f"{hms(p['wall_time_stages_run'])} of worker time; all stages of the report, reused ones included: "
+        f"{hms(p['wall_time_stages_all'])}).",
+        "",
+        f"Data: {p['data']['folder'] or 'synthetic'} (fingerprint {str(p['data']['fingerprint'])[:16]}). "
+        f"Seeds: {p['seeds']}.",
+    ]
+
+
+def markdown(record: dict[str, Any]) -> str:
+    lines = [f"# {TITLE}", "", *_header(record), "", "## Verdicts", "",
+             "| id | claim | source | source's number | measured | threshold | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for f in record["findings"]:
+        lines.append(f"| [{f['id']}](#{f['id'].lower()}) | {_cell(f['title'])} | {_cell(f['source'])} | "
+                     f"{_cell(f['source_number'])} | {_cell(f['measured'])} | {_cell(f['threshold'])} | "
+                     f"**{f['verdict']}** |")
+    if record.get("figures_problem"):
+        lines += ["", f"*{record['figures_problem']}*"]
+    for f in record["findings"]:
+        lines += ["", f"## {f['id']}", "", f"**{f['title']}: {f['verdict']}.** {f['reason']}", "",
+                  f"- Claim: {f['claim']}", f"- Source: {f['source']}; the source's number: {f['source_number']}",
+                  f"- Threshold: {f['threshold']}", f"- Measured: {f['measured']}"]
+        for note in f.get("notes", []):
+            lines.append(f"- Note: {note}")
+        if f.get("figure"):
+            lines += ["", f"![{f['id']}]({f['figure']})"]
+        stages = (f.get("setting") or {}).get("stages", {})
+        if stages:
+            lines += ["", f"Setting (scale {f['setting']['scale']}):", ""]
+            lines += [f"- `{n}` ({s['folder']}): {s['summary']}" for n, s in stages.items()]
+    lines += ["", "## Stages", "", "| stage | kind | status | wall time | folder |", "|---|---|---|---|---|"]
+    for s in record["stages"]:
+        err = f" ({_cell(s['error'])})" if s.get("error") else ""
+        lines.append(f"| {s['name']} | {s['kind']} | {s['status']}{err} | {hms(s['wall_time'])} | {s['folder']} |")
+    ck = record["provenance"]["checkpoint_sha256"]
+    if ck:
+        lines += ["", "Checkpoints (sha256): " + "; ".join(f"{n} {h[:16]}" for n, h in ck.items())]
+    lines += ["", "Every number above is in report.json; every stage folder holds its settings and outputs "
+              "(stage.json) and the files of the bnlab command that made them.", ""]
+    return "\n".join(lines)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:0.86em}td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top}
+th{background:#f2f2f2}.PASS{background:#d9f2d9;font-weight:bold}.FAIL{background:#f8d7d7;font-weight:bold}
+.NOTRUN{background:#eee;font-weight:bold}img{max-width:100%;border:1px solid #ddd}code{background:#f5f5f5}
+h2{border-bottom:1px solid #ddd;padding-bottom:3px}"""
+
+
+def _img(out: Path, rel: str | None) -> str:
+    if not rel or not (out / rel).is_file():
+        return ""
+    data = base64.b64encode((out / rel).read_bytes()).decode()
+    return f'<p><img alt="figure" src="data:image/png;base64,{data}"></p>'
+
+
+def to_html(record: dict[str, Any], out: Path) -> str:
+    e = html.escape
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(TITLE.replace('*', ''))}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{e(TITLE.replace('*', ''))}</h1>"]
+    parts += [f"<p>{e(line).replace('**', '')}</p>" for line in _header(record) if line]
+    parts.append("<h2>Verdicts</h2><table><tr><th>id</th><th>claim</th><th>source</th><th>source's number</th>"
+                 "<th>measured</th><th>threshold</th><th>verdict</th></tr>")
+    for f in record["findings"]:
+        parts.append(f"<tr><td><a href='#{e(f['id'])}'>{e(f['id'])}</a></td><td>{e(f['title'])}</td>"
+                     f"<td>{e(f['source'])}</td><td>{e(f['source_number'])}</td><td>{e(f['measured'])}</td>"
+                     f"<td>{e(f['threshold'])}</td>"
+                     f"<td class='{f['verdict'].replace(' ', '')}'>{e(f['verdict'])}</td></tr>")
+    parts.append("</table>")
+    if record.get("figures_problem"):
+        parts.append(f"<p><em>{e(record['figures_problem'])}</em></p>")
+    for f in record["findings"]:
+        parts.append(f"<h2 id='{e(f['id'])}'>{e(f['id'])}: {e(f['title'])} "
+                     f"<span class='{f['verdict'].replace(' ', '')}'>{e(f['verdict'])}</span></h2>")
+        parts.append(f"<p>{e(f['reason'])}</p><ul><li>Claim: {e(f['claim'])}</li><li>Source: {e(f['source'])}; "
+                     f"the source's number: {e(f['source_number'])}</li><li>Threshold: {e(f['threshold'])}</li>"
+                     f"<li>Measured: {e(f['measured'])}</li>"
+                     + "".join(f"<li>Note: {e(n)}</li>" for n in f.get("notes", [])) + "</ul>")
+        parts.append(_img(out, f.get("figure")))
+        stages = (f.get("setting") or {}).get("stages", {})
+        if stages:
+            parts.append(f"<p>Setting (scale {e(f['setting']['scale'])}):</p><ul>" + "".join(
+                f"<li><code>{e(n)}</code> ({e(s['folder'])}): {e(s['summary'])}</li>" for n, s in stages.items())
+                + "</ul>")
+    parts.append("<h2>Stages</h2><table><tr><th>stage</th><th>kind</th><th>status</th><th>wall time</th>"
+                 "<th>folder</th></tr>")
+    for s in record["stages"]:
+        parts.append(f"<tr><td>{e(s['name'])}</td><td>{e(s['kind'])}</td><td>{e(s['status'])}"
+                     f"{' (' + e(s['error']) + ')' if s.get('error') else ''}</td><td>{hms(s['wall_time'])}</td>"
+                     f"<td>{e(s['folder'])}</td></tr>")
+    parts.append("</table>")
+    ck = record["provenance"]["checkpoint_sha256"]
+    if ck:
+        parts.append("<p>Checkpoints (sha256): " + "; ".join(f"{e(n)} <code>{h[:16]}</code>" for n, h in ck.items())
+                     + "</p>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)

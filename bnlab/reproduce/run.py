@@ -1,0 +1,467 @@
+"""`bnlab reproduce` as a function: options -> `run_reproduce(options, out)` -> `ReproduceResult.write(out)`.
+
+The stages a selection of findings needs are run in dependency order, `jobs` at a time (worker processes
+with a fixed share of the CPU threads each; one process on a GPU), reusing every stage already finished in
+OUT (`bnlab.reproduce.cache`). Each stage start and end is one line with the overall progress and an
+estimate of the time left (the plan's cost estimates, rescaled by how long the finished stages took here).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as dt
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import scipy
+import torch
+
+from .. import __version__
+from .. import validate as check
+from ..data import cifar
+from ..device import resolve_device
+from ..errors import BnlabError
+from ..findings.record import FindingRecord
+from ..findings.spec import IDS, in_group
+from ..io.jsonfile import read_json, write_json
+from ..rundir import claim_out_dir
+from .cache import STAGE_FILE, STAGE_FORMAT, data_fingerprint, finished, stage_dir, stage_keys
+from .evaluate import evaluate
+from .plan import SCALES, SETTINGS, Stage, build_plan, needed_stages
+from .report import hms as _hms
+from .report import write_report
+from .stages import OUT, check_stage, run_stage
+
+MANIFEST = "reproduce.json"
+MANIFEST_FORMAT = "bnlab-reproduce"
+REPORT_FORMAT = "bnlab-reproduce-report"
+TARGET_GROUPS = ("all", "weight-decay", "batch-norm")
+
+
+def resolve_targets(targets: tuple[str, ...]) -> tuple[str, ...]:
+    """Finding ids (in report order) of `all`, a post's group, or ids (case-insensitive)."""
+    if not targets:
+        targets = ("all",)
+    lower = {i.lower(): i for i in IDS}
+    chosen: set[str] = set()
+    for t in targets:
+        t = t.strip()
+        if t.lower() == "all":
+            chosen.update(IDS)
+        elif t.lower() in ("weight-decay", "batch-norm"):
+            chosen.update(in_group(t.lower()))
+        elif t.lower() in lower:
+            chosen.add(lower[t.lower()])
+        else:
+            raise BnlabError(f"unknown finding or group {t!r}; choose all, weight-decay, batch-norm or ids "
+                             f"{', '.join(IDS)}")
+    return tuple(i for i in IDS if i in chosen)
+
+
+@dataclass(frozen=True)
+class ReproduceOptions:
+    targets: tuple[str, ...] = ("all",)
+    scale: str = "cpu"
+    data_dir: str | None = None  # CIFAR-10 folder/tarball; None: as training finds it ($BNLAB_DATA, download)
+    device: str = "auto"
+    jobs: int | None = None  # None: 1 on CUDA, else one per CPU core
+    figures: bool = True
+
+    def validate(self) -> None:
+        check.choice("--scale", self.scale, SCALES)
+        resolve_targets(self.targets)
+        check.optional_integer("--jobs", self.jobs, 1)
+        if self.data_dir is not None and self.scale != "smoke":
+            cifar.locate(self.data_dir)  # a named folder or tarball is checked, never downloaded
+
+    @property
+    def findings(self) -> tuple[str, ...]:
+        return resolve_targets(self.targets)
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    kind: str
+    key: str
+    folder: str  # relative to the reproduction folder
+    status: str  # cached | ran | failed | skipped (an input failed)
+    settings: dict[str, Any]
+    deps: dict[str, str]
+    wall_time: float | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    estimate: float = 0.0
+
+
+@dataclass
+class ReproduceResult:
+    record: dict[str, Any]  # what report.json holds
+    findings: list[FindingRecord]
+    draw_figures: bool = True
+
+    def write(self, out: str | Path) -> list[Path]:
+        """report.json, the figures (DIR/figures/*.png), report.md and the self-contained report.html."""
+        return write_report(self, Path(out))
+
+
+def _context(opts: ReproduceOptions, dev: torch.device) -> dict[str, Any]:
+    if opts.scale == "smoke":
+        return {"data": "synthetic", "device_type": dev.type}
+    folder = cifar.locate(opts.data_dir)
+    return {"data": data_fingerprint(folder), "device_type": dev.type, "data_folder": str(folder)}
+
+
+def _is_reproduction(out: Path) -> bool:
+    try:
+        return read_json(out / MANIFEST, "reproduction manifest").get("format") == MANIFEST_FORMAT
+    except (BnlabError, AttributeError):
+        return False
+
+
+def run_reproduce(opts: ReproduceOptions, out: str | Path, *, force: bool = False, quiet: bool = False,
+                  stream: TextIO | None = None) -> ReproduceResult:
+    """Run (or continue) the reproduction of `opts.findings` at `opts.scale` in `out`; writes the report.
+
+    A folder holding an earlier reproduction is continued (its stages reused); any other non-empty folder
+    is refused unless `force` (which empties it first).
+    """
+    t_start = time.perf_counter()
+    opts.validate()
+    dev = resolve_device(opts.device)
+    context = _context(opts, dev)
+    data_folder = context.pop("data_folder", None)
+    out = Path(out)
+    resume = out.is_dir() and _is_reproduction(out) and not force
+    plan = build_plan(opts.scale)
+    wanted = opts.findings
+    names = needed_stages(plan, wanted)
+    for n in names:  # everything a stage's command would refuse is refused now, before OUT is touched
+        check_stage(plan[n].kind, plan[n].settings)
+    keys = stage_keys(plan, list(plan), context)
+    jobs = opts.jobs or (1 if dev.type == "cuda" else max(1, os.cpu_count() or 1))
+    log = _Log(None if quiet else (stream or sys.stderr))
+    with claim_out_dir(out, force=force, resume=resume):
+        manifest = read_json(out / MANIFEST) if resume else {"format": MANIFEST_FORMAT, "version": 1, "runs": []}
+        manifest["runs"].append({"started": _now(), "scale": opts.scale, "findings": list(wanted),
+                                 "argv": sys.argv, "device": str(dev), "jobs": jobs})
+        write_json(out / MANIFEST, manifest)
+        env = {"data_dir": str(data_folder) if data_folder else None, "device": str(dev), "quiet": quiet or jobs > 1,
+               "threads": None if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)}
+        outcomes = _run_stages(plan, names, keys, out, env, jobs, log)
+        outs = {n: out / o.folder / OUT for n, o in outcomes.items() if o.status in ("cached", "ran")}
+        # Findings not asked for are still reported when this folder already holds their stages.
+        for name in plan:
+            if name not in outcomes:
+                rec = finished(stage_dir(out, name, keys[name]), keys[name])
+                if rec is not None:
+                    outs[name] = stage_dir(out, name, keys[name]) / OUT
+        records = [_evaluate(fid, outs, plan, opts, outcomes, keys, out) for fid in IDS]
+        record = _report_record(opts, wanted, records, outcomes, plan, keys, out, dev, jobs, context, data_folder,
+                                time.perf_counter() - t_start)
+        result = ReproduceResult(record, records, draw_figures=opts.figures)
+        result.write(out)
+        manifest["runs"][-1].update(finished=_now(), wall_time=time.perf_counter() - t_start,
+                                    verdicts={r.id: r.verdict for r in records})
+        write_json(out / MANIFEST, manifest)
+    failed = [o for o in outcomes.values() if o.status == "failed"]
+    log.line(f"report: {out / 'report.md'} ({', '.join(f'{k} {v}' for k, v in record['summary'].items() if v)}); "
+             f"{_hms(time.perf_counter() - t_start)} in all")
+    if failed:
+        raise BnlabError(f"{len(failed)} stage(s) failed ({'; '.join(f'{o.name}: {o.error}' for o in failed)}); "
+                         "the report marks what they feed as NOT RUN; rerun the same command to retry them")
+    return result
+
+
+def _evaluate(fid: str, outs: dict[str, Path], plan: dict[str, Stage], opts: ReproduceOptions,
+              outcomes: dict[str, StageOutcome], keys: dict[str, str], out: Path) -> FindingRecord:
+    from .plan import FINDING_STAGES
+
+    rec = evaluate(fid, outs, plan)
+    rec.setting = {"scale": opts.scale,
+                   "stages": {n: {"folder": str(stage_dir(Path("."), n, keys[n])), "key": keys[n],
+                                  "summary": describe(plan[n]), "settings": plan[n].settings}
+                              for n in _with_deps(plan, FINDING_STAGES[fid])}}
+    failed = [n for n in FINDING_STAGES[fid] if n in outcomes and outcomes[n].status in ("failed", "skipped")]
+    if failed and rec.verdict == "NOT RUN":
+        rec.reason = "stage(s) failed: " + "; ".join(f"{n}: {outcomes[n].error}" for n in failed)
+    return rec
+
+
+def _with_deps(plan: dict[str, Stage], names: tuple[str, ...]) -> list[str]:
+    seen: list[str] = []
+
+    def visit(n: str) -> None:
+        if n in seen:
+            return
+        for d in plan[n].deps.values():
+            visit(d)
+        seen.append(n)
+
+    for n in names:
+        visit(n)
+    return seen
+
+
+def describe(stage: Stage) -> str:
+    """One line saying what a stage computes, for the report."""
+    s = stage.settings
+    if stage.kind == "train":
+        data = (f"CIFAR-10 subset {s['subset']}" if s.get("subset") else "CIFAR-10") if s.get("dataset") == "cifar10" \
+            else f"synthetic {s.get('synthetic_train')} images"
+        n = s.get("subset") or s.get("synthetic_train") or 50000
+        sched = {"const": "constant lr", "exp": "lr x 2^(epoch/2) from",
+                 "piecewise": "peak lr"}[s.get("lr_schedule", "piecewise")]
+        return (f"{s.get('model', 'davidnet')} width {s['width']} ({s['variant']}), batch {s['batch_size']}, "
+                f"{s['epochs']} epochs = {s['epochs'] * (n // s['batch_size'])} steps, {sched} {s['lr']:g}, "
+                f"wd {s['weight_decay']:g}, momentum {s['momentum']:g}{' Nesterov' if s['nesterov'] else ''}, {data}")
+    if stage.kind in ("hessian", "outstats", "series"):
+        what = {"hessian": f"top-{s.get('top_k')} Hessian eigenpairs", "series": f"top-{s.get('top_k')} Hessian "
+                "eigenpairs of every saved checkpoint (warm-started)", "outstats": "output-statistic gradients, "
+                "perturbations, spans, projected Hessian"}[stage.kind]
+        return (f"{what}; {s['num_samples']} training images in fixed batches of {s['batch_size']}"
+                f"{', loss ' + s['loss_scale'] if s.get('loss_scale') else ''}, tol {s.get('tol')}")
+    if stage.kind == "sweep":
+        b = s["base"]
+        return (f"sweep {s['grid']}: davidnet width {b['width']}, batch {b['batch_size']}, {b['epochs']} epochs, "
+                f"constant lr")
+    if stage.kind == "collapse":
+        return f"fully connected ReLU net at init: depth {s['depth']}, width {s['width']}, {s['n_inputs']} inputs"
+    if stage.kind == "init_shares":
+        return f"DavidNet width {s['width']} at init, {s['num_samples']} images in batches of {s['batch_size']}"
+    if stage.kind == "exact":
+        return (f"float64 DavidNet width {s['width']}, every parameter scale-invariant: {s['pythagoras_steps']} plain "
+                f"SGD steps, {s['exp_steps']} steps wd vs exponential lr")
+    if stage.kind == "freeze":
+        return "BN replaced by its running-statistics affine map (statistics refreshed over one epoch)"
+    return f"bnlab dynamics (per layer{' and channel' if s.get('channels') else ''})"
+
+
+def _critical_path(plan: dict[str, Stage], names: list[str]) -> dict[str, float]:
+    """Per stage, its cost plus the longest chain of stages that wait for it (scheduling priority)."""
+    children: dict[str, list[str]] = {n: [] for n in names}
+    for n in names:
+        for d in plan[n].deps.values():
+            if d in children:
+                children[d].append(n)
+    memo: dict[str, float] = {}
+
+    def chain(n: str) -> float:
+        if n not in memo:
+            memo[n] = plan[n].cost + max((chain(c) for c in children[n]), default=0.0)
+        return memo[n]
+
+    return {n: chain(n) for n in names}
+
+
+def _run_stages(plan: dict[str, Stage], names: list[str], keys: dict[str, str], root: Path, env: dict[str, Any],
+                jobs: int, log: _Log) -> dict[str, StageOutcome]:
+    outcomes: dict[str, StageOutcome] = {}
+    for n in names:
+        folder = stage_dir(root, n, keys[n])
+        st = plan[n]
+        rec = finished(folder, keys[n])
+        outcomes[n] = StageOutcome(n, st.kind, keys[n], str(folder.relative_to(root)), "cached" if rec else "todo",
+                                   st.settings, dict(st.deps), rec.get("wall_time") if rec else None,
+                                   rec.get("outputs", {}) if rec else {}, estimate=st.cost)
+    todo = [n for n in names if outcomes[n].status == "todo"]
+    eta = _Eta(plan, todo, jobs)
+    log.line(f"reproduce: {len(names)} stages, {len(names) - len(todo)} reused, {len(todo)} to run on {jobs} "
+             f"worker(s); about {_hms(eta.remaining())} (estimate)")
+    priority = _critical_path(plan, names)
+    done_count = len(names) - len(todo)
+
+    def ready(n: str) -> bool:
+        return all(outcomes[d].status in ("cached", "ran") for d in plan[n].deps.values())
+
+    def blocked(n: str) -> bool:
+        return any(outcomes[d].status in ("failed", "skipped") for d in plan[n].deps.values())
+
+    def args(n: str) -> tuple[Any, ...]:
+        folder = root / outcomes[n].folder
+        folder.mkdir(parents=True, exist_ok=True)
+        inputs = {role: str(root / outcomes[d].folder / OUT) for role, d in plan[n].deps.items()}
+        return plan[n].kind, plan[n].settings, str(folder), inputs, env
+
+    def finish(n: str, result: dict[str, Any] | None, error: str | None) -> None:
+        nonlocal done_count
+        o = outcomes[n]
+        done_count += 1
+        if error is None and result is not None:
+            o.status, o.wall_time, o.outputs = "ran", result["wall_time"], result["outputs"]
+            write_json(root / o.folder / STAGE_FILE, {
+                "format": STAGE_FORMAT, "name": n, "kind": o.kind, "key": o.key, "settings": o.settings,
+                "deps": {role: {"name": d, "key": outcomes[d].key} for role, d in o.deps.items()},
+                "wall_time": o.wall_time, "threads": result.get("threads"), "finished": _now(),
+                "outputs": o.outputs, "versions": versions()})
+            eta.finished(n, o.wall_time)
+            log.line(f"[{done_count}/{len(names)}] done    {n} in {_hms(o.wall_time)} | about "
+                     f"{_hms(eta.remaining())} left")
+        else:
+            o.status, o.error = "failed", error
+            eta.finished(n, None)
+            log.line(f"[{done_count}/{len(names)}] FAILED  {n}: {error}")
+
+    def start_line(n: str) -> None:
+        eta.started(n)
+        log.line(f"{'':>{2 * len(str(len(names))) + 3}} start   {n} ({plan[n].kind}, estimate {_hms(eta.estimate(n))})")
+
+    pending = list(todo)
+    if jobs == 1:
+        while pending:
+            pending.sort(key=lambda n: -priority[n])
+            n = next((n for n in pending if ready(n) or blocked(n)), None)
+            if n is None:  # pragma: no cover - the plan is a DAG of known stages
+                raise BnlabError("internal error: no runnable stage")
+            pending.remove(n)
+            if blocked(n):
+                _skip(outcomes, plan, n, log)
+                done_count += 1
+                continue
+            start_line(n)
+            try:
+                finish(n, run_stage(*args(n)), None)
+            except (BnlabError, RuntimeError, ValueError, OSError) as e:
+                finish(n, None, _one_line(e))
+        return outcomes
+    with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+        running: dict[cf.Future, str] = {}
+        while pending or running:
+            pending.sort(key=lambda n: -priority[n])
+            for n in [n for n in pending if blocked(n)]:
+                pending.remove(n)
+                _skip(outcomes, plan, n, log)
+                done_count += 1
+            for n in [n for n in pending if ready(n)][:jobs - len(running)]:
+                pending.remove(n)
+                start_line(n)
+                running[pool.submit(run_stage, *args(n))] = n
+            if not running:
+                continue
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                n = running.pop(fut)
+                try:
+                    finish(n, fut.result(), None)
+                except Exception as e:  # the stage raised, or its worker died
+                    finish(n, None, _one_line(e))
+    return outcomes
+
+
+def _skip(outcomes: dict[str, StageOutcome], plan: dict[str, Stage], n: str, log: _Log) -> None:
+    bad = [d for d in plan[n].deps.values() if outcomes[d].status in ("failed", "skipped")]
+    outcomes[n].status, outcomes[n].error = "skipped", f"input stage {', '.join(bad)} failed"
+    log.line(f"skipped {n}: {outcomes[n].error}")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return f"{type(e).__name__}: {text[:300]}" if not isinstance(e, BnlabError) else text[:300]
+
+
+def _worker_init() -> None:
+    from ..runtime import exit_with_parent, tune_allocator
+
+    exit_with_parent()
+    tune_allocator()
+
+
+class _Eta:
+    """Time left = the estimates of unfinished stages, rescaled by (measured / estimated) of finished ones,
+    divided among the workers."""
+
+    def __init__(self, plan: dict[str, Stage], todo: list[str], jobs: int) -> None:
+        self.cost = {n: plan[n].cost for n in todo}
+        self.jobs = jobs
+        self.started_at: dict[str, float] = {}
+        self.done: dict[str, float | None] = {}
+
+    def factor(self) -> float:
+        pairs = [(w, self.cost[n]) for n, w in self.done.items() if w is not None]
+        return sum(w for w, _ in pairs) / sum(c for _, c in pairs) if pairs else 1.0
+
+    def estimate(self, n: str) -> float:
+        return self.cost[n] * self.factor()
+
+    def started(self, n: str) -> None:
+        self.started_at[n] = time.perf_counter()
+
+    def finished(self, n: str, wall: float | None) -> None:
+        self.done[n] = wall
+
+    def remaining(self) -> float:
+        f, now = self.factor(), time.perf_counter()
+        left = 0.0
+        for n, c in self.cost.items():
+            if n in self.done:
+                continue
+            spent = now - self.started_at[n] if n in self.started_at else 0.0
+            left += max(c * f - spent, 0.1 * c * f)
+        return left / self.jobs
+
+
+class _Log:
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+
+    def line(self, text: str) -> None:
+        if self.stream is not None:
+            self.stream.write(f"{dt.datetime.now():%H:%M:%S} {text}\n")
+            self.stream.flush()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def versions() -> dict[str, str]:
+    return {"bnlab": __version__, "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
+            "python": platform.python_version()}
+
+
+def _report_record(opts: ReproduceOptions, wanted: tuple[str, ...], records: list[FindingRecord],
+                   outcomes: dict[str, StageOutcome], plan: dict[str, Stage], keys: dict[str, str], out: Path,
+                   dev: torch.device, jobs: int, context: dict[str, Any], data_folder: Path | None,
+                   wall: float) -> dict[str, Any]:
+    summary = {v: sum(r.verdict == v for r in records) for v in ("PASS", "FAIL", "NOT RUN")}
+    stages = []
+    for n, o in outcomes.items():
+        stages.append({"name": n, "kind": o.kind, "key": o.key, "folder": o.folder, "status": o.status,
+                       "wall_time": o.wall_time, "estimate_one_core": round(o.estimate, 1),
+                       "summary": describe(plan[n]),
+                       "settings": o.settings, "deps": o.deps, "outputs": o.outputs, "error": o.error})
+    checkpoints = {n: o.outputs.get("final_sha256") or o.outputs.get("frozen_sha256")
+                   for n, o in outcomes.items() if o.outputs.get("final_sha256") or o.outputs.get("frozen_sha256")}
+    return {
+        "format": REPORT_FORMAT, "version": 1, "scale": opts.scale, "requested": list(wanted),
+        "summary": summary, "findings": [r.to_dict() for r in records], "stages": stages,
+        "provenance": {
+            "created": _now(), "versions": versions(), "device": str(dev),
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
+            "cpu_count": os.cpu_count(), "jobs": jobs,
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "data": {"folder": str(data_folder) if data_folder else None, "fingerprint": context["data"]},
+            "seeds": "every run and analysis uses seed 0 (training, data subsets, evaluation sets, probes)",
+            "checkpoint_sha256": checkpoints, "wall_time_total": wall,
+            "wall_time_stages_run": sum(o.wall_time or 0 for o in outcomes.values() if o.status == "ran"),
+            "wall_time_stages_all": sum(o.wall_time or 0 for o in outcomes.values()),
+            "scale_settings": SETTINGS[opts.scale], "command": " ".join(sys.argv),
+        },
+    }
+

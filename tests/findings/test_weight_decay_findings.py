@@ -1,0 +1,140 @@
+"""F1-F4b finding functions on cases with known answers: the sphere simulation of torch SGD (F2, F3, F4), the
+exact float64 experiments (F1, F4b), hand-made records at the thresholds' edges."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bnlab import theory
+from bnlab.config import make_config
+from bnlab.dynamics.analysis import analyse_log
+from bnlab.dynamics.log import RunLog, Table
+from bnlab.dynamics.simulate import simulate_sphere
+from bnlab.findings import weight_decay as wdf
+from bnlab.findings.invariant import exp_lr_equivalence, pythagoras_check
+from bnlab.sweep.summary import group_rows, norm_exponents
+
+LR, WD, MU = 0.05, 5e-3, 0.9
+STEPS = 1200  # 12 relaxation times (1 - mu) / (4 lr wd) = 100 steps
+
+
+def _log(layers: dict[str, float], wd_claimed: float = WD, steps: int = STEPS) -> RunLog:
+    """A dynamics log of simulated scale-invariant tensors (one per grad scale L), as the trainer writes it."""
+    cols: dict[str, list] = {c: [] for c in ("step", "epoch", "lr", "param", "numel", "w_norm", "g_norm", "dw_norm",
+                                             "rel_step", "cos_wg", "angle")}
+    for i, (name, L) in enumerate(layers.items()):
+        norm0 = float(theory.equilibrium_norm(LR, WD, MU, L))
+        run = simulate_sphere(np.full(steps, LR), WD, MU, True, grad_scale=L, dim=128, rows=1, norm0=norm0, seed=i)
+        w_after = run.norm[:, 0]
+        w_before = np.concatenate([[norm0], w_after[:-1]])
+        t = np.arange(1, steps + 1)
+        for col, v in (("step", t), ("epoch", t / 100), ("lr", np.full(steps, LR)), ("param", [name] * steps),
+                       ("numel", np.full(steps, 128)), ("w_norm", w_after), ("g_norm", np.sqrt(L) / w_before),
+                       ("dw_norm", run.rel_step[:, 0] * w_before), ("rel_step", run.rel_step[:, 0]),
+                       ("cos_wg", np.zeros(steps)), ("angle", run.angle[:, 0])):
+            cols[col].extend(list(v))
+    table = Table({k: np.asarray(v) for k, v in cols.items()}, Path("sim"), list(layers))
+    config = make_config("bn", width=2, lr=LR, weight_decay=wd_claimed, momentum=MU, nesterov=True,
+                         lr_schedule="const", dataset="synthetic")
+    return RunLog(Path("sim"), config, table, None, {"status": "finished"})
+
+
+LAYERS = {"a.conv.weight": 1.0, "b.conv.weight": 30.0, "c.conv.weight": 300.0}  # norms span 300^(1/4) = 4.2x
+
+
+@pytest.fixture(scope="module")
+def sim_summary() -> dict:
+    return analyse_log(_log(LAYERS)).summary()
+
+
+def test_f2_passes_on_the_sphere_simulation(sim_summary: dict) -> None:
+    rec = wdf.f2_equilibrium(sim_summary, list(LAYERS), "const")
+    assert rec.verdict == "PASS", rec.reason
+    assert all(abs(r - 1) < 0.1 for r in rec.values["ratios"].values())
+    assert rec.values["relaxation_times"] == pytest.approx(12.0)
+
+
+def test_f2_fails_when_the_prediction_is_wrong() -> None:
+    # the same dynamics analysed as if wd were 2x: predicted angle sqrt(2)x too large -> ratios ~0.71
+    summary = analyse_log(_log(LAYERS, wd_claimed=2 * WD)).summary()
+    rec = wdf.f2_equilibrium(summary, list(LAYERS), "const")
+    assert rec.verdict == "FAIL" and "within 1 +- 0.15" in rec.reason
+
+
+def test_f2_fails_on_short_runs_missing_layers_and_schedules(sim_summary: dict) -> None:
+    short = analyse_log(_log(LAYERS, steps=300)).summary()  # 3 relaxation times
+    assert "relaxation times" in wdf.f2_equilibrium(short, list(LAYERS), "const").reason
+    assert wdf.f2_equilibrium(sim_summary, [*LAYERS, "d.conv.weight"], "const").verdict == "FAIL"
+    assert "constant lr" in wdf.f2_equilibrium(sim_summary, list(LAYERS), "piecewise").reason
+
+
+def test_f3_same_angle_different_norms(sim_summary: dict) -> None:
+    rec = wdf.f3_lars_like(sim_summary, list(LAYERS))
+    assert rec.verdict == "PASS", rec.reason
+    assert rec.values["norm_span"] == pytest.approx(300 ** 0.25, rel=0.1)
+    assert rec.values["angle_cv"] < 0.05
+    # two layers of nearly the same gradient scale: the norms do not span 3x
+    assert wdf.f3_lars_like(sim_summary, ["b.conv.weight", "c.conv.weight"]).verdict == "FAIL"
+
+
+def _point(lr: float, wd: float, seed: int) -> dict:
+    L = 4.0
+    n0 = float(theory.equilibrium_norm(lr, wd, MU, L))
+    run = simulate_sphere(np.full(1500, lr), wd, MU, True, grad_scale=L, dim=128, rows=8, norm0=n0, seed=seed)
+    angle = float(np.sqrt(np.mean(run.angle[-400:] ** 2)))
+    return {"name": f"lr={lr}_wd={wd}", "status": "finished", "lr": lr, "weight_decay": wd, "momentum": MU,
+            "lr_wd": lr * wd, "angle": angle, "norm_gmean": float(run.norm[-1].mean()),
+            "layers": {"w": {"w_norm": float(run.norm[-1].mean()), "grad_scale": L, "scale_invariant": True}}}
+
+
+def test_f4_on_simulated_sweep_points() -> None:
+    rows = [_point(lr, wd, i) for i, (lr, wd) in enumerate([(0.05, 5e-3), (0.05, 1e-2), (0.1, 5e-3), (0.1, 1e-2)])]
+    summary = {"points": rows, "groups_lr_wd": group_rows(rows, "lr_wd"), "norm_exponents": norm_exponents(rows)}
+    rec = wdf.f4_only_product(summary)
+    assert rec.verdict == "PASS", rec.reason
+    assert rec.values["exponent"] == pytest.approx(0.25, abs=0.02)
+    assert rec.values["angle_spread_max"] < 1.05
+
+
+def _sweep(spread: float, b: float, status: str = "finished") -> dict:
+    return {"points": [{"name": "p", "status": status}],
+            "groups_lr_wd": [{"lr_wd": 5e-4, "n": 2, "angle_spread": spread}, {"lr_wd": 1e-3, "n": 1,
+                                                                               "angle_spread": None}],
+            "norm_exponents": {"x": {"raw": b, "grad_scale_corrected": b}}}
+
+
+@pytest.mark.parametrize("spread,b,verdict", [(1.10, 0.25, "PASS"), (1.1001, 0.25, "FAIL"), (1.0, 0.2, "PASS"),
+                                              (1.0, 0.3, "PASS"), (1.0, 0.3001, "FAIL"), (1.0, 0.1999, "FAIL")])
+def test_f4_threshold_edges(spread: float, b: float, verdict: str) -> None:
+    assert wdf.f4_only_product(_sweep(spread, b)).verdict == verdict
+
+
+def test_f4_fails_without_a_group_or_with_a_failed_point() -> None:
+    s = _sweep(1.0, 0.25)
+    s["groups_lr_wd"] = [g for g in s["groups_lr_wd"] if g["n"] == 1]
+    assert wdf.f4_only_product(s).verdict == "FAIL"
+    assert wdf.f4_only_product(_sweep(1.0, 0.25, status="diverged")).verdict == "FAIL"
+
+
+def test_f1_exact_pythagoras_and_channel_threshold() -> None:
+    p = pythagoras_check(width=2, steps=4, n=32, batch_size=8)
+    assert p["max_rel_residual"] < 1e-9 and p["min_norm_increment"] > 0 and p["max_abs_cos_wg"] < 1e-12
+    names = ["a"] * 5
+    assert wdf.f1_scale_invariance(names, [1e-6, 2e-6, 5e-6, 2e-3, float("nan")], p).verdict == "PASS"
+    rec = wdf.f1_scale_invariance(names, [2e-3, 2e-3, 5e-6, 2e-3, 1e-6], p)
+    assert rec.verdict == "FAIL" and rec.values["channels_over"] == 3
+    bad = dict(p, max_rel_residual=2e-4)
+    assert wdf.f1_scale_invariance(names, [1e-6] * 5, bad).verdict == "FAIL"
+    shrinking = dict(p, min_norm_increment=-1e-9)
+    assert wdf.f1_scale_invariance(names, [1e-6] * 5, shrinking).verdict == "FAIL"
+
+
+def test_f4b_exact_equivalence_and_its_control() -> None:
+    sim = exp_lr_equivalence(width=2, steps=30, n=32, batch_size=8)
+    assert sim["max_direction_diff"] < 1e-10 < 1e-3 < sim["control_max_direction_diff"]
+    assert sim["lr_growth"] == pytest.approx((1 - 0.1 * 0.02) ** (-58))
+    assert wdf.f4b_exponential_lr(dict(sim, steps=200)).verdict == "PASS"
+    assert wdf.f4b_exponential_lr(sim).verdict == "FAIL"  # fewer than the 200 steps the check asks for
+    assert wdf.f4b_exponential_lr(dict(sim, steps=200, max_direction_diff=2e-6)).verdict == "FAIL"
