@@ -13,7 +13,8 @@ ANALYSES = Path(__file__).resolve().parents[2] / "analyses"
 
 @pytest.mark.parametrize("script, part", [("weight_decay_post.py", "weight-decay"),
                                           ("batchnorm_post.py", "batch-norm")])
-@pytest.mark.parametrize("extra, scale", [(["--quick"], ["--scale", "smoke"]), (["--scale", "cpu"], ["--scale", "cpu"])])
+@pytest.mark.parametrize("extra, scale", [(["--quick"], ["--scale", "smoke"]),
+                                          (["--scale", "cpu"], ["--scale", "cpu"])])
 def test_wrapper_forwards_to_reproduce(monkeypatch: pytest.MonkeyPatch, script: str, part: str,
                                        extra: list[str], scale: list[str]) -> None:
     calls: list[list[str]] = []
