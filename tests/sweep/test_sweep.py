@@ -112,10 +112,10 @@ def test_cli_plan_and_errors(tmp_path: Path) -> None:
 def test_retries_resume_a_crashed_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--retries: a point whose training raises is retried (resumed from its last.pt); without retries it is
     reported as crashed with the error, and a rerun finishes it."""
-    import bnlab.train as trainer
+    import bnlab.sweep.runner as runner
 
     torch.set_num_threads(1)
-    real = trainer.train
+    real = runner.train
     calls = []
 
     def flaky(config, out, **kw):  # crash once, after the first epoch was committed
@@ -125,7 +125,7 @@ def test_retries_resume_a_crashed_point(tmp_path: Path, monkeypatch: pytest.Monk
             raise RuntimeError("node lost")
         return real(config, out, **kw)
 
-    monkeypatch.setattr(trainer, "train", flaky)
+    monkeypatch.setattr(runner, "train", flaky)
     grid = Grid(axes=parse_grid("lr=0.1 wd=5e-3"), base={**BASE, "width": 2}, variant="bn")
     res = run_sweep(grid, tmp_path / "a", device="cpu", quiet=True, retries=1)
     assert res.ran == {0: "finished"} and not res.failed and calls == [False, True]
@@ -146,6 +146,7 @@ def test_parallel_jobs_match_serial_points(tmp_path: Path) -> None:
     grid = Grid(axes=parse_grid("lr=0.1,0.2 wd=5e-3"), base={**BASE, "width": 2, "epochs": 1}, variant="bn")
     res = run_sweep(grid, tmp_path / "par", device="cpu", quiet=True, jobs=2)
     assert res.ran == {0: "finished", 1: "finished"} and not res.failed
+    (tmp_path / "ser").mkdir()
     for p in grid.points():
         assert run_point(grid.config(p).to_dict(), str(tmp_path / "ser" / p.name), "cpu", 1, 0, True) == ("finished",
                                                                                                          "ran")
