@@ -107,6 +107,13 @@ def rank_device(name: str | torch.device | None = "auto") -> torch.device:
     return torch.device("cuda", local)
 
 
+_joined = 0  # torchrun groups this process initialised (bnlab.cli skips finalisation after one)
+
+
+def groups_joined() -> int:
+    return _joined
+
+
 @contextmanager
 def launch(device: str | torch.device | None = "auto") -> Iterator[torch.device]:
     """Join torchrun's process group for the block (if the environment names one); yields this rank's device.
@@ -125,6 +132,8 @@ def launch(device: str | torch.device | None = "auto") -> Iterator[torch.device]
         torch.cuda.set_device(dev)  # NCCL and the object collectives use the current device
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
                             device_id=dev if dev.type == "cuda" else None)
+    global _joined
+    _joined += 1
     try:
         with _in_group():
             yield dev

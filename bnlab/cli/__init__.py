@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
 
 from .. import __version__
+from ..distributed import groups_joined
 from ..errors import BnlabError
 from ..runtime import tune_allocator
 
@@ -19,6 +21,8 @@ class BnlabGroup(click.Group):
 
     def main(self, args: list[str] | None = None, prog_name: str | None = None, **extra: object) -> None:
         extra.pop("standalone_mode", None)
+        global _groups_before
+        _groups_before = groups_joined()
         tune_allocator()  # every command allocates and frees large activations (see bnlab.runtime)
         try:
             rv = super().main(args, prog_name or "bnlab", standalone_mode=False, **extra)  # type: ignore[arg-type]
@@ -35,14 +39,28 @@ class BnlabGroup(click.Group):
             _fail(e.format_message(), e.exit_code)
         except click.Abort:
             click.echo("aborted", err=True)
-            sys.exit(130)
-        sys.exit(rv if isinstance(rv, int) else 0)
+            _exit(130)
+        _exit(rv if isinstance(rv, int) else 0)
+
+
+_groups_before = 0
+
+
+def _exit(code: int) -> None:
+    if groups_joined() > _groups_before:
+        # Under torchrun: the group is destroyed and every file written. Skip interpreter finalisation,
+        # where gloo objects still referenced from C++ threads can abort a finished rank (SIGABRT,
+        # 'terminate called without an active exception').
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _fail(message: str, code: int = 2, quiet: bool = False) -> None:
     if not quiet:
         click.echo(f"bnlab: error: {' '.join(message.split())}", err=True)
-    sys.exit(code)
+    _exit(code)
 
 
 @click.group(cls=BnlabGroup, context_settings={"help_option_names": ["-h", "--help"]})
