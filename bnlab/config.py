@@ -19,6 +19,14 @@ from .norms import DEFAULT_AFFINE
 # stay free. The simple net of the batch-norm post keeps BN's affine frozen (gamma=1, beta=0).
 VARIANTS = {"bn": ("bn", "bn_fixed_affine"), "no_bn": ("none",), "frozen_bn": ("frozen",),
             "ghost_bn": ("ghost",)}
+# Default peak lr per normalisation when --lr is not given (mean-loss SGD units, as TrainConfig.lr).
+# BN makes the convs before it scale-invariant, so DavidNet tolerates Page's 0.4: a large step grows
+# ||w|| and so shrinks the next effective step. Without batch statistics nothing bounds the step; at
+# 0.4 a no-BN DavidNet dies and a frozen-BN one diverges within the warm-up. "frozen" needs the lowest
+# lr: its fixed scale 1/std multiplies a conv's gradient and the step's effect, so the step on the
+# normalised weights is lr/var, 4-12x lr at DavidNet's initialisation. Chosen from CIFAR-10 lr scans
+# (README, "Presets").
+PRESET_LR = {"bn": 0.4, "bn_fixed_affine": 0.4, "ghost": 0.4, "none": 0.05, "frozen": 0.01}
 DATASETS = ("cifar10", "synthetic")
 SCHEDULES = ("piecewise", "exp", "const")
 
@@ -207,6 +215,7 @@ def make_config(variant: str | None = None, **options: Any) -> TrainConfig:
         model["norm"] = "bn_fixed_affine" if simple and variant == "bn" else VARIANTS[variant][0]
     if simple and model["norm"] in ("ghost", "frozen"):
         model.setdefault("affine", False)
+    train.setdefault("lr", PRESET_LR[model["norm"]] if model.get("norm") in PRESET_LR else TrainConfig.lr)
     cfg = TrainConfig(variant=variant, model=ModelSpec(**model), data=DataSpec(**data), **train)
     cfg.validate()
     return resolve_defaults(cfg)

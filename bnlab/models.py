@@ -8,7 +8,9 @@ Initialisation: PyTorch defaults for conv/linear, as in the original DavidNet. E
 - the simple net, always (as in the batch-norm post), with classifier scale 0.125/sqrt(6);
 - any net with ``norm="none"``: without normalisation the default init (variance 1/(3 fan_in))
   shrinks the signal ~6x per layer. No-BN convs also get a bias (zero-init), taking the place
-  of BN's beta.
+  of BN's beta;
+- the convs of a DavidNet with ``norm="frozen"``: its fixed statistics undo any conv scale in the
+  forward pass, but with the default init they would multiply the effective step by 1/var (4-12).
 """
 from __future__ import annotations
 
@@ -106,10 +108,10 @@ def make_act(spec: ModelSpec) -> nn.Module:
     return nn.Softplus(beta=param)
 
 
-def _he_rescale(model: nn.Module, bias_zero: bool) -> None:
+def _he_rescale(model: nn.Module, bias_zero: bool, types: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> None:
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, types):
                 m.weight.mul_(math.sqrt(6.0))
                 if bias_zero and m.bias is not None:
                     m.bias.zero_()
@@ -154,6 +156,12 @@ def build_model(spec: ModelSpec) -> nn.Sequential:
         net.add_module("scale", Mul(scale))
         if spec.norm == "none":
             _he_rescale(net, bias_zero=True)
+        elif spec.norm == "frozen":
+            # A frozen norm divides by the statistics of init, so the conv scale does not change the
+            # function, only the step size: with the default init (variance 1/(3 fan_in)) the step on
+            # the normalised weights would be lr/var, 4-12x lr. He-scaled convs give var ~ 1, the
+            # no-BN net's geometry. The classifier keeps BN DavidNet's scale (same logits at init).
+            _he_rescale(net, bias_zero=False, types=(nn.Conv2d,))
         return net
     net = nn.Sequential()
     net.add_module("input_scale", Mul(1 / math.sqrt(2)))

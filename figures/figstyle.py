@@ -62,10 +62,10 @@ def plain_log_ticks(ax: Axes, axis: str = "y") -> None:
     target = ax.yaxis if axis == "y" else ax.xaxis
     fmt = FuncFormatter(lambda v, _pos: f"{v:g}")
     target.set_major_formatter(fmt)
-    # label minor ticks too when the axis spans less than a decade (else it would show one number)
+    # label minor ticks too when the axis spans few decades (else it shows one or two numbers)
     lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
-    if lo > 0 and hi / lo < 10:
-        subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0) if hi / lo < 4 else (1.0, 2.0, 3.0, 5.0)
+    if lo > 0 and hi / lo < 100:
+        subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0) if hi / lo < 10 else (1.0, 2.0, 5.0)
         target.set_minor_locator(LogLocator(subs=subs))
         target.set_minor_formatter(fmt)
 

@@ -59,7 +59,8 @@ def layer_norms_figure(runs: dict[str, dict]) -> Figure:
     sns.barplot(pd.DataFrame(rows), x="layer", y="sq_norm", hue="model", palette=figstyle.color_map(runs), ax=ax)
     ax.set(yscale="log", xlabel="layer", ylabel="‖∇ mean logit 0‖² within the layer",
            title="Gradient of an output mean, split by layer")
-    ax.tick_params(axis="x", rotation=45)
+    figstyle.plain_log_ticks(ax)
+    figstyle.rotate_xticks(ax)
     figstyle.legend_outside(ax, title="model")
     return fig
 
@@ -76,7 +77,8 @@ def perturbation_figure(runs: dict[str, dict]) -> Figure | None:
                            for r in prs for key, when in PERTURB])
         sns.barplot(df, x="class", y="fraction", hue="when", hue_order=[w for _, w in PERTURB],
                     palette=colors, ax=ax, legend=ax is axes[0])
-        ax.set(title=m, xlabel="class c", ylabel="fraction of examples predicted as c", ylim=(0, 1))
+        ax.set(title=m, xlabel="class c", ylabel="fraction of examples predicted as c" if ax is axes[0] else "",
+               ylim=(0, 1))
     handles, labels = axes[0].get_legend_handles_labels()
     axes[0].get_legend().remove()
     fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False)
@@ -99,8 +101,8 @@ def overlaps_figure(runs: dict[str, dict]) -> Figure | None:
                     ax=ax)
         ax.get_legend().remove()
         ax.axhline(s["span"]["random_overlap_expected"], color="black", ls="--", lw=1, label="random direction")
-        ax.set(title=m, xlabel="Hessian eigenvector (by eigenvalue rank)", ylabel="‖P v‖²  (overlap with span)",
-               ylim=(0, 1.02))
+        ax.set(title=m, xlabel="Hessian eigenvector (by eigenvalue rank)",
+               ylabel="‖P v‖²  (overlap with span)" if ax is axes[0] else "", ylim=(0, 1.02))
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False)
     fig.suptitle("How much of each top Hessian eigenvector lies in the output-statistic gradient span")
@@ -124,9 +126,11 @@ def projected_figure(runs: dict[str, dict]) -> Figure | None:
         for op, series, color, marker in zip(OPERATORS, vals, colors, ("o", "s")):
             if series:
                 ax.plot(np.arange(1, len(series) + 1), series, marker=marker, color=color, label=op)
-        ax.set(title=m, xlabel="rank", ylabel="eigenvalue", xlim=(0.5, k_max + 0.5))
+        ax.set(title=m, xlabel="rank", ylabel="Hessian eigenvalue" if ax is axes[0] else "", xlim=(0.5, k_max + 0.5))
         ax.set_xticks(np.arange(1, k_max + 1, max(1, math.ceil(k_max / 8))))
         ax.set_yscale("log" if positive else "symlog")
+    if positive:
+        figstyle.plain_log_ticks(axes[0])  # the panels share the y axis and its ticks
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False,
                title="P: projection onto the span of the output-statistic gradients")

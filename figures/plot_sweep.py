@@ -93,6 +93,8 @@ def angle_figure(df: pd.DataFrame) -> Figure | None:
                 label=f"theory, momentum {mu:g}{', Nesterov' if nesterov else ''}")
     ax.set(xscale="log", yscale="log", xlabel="lr · wd", ylabel="equilibrium angle per step (rad)",
            title="Measured equilibrium angle (mean over scale-invariant layers) vs theory")
+    figstyle.plain_log_ticks(ax, "x")
+    figstyle.plain_log_ticks(ax, "y")
     handles, labels = ax.get_legend_handles_labels()
     # seaborn's legend has subtitle rows "lr_label"/"wd_label": give them readable names
     labels = [{"lr_label": "learning rate", "wd_label": "weight decay"}.get(t, t) for t in labels]
