@@ -22,11 +22,11 @@ VARIANTS = {"bn": ("bn", "bn_fixed_affine"), "no_bn": ("none",), "frozen_bn": ("
 # Default peak lr per normalisation when --lr is not given (mean-loss SGD units, as TrainConfig.lr).
 # BN makes the convs before it scale-invariant, so DavidNet tolerates Page's 0.4: a large step grows
 # ||w|| and so shrinks the next effective step. Without batch statistics nothing bounds the step; at
-# 0.4 a no-BN DavidNet dies and a frozen-BN one diverges within the warm-up. "frozen" needs the lowest
-# lr: its fixed scale 1/std multiplies a conv's gradient and the step's effect, so the step on the
-# normalised weights is lr/var, 4-12x lr at DavidNet's initialisation. Chosen from CIFAR-10 lr scans
-# (README, "Presets").
-PRESET_LR = {"bn": 0.4, "bn_fixed_affine": 0.4, "ghost": 0.4, "none": 0.05, "frozen": 0.01}
+# 0.4 a no-BN DavidNet dies and a frozen-BN one diverges within the warm-up. A frozen norm's fixed
+# 1/std would also multiply the step on the normalised weights (lr/var, 4-12x lr with the default
+# init); its DavidNet convs are He-scaled for that reason (bnlab.models), which gives it the no-BN lr.
+# Chosen from CIFAR-10 lr scans (README, "Presets").
+PRESET_LR = {"bn": 0.4, "bn_fixed_affine": 0.4, "ghost": 0.4, "none": 0.05, "frozen": 0.05}
 DATASETS = ("cifar10", "synthetic")
 SCHEDULES = ("piecewise", "exp", "const")
 
