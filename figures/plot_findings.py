@@ -53,7 +53,7 @@ class Finding:
 def _save(fig: plt.Figure, f: Finding, out: Path) -> None:
     fig.suptitle(f.title(), fontsize=11)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -215,14 +215,14 @@ def fig_f8(f: Finding, out: Path) -> None:
 
 
 def fig_f9(f: Finding, out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     for m, ev in f.values["eigenvalues"].items():
         ax.plot(np.arange(1, len(ev) + 1), ev, "o-", label=MODELS.get(m, m))
     k = f.values.get("gap_k")
     if k:
         ax.axvline(k + 0.5, color="grey", ls=":", label=f"largest frozen gap (after λ{k})")
     ax.set(yscale="log", xlabel="rank", ylabel="eigenvalue (loss summed over a batch)", title="top Hessian eigenvalues")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)  # outside: the curves fill the axes
     _save(fig, f, out)
 
 

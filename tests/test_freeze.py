@@ -25,12 +25,7 @@ from bnlab.norms import FrozenNorm, GhostBatchNorm, batch_norm_layers
 N_TRAIN, BATCH = 300, 64  # 4 full batches (256 images); the last 44 images are not used
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets; see test_outstats.one_thread (oversubscribed threads spin)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets (tests/conftest.py)
 
 
 def make_ckpt(path: Path, variant: str, **opts: object) -> Path:

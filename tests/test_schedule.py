@@ -10,19 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from bnlab.config import make_config
 from bnlab.schedule import lr_at
 from bnlab.train import train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets; see test_outstats.one_thread (oversubscribed threads spin)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets (tests/conftest.py)
 
 
 def piecewise_default(t: float, peak: float, epochs: int) -> float:

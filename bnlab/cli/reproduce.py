@@ -14,7 +14,7 @@ from .common import device_option, force_option, quiet_option
 @click.argument("targets", nargs=-1)
 @click.option("--scale", type=click.Choice(SCALES), default="cpu", show_default=True,
               help="smoke: synthetic data, tiny nets (checks the pipeline, verdicts meaningless); cpu: CIFAR-10 "
-                   "subsets, widths 8-16 (~40 min on 2 cores); full: the posts' settings (GPU).")
+                   "subsets, widths 8-16 (~20 min on 2 cores); full: the posts' settings (GPU).")
 @click.option("--data-dir", type=click.Path(), default=None,
               help="CIFAR-10 folder (cifar-10-batches-py) or tarball; default: $BNLAB_DATA or ~/.cache/bnlab.")
 @click.option("--out", "-o", "out", type=click.Path(), required=True,

@@ -5,7 +5,7 @@ Scales:
 
 - ``smoke``: synthetic images, tiny nets, a few steps: checks that every stage and the report work
   (minutes on a laptop; the test suite runs it). Its verdicts mean nothing.
-- ``cpu``: CIFAR-10 subsets, widths 8-16, every finding decided; about half an hour on 2 CPU cores.
+- ``cpu``: CIFAR-10 subsets, widths 8-16, every finding decided; about 20 minutes on 2 CPU cores (measured 19 min).
 - ``full``: the posts' own settings (DavidNet width 64, batch 512, the whole training set; the batch-norm
   post's simple net at width 64 with its schedule); meant for a GPU (``--device cuda``).
 

@@ -22,13 +22,7 @@ from bnlab.data import CIFAR_MEAN, CIFAR_STD, eval_set, load_data
 from bnlab.models import build_model
 from bnlab.norms import batch_norm_layers
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets; see test_outstats.one_thread (oversubscribed threads spin)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets (tests/conftest.py)
 
 
 def make_ckpt(tmp_path, variant, name="ck.pt", **opts):

@@ -15,13 +15,7 @@ from bnlab.curvature import hessian_operator_from_checkpoint, top_eigenpairs
 from bnlab.models import build_model
 from bnlab.outstats import orthonormal_basis, overlaps
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets; see test_outstats.one_thread
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets (tests/conftest.py)
 
 
 def tiny_ckpt(tmp_path: Path, variant: str) -> Path:

@@ -27,12 +27,7 @@ SIZES = (6, 2)
 EPS = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets; see test_outstats.one_thread (oversubscribed threads spin)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets (tests/conftest.py)
 
 
 def mlp(seed: int = 0) -> nn.Sequential:

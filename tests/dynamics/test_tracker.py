@@ -20,13 +20,7 @@ from bnlab.data import load_data, train_batches
 from bnlab.schedule import lr_at
 from bnlab.train import init_model, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets; see test_outstats.one_thread (oversubscribed threads spin)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets (tests/conftest.py)
 
 
 def rows_of(path: Path, step: int) -> list[dict[str, str]]:

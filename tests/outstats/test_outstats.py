@@ -27,14 +27,7 @@ from bnlab.outstats import (
 STATS = ("mean", "var", "skew")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on a shared, loaded machine spinning
-    # OpenMP workers made single backward passes 100x slower (measured). Restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets (tests/conftest.py)
 
 
 def tiny(model: str, norm: str, seed: int = 0) -> torch.nn.Module:
