@@ -165,6 +165,8 @@ class HessianOperator(SymmetricOperator):
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """H V for the rows of V (m, dim): one pass over the data per `block_size` rows."""
         self._check(V)
+        if V.shape[0] == 0:  # no vectors: no pass over the data (and no collective under torchrun)
+            return torch.zeros(0, self.dim, dtype=torch.float64, device=V.device)
         out = [self._block(V[i:i + self.block_size]) for i in range(0, V.shape[0], self.block_size)]
         return torch.cat(out)
 

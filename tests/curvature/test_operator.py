@@ -128,6 +128,19 @@ def test_unequal_batches_weighted_by_size(mode: str, method: str, cache: bool | 
     assert op.sizes == list(SIZES) and op.num_samples == 8 and op.hvp_count == 7 and op.passes == 3
 
 
+@pytest.mark.parametrize("method", ["double_backward", "func"])
+def test_a_parameter_off_the_loss_path_has_zero_curvature_and_no_products_are_empty(method: str) -> None:
+    H, g, _ = truth("batch")
+    net = mlp()
+    net.register_parameter("unused", nn.Parameter(torch.randn(3, dtype=torch.float64)))  # first in parameters()
+    op = HessianOperator(net, data(), loss_fn=F.cross_entropy, bn_mode="batch", method=method)
+    assert op.dim == H.shape[0] + 3
+    V = torch.randn(2, op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    close(op.matmat(V), torch.cat([torch.zeros(2, 3, dtype=torch.float64), V[:, 3:] @ H], dim=1))
+    close(op.gradient(), torch.cat([torch.zeros(3, dtype=torch.float64), g]))
+    assert op.matmat(V[:0]).shape == (0, op.dim)
+
+
 def test_streamed_batches_and_running_mode_one_batch() -> None:
     # Running statistics do not depend on how the set is split: 6 + 2 equals one batch of 8.
     H, _, _ = truth("running")
