@@ -157,7 +157,8 @@ def test_frozen_simple_net_without_affine_and_errors(tmp_path: Path) -> None:
 def test_data_dir_override_smallest_batch_and_kept_metadata(tmp_path: Path, cifar_folder: Path) -> None:
     """--data-dir replaces the folder the run was trained from (moved data); batches of 2 are allowed;
     the parent's epoch, step, metrics and seed travel with the frozen checkpoint."""
-    cfg = make_config("bn", width=2, dataset="cifar10", data_dir=str(tmp_path / "moved"), batch_size=BATCH)
+    cfg = make_config("bn", width=2, dataset="cifar10", data_dir=str(tmp_path / "moved"), batch_size=BATCH,
+                      subset=100, seed=5)  # the subset drawn depends on the run's seed
     torch.manual_seed(0)
     model = build_model(cfg.model)
     save_checkpoint(tmp_path / "ck.pt", {"config": cfg.to_dict(), "model": model.state_dict(), "epoch": 3,
@@ -165,9 +166,15 @@ def test_data_dir_override_smallest_batch_and_kept_metadata(tmp_path: Path, cifa
     with pytest.raises(BnlabError):  # the recorded folder is gone
         freeze_checkpoint(tmp_path / "ck.pt", tmp_path / "a.pt")
     summary = freeze_checkpoint(tmp_path / "ck.pt", tmp_path / "a.pt", data_dir=str(cifar_folder), batch_size=2)
-    n_train = len(load_data(dataclasses.replace(cfg.data, data_dir=str(cifar_folder)), "cpu").train_y)
-    assert summary["bn_refresh_batch_size"] == 2 and summary["bn_refresh_batches"] == n_train // 2
+    data = load_data(dataclasses.replace(cfg.data, data_dir=str(cifar_folder)), "cpu", seed=5)
+    assert summary["bn_refresh_batch_size"] == 2 and summary["bn_refresh_batches"] == len(data.train_y) // 2 == 50
     frozen = load_checkpoint(tmp_path / "a.pt")
+    refreshed = copy.deepcopy(model)
+    refresh_bn_statistics(refreshed, data, 2)  # on the run's own subset
+    state = frozen.model.state_dict()
+    for name, m in batch_norm_layers(refreshed):
+        torch.testing.assert_close(state[f"{name}.running_mean"], m.running_mean)
+        torch.testing.assert_close(state[f"{name}.running_var"], m.running_var)
     assert {k: frozen.meta.get(k) for k in ("epoch", "step", "seed")} == {"epoch": 3, "step": 12, "seed": 7}
     assert frozen.meta["metrics"] == [{"epoch": 3, "test_acc": 0.25}]
     with pytest.raises(BnlabError, match="batch-size"):
