@@ -6,13 +6,15 @@ in it runs; tests add it themselves).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -74,6 +76,35 @@ def rotate_xticks(ax: Axes, degrees: float = 40) -> None:
     """Slanted x tick labels whose ends sit under their ticks."""
     for label in ax.get_xticklabels():
         label.set(rotation=degrees, ha="right", rotation_mode="anchor")
+
+
+def split_violins(panels: Mapping[str, Mapping[str, object]], halves: Sequence[str], *, channels: int, ncols: int,
+                  panel_size: tuple[float, float], ylabel: str, legend_title: str) -> tuple[Figure, list[Axes]]:
+    """A grid of split violins, one panel per entry of `panels` ({title: {half: (channels, n) tensor}}):
+    per channel, the left half of each violin is `halves[0]`'s values, the right half `halves[1]`'s.
+    Unused grid cells are hidden; one legend below the grid. Returns the figure and the used axes."""
+    apply()
+    ncols = min(ncols, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows + 0.9), layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    axes = [grid[i // ncols][i % ncols] for i in range(len(panels))]
+    for i, (ax, (title, values)) in enumerate(zip(axes, panels.items())):
+        rows = [{"channel": c + 1, "half": half, "value": float(x)}
+                for half in halves for c in range(min(channels, values[half].shape[0]))
+                for x in values[half][c].double()]
+        sns.violinplot(pd.DataFrame(rows), x="channel", y="value", hue="half", hue_order=list(halves), split=True,
+                       inner=None, density_norm="width", cut=0, linewidth=0.6, palette=colors(len(halves)), ax=ax,
+                       legend=i == 0)
+        last_row = i + ncols >= len(panels)
+        ax.set(title=title, xlabel="channel" if last_row else "", ylabel=ylabel if i % ncols == 0 else "")
+        ax.title.set_fontsize(9)
+    for j in range(len(panels), nrows * ncols):
+        grid[j // ncols][j % ncols].set_axis_off()
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[0].get_legend().remove()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(halves), frameon=False, title=legend_title)
+    return fig, axes
 
 
 def save(fig: Figure, path: str | Path, formats: Sequence[str] = FORMATS) -> list[Path]:

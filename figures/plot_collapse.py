@@ -17,8 +17,6 @@ import math
 from pathlib import Path
 
 import figstyle
-import pandas as pd
-import seaborn as sns
 import torch
 from matplotlib.figure import Figure
 
@@ -53,32 +51,15 @@ def kde_figure(rec: dict, values: dict, channels: int = 5, ncols: int = 3) -> Fi
     layers = [str(layer) for layer in rec["hist_layers"]]
     if not layers:
         return None
-    figstyle.apply()
-    ncols = min(ncols, len(layers))
-    nrows = math.ceil(len(layers) / ncols)
-    fig = Figure(figsize=(3.8 * ncols, 2.9 * nrows + 0.9), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
     nets = (("plain", "ReLU MLP"), ("centred", "centred pre-activations"))
-    colors = figstyle.colors(len(nets))
-    for i, layer in enumerate(layers):
-        ax = axes[i // ncols][i % ncols]
-        rows = []
-        for key, name in nets:
-            v = values[key][layer]
-            for c in range(min(channels, v.shape[0])):
-                rows += [{"channel": c + 1, "net": name, "value": float(x)} for x in v[c].double()]
-        sns.violinplot(pd.DataFrame(rows), x="channel", y="value", hue="net", hue_order=[n for _, n in nets],
-                       split=True, inner=None, density_norm="width", cut=0, linewidth=0.6, palette=colors, ax=ax,
-                       legend=i == 0)
+    panels = {}
+    for layer in layers:
         shares = [rec[f"share_{key}"][int(layer) - 1] for key, _ in nets]
-        ax.set_title(f"layer {layer}   mean share {shares[0]:.2f} / {shares[1]:.2f}", fontsize=9)
-        ax.set(xlabel="channel", ylabel="pre-activation" if i % ncols == 0 else "")
-    for j in range(len(layers), nrows * ncols):
-        axes[j // ncols][j % ncols].set_axis_off()
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    axes[0][0].get_legend().remove()
-    fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False,
-               title="violin halves (width-normalised densities over inputs)")
+        panels[f"layer {layer}   mean share {shares[0]:.2f} / {shares[1]:.2f}"] = {
+            name: values[key][layer] for key, name in nets}
+    fig, _ = figstyle.split_violins(panels, [name for _, name in nets], channels=channels, ncols=ncols,
+                                    panel_size=(3.8, 2.9), ylabel="pre-activation",
+                                    legend_title="violin halves (width-normalised densities over inputs)")
     fig.suptitle(f"Per-channel pre-activation distributions, first {channels} channels (mean share: plain / centred)")
     return fig
 

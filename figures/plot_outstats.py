@@ -143,34 +143,15 @@ def kde_figure(name: str, tensors: dict, channels: int = 5, ncols: int = 3) -> F
     acts = tensors.get("activations")
     if not acts:
         return None
-    figstyle.apply()
-    layers = list(acts["checkpoint"])
-    ncols = min(ncols, len(layers))
-    nrows = math.ceil(len(layers) / ncols)
-    fig = Figure(figsize=(3.6 * ncols, 2.7 * nrows + 0.8), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
     states = (("init", "at initialisation"), ("checkpoint", "trained"))
-    colors = figstyle.colors(len(states))
-    for i, layer in enumerate(layers):
-        ax = axes[i // ncols][i % ncols]
-        rows = []
-        for key, state in states:
-            samples = acts[key][layer]["samples"]
-            for c in range(min(channels, samples.shape[0])):
-                rows += [{"channel": c + 1, "state": state, "value": float(v)} for v in samples[c].double()]
-        sns.violinplot(pd.DataFrame(rows), x="channel", y="value", hue="state", hue_order=[s for _, s in states],
-                       split=True, inner=None, density_norm="width", cut=0, linewidth=0.6, palette=colors, ax=ax,
-                       legend=i == 0)
+    panels = {}
+    for layer in acts["checkpoint"]:
         shares = [acts[k][layer]["layer_mean_share"] for k, _ in states]
-        ax.set_title(f"{layer}   mean share {shares[0]:.2f} → {shares[1]:.2f}", fontsize=9)
-        ax.set(xlabel="channel" if i // ncols == nrows - 1 or i + ncols >= len(layers) else "",
-               ylabel="activation" if i % ncols == 0 else "")
-    for j in range(len(layers), nrows * ncols):
-        axes[j // ncols][j % ncols].set_axis_off()
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    axes[0][0].get_legend().remove()
-    fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False,
-               title="violin halves (width-normalised densities)")
+        panels[f"{layer}   mean share {shares[0]:.2f} → {shares[1]:.2f}"] = {
+            state: acts[key][layer]["samples"] for key, state in states}
+    fig, _ = figstyle.split_violins(panels, [state for _, state in states], channels=channels, ncols=ncols,
+                                    panel_size=(3.6, 2.7), ylabel="activation",
+                                    legend_title="violin halves (width-normalised densities)")
     fig.suptitle(f"{name}: activation distributions of the first {channels} channels of each layer\n"
                  "(mean share: Σ channel mean² / Σ E[x²]; 1 = channels constant over inputs)")
     return fig
