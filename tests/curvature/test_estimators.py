@@ -160,3 +160,16 @@ def test_slq_general_matrix_and_grouping() -> None:
         slq_density(Dense(A), num_probes=0)
     with pytest.raises(BnlabError, match="at least one probe"):
         slq_density(Dense(A), lanczos_steps=0)
+
+
+def test_smallest_sample_sizes_have_finite_error_bars() -> None:
+    # two samples are the fewest with a sample standard deviation; Hutch++ needs 3 products (1 each part)
+    A = rotated(np.linspace(-2.0, 5.0, 12), seed=9)
+    two = hutchinson_trace(Dense(A), num_probes=2, seed=1)
+    assert math.isfinite(two.stderr) and two.stderr == pytest.approx(np.std(two.samples, ddof=1) / math.sqrt(2))
+    three = hutchpp_trace(Dense(A), num_matvecs=3, seed=1)
+    assert three.num_matvecs == 3 and math.isfinite(three.estimate)
+    d = slq_density(Dense(A), num_probes=2, lanczos_steps=6, seed=1)
+    grid = np.linspace(-3.0, 6.0, 7)
+    _, se = d.density(grid, sigma=0.5)
+    assert np.all(np.isfinite(se)) and np.any(se > 0)
