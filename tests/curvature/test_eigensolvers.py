@@ -81,6 +81,8 @@ def test_product_count_restarts_and_callback() -> None:
     assert res.restarts >= 1 and res.restarts == len(seen) - 1 and res.info == {"ncv": 12}
     hv = [h for h, _ in seen]
     assert hv == sorted(hv) and hv[-1] == res.hvp_count and hv[0] == 12  # the first call after a full basis
+    # a thick restart keeps k + (ncv - k) // 2 = 8 Ritz vectors, so each later cycle costs ncv - 8 = 4 products
+    assert all(b - a == 4 for a, b in zip(hv, hv[1:]))
     assert all(len(rel) == 4 for _, rel in seen) and np.all(seen[-1][1] <= 1e-9)
     assert not np.all(seen[0][1] <= 1e-9)
     np.testing.assert_allclose(res.eigenvalues.numpy(), [30, 20, 12, 1], rtol=1e-8)
