@@ -7,18 +7,21 @@ load the checkpoint and the data (all refusals happen here), then claim the outp
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import click
 import torch
 
+from .. import distributed
 from ..bnmode import BN_MODES
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..context import DEFAULT_BATCH_SIZE, DEFAULT_NUM_SAMPLES, DTYPES, EvalSpec
+from ..context import DEFAULT_BATCH_SIZE, DEFAULT_NUM_SAMPLES, DTYPES, AnalysisContext, EvalSpec, build_context
 from ..curvature.hessian import DEFAULT_TOL
 from ..curvature.operator import LOSS_SCALES
 from ..device import resolve_device
 from ..errors import BnlabError
+from ..rundir import claim_out_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,6 +71,32 @@ def load_for_analysis(path: str, device: str) -> tuple[Checkpoint, torch.device]
     """The checkpoint, loaded once onto the resolved device (fails fast on foreign/truncated files)."""
     dev = resolve_device(device)
     return load_checkpoint(path, dev), dev
+
+
+class Writable(Protocol):
+    """What an analysis result offers its command: it writes its own files."""
+
+    def write(self, out: Path) -> Any: ...
+
+
+R = TypeVar("R", bound=Writable)
+
+
+def analyse_checkpoint_in_group(ckpt: str, spec: EvalSpec, device: str, out: str, force: bool, quiet: bool,
+                                check: Callable[[AnalysisContext], Any],
+                                run: Callable[[AnalysisContext, bool], R]) -> R | None:
+    """One checkpoint analysis, the same in one process and under torchrun: load the checkpoint and build
+    the context (every rank, refusals agreed), check the inputs, then claim the output folder (rank 0),
+    run (every rank computes; `run(ctx, quiet)`) and write (rank 0). The result on rank 0, None elsewhere."""
+    with distributed.launch(device) as dev:
+        main = distributed.is_main()
+        loaded = distributed.agree(lambda: load_for_analysis(ckpt, dev)[0])
+        ctx = distributed.agree(lambda: build_context(loaded, spec, device=dev))
+        distributed.agree(lambda: check(ctx))
+        with distributed.main_context(lambda: claim_out_dir(out, force=force)) as out_dir:
+            result = run(ctx, quiet or not main)
+            distributed.on_main(lambda: result.write(out_dir))
+    return result if main else None
 
 
 def int_list(text: str | None, what: str) -> tuple[int, ...] | None:

@@ -8,7 +8,6 @@ from typing import Any
 import click
 
 from .. import distributed
-from ..context import build_context
 from ..curvature.hessian import CACHE_GRAPHS, HessianOptions, HessianResult, check_inputs, run_hessian
 from ..curvature.hvp import HVP_METHODS
 from ..curvature.lanczos import EIG_METHODS, WHICH
@@ -16,11 +15,11 @@ from ..curvature.series import run_hessian_series, series_checkpoints
 from ..errors import BnlabError
 from ..rundir import check_out_dir, claim_out_dir
 from .common import (
+    analyse_checkpoint_in_group,
     device_option,
     eval_options,
     eval_spec,
     force_option,
-    load_for_analysis,
     loss_scale_option,
     out_option,
     quiet_option,
@@ -84,17 +83,11 @@ def command(ckpt: str, out: str, force: bool, device: str, quiet: bool, params: 
         return
     if compare_cold:
         raise BnlabError("--compare-cold is for a run directory (a series of checkpoints)")
-    with distributed.launch(device) as dev:  # under torchrun: every rank computes, rank 0 writes
-        main = distributed.is_main()
-        loaded = distributed.agree(lambda: load_for_analysis(ckpt, dev)[0])
-        ctx = distributed.agree(lambda: build_context(loaded, opts.eval, device=dev))
-        distributed.agree(lambda: check_inputs(ctx, opts))
-        with distributed.main_context(lambda: claim_out_dir(out, force=force)) as out_dir:
-            result = run_hessian(ctx, opts, quiet=quiet or not main)
-            distributed.on_main(lambda: result.write(out_dir))
-    if not main:
-        return
-    _echo_summary(ckpt, result, opts, Path(out))
+    result = analyse_checkpoint_in_group(ckpt, opts.eval, device, out, force, quiet,  # torchrun: rank 0 writes
+                                         lambda ctx: check_inputs(ctx, opts),
+                                         lambda ctx, q: run_hessian(ctx, opts, quiet=q))
+    if result is not None:
+        _echo_summary(ckpt, result, opts, Path(out))
 
 
 def _series(run_dir: str, opts: HessianOptions, out: str, force: bool, device: str, quiet: bool,

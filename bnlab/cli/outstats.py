@@ -6,18 +6,15 @@ from typing import Any
 
 import click
 
-from .. import distributed
-from ..context import build_context
 from ..outstats import MOMENTS
 from ..outstats.run import OutstatsOptions, OutstatsResult, check_inputs, run_outstats
-from ..rundir import claim_out_dir
 from .common import (
+    analyse_checkpoint_in_group,
     device_option,
     eval_options,
     eval_spec,
     force_option,
     int_list,
-    load_for_analysis,
     loss_scale_option,
     out_option,
     quiet_option,
@@ -64,17 +61,11 @@ def command(ckpt: str, stats: str, channels: str | None, hist_layers: str | None
                            channels=int_list(channels, "--channels"), hist_layers=str_list(hist_layers),
                            histograms=not no_histograms, **options)
     opts.validate()
-    with distributed.launch(device) as dev:  # under torchrun: every rank computes, rank 0 writes
-        main = distributed.is_main()
-        loaded = distributed.agree(lambda: load_for_analysis(ckpt, dev)[0])
-        ctx = distributed.agree(lambda: build_context(loaded, opts.eval, device=dev))
-        distributed.agree(lambda: check_inputs(ctx, opts))
-        with distributed.main_context(lambda: claim_out_dir(out, force=force)) as out_dir:
-            result = run_outstats(ctx, opts, quiet=quiet or not main)
-            distributed.on_main(lambda: result.write(out_dir))
-    if not main:
-        return
-    _echo_summary(result, Path(out))
+    result = analyse_checkpoint_in_group(ckpt, opts.eval, device, out, force, quiet,  # torchrun: rank 0 writes
+                                         lambda ctx: check_inputs(ctx, opts),
+                                         lambda ctx, q: run_outstats(ctx, opts, quiet=q))
+    if result is not None:
+        _echo_summary(result, Path(out))
 
 
 def _echo_summary(result: OutstatsResult, out_dir: Path) -> None:

@@ -52,7 +52,7 @@ def test_a_refusal_shared_by_all_ranks_is_printed_by_rank_0_only(monkeypatch: py
     def refuse(*_a: object, **_k: object) -> None:
         raise AgreedError("rank 0 said no", quiet=True)  # as a rank other than 0 receives it
 
-    monkeypatch.setattr("bnlab.cli.hessian.load_for_analysis", refuse)
+    monkeypatch.setattr("bnlab.cli.common.load_for_analysis", refuse)
     r = CliRunner().invoke(main, ["hessian", str(tmp_path / "ck.pt"), "--out", str(tmp_path / "h")])
     assert r.exit_code == 2 and r.stderr == "" and r.output == ""
 
