@@ -15,6 +15,7 @@ the hash of both (`bnlab.reproduce.cache`): a changed setting reruns exactly wha
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,8 +220,8 @@ FINDING_STAGES: dict[str, tuple[str, ...]] = {
 }
 
 
-def needed_stages(plan: dict[str, Stage], findings: tuple[str, ...]) -> list[str]:
-    """The stages the findings read, with everything they depend on, in a valid run order."""
+def with_deps(plan: dict[str, Stage], names: Iterable[str]) -> list[str]:
+    """`names` with every stage they depend on, in a valid run order (dependencies first)."""
     order: list[str] = []
 
     def visit(name: str) -> None:
@@ -230,7 +231,11 @@ def needed_stages(plan: dict[str, Stage], findings: tuple[str, ...]) -> list[str
             visit(dep)
         order.append(name)
 
-    for fid in findings:
-        for name in FINDING_STAGES[fid]:
-            visit(name)
+    for name in names:
+        visit(name)
     return order
+
+
+def needed_stages(plan: dict[str, Stage], findings: tuple[str, ...]) -> list[str]:
+    """The stages the findings read, with everything they depend on, in a valid run order."""
+    return with_deps(plan, (name for fid in findings for name in FINDING_STAGES[fid]))

@@ -33,7 +33,7 @@ from ..io.jsonfile import read_json, write_json
 from ..rundir import claim_out_dir
 from .cache import STAGE_FILE, STAGE_FORMAT, data_fingerprint, finished, stage_dir, stage_keys
 from .evaluate import evaluate
-from .plan import SCALES, SETTINGS, Stage, build_plan, needed_stages
+from .plan import FINDING_STAGES, SCALES, SETTINGS, Stage, build_plan, needed_stages, with_deps
 from .report import hms as _hms
 from .report import write_report
 from .stages import OUT, check_stage, run_stage
@@ -181,32 +181,15 @@ def run_reproduce(opts: ReproduceOptions, out: str | Path, *, force: bool = Fals
 
 def _evaluate(fid: str, outs: dict[str, Path], plan: dict[str, Stage], opts: ReproduceOptions,
               outcomes: dict[str, StageOutcome], keys: dict[str, str], out: Path) -> FindingRecord:
-    from .plan import FINDING_STAGES
-
     rec = evaluate(fid, outs, plan)
     rec.setting = {"scale": opts.scale,
                    "stages": {n: {"folder": str(stage_dir(Path("."), n, keys[n])), "key": keys[n],
                                   "summary": describe(plan[n]), "settings": plan[n].settings}
-                              for n in _with_deps(plan, FINDING_STAGES[fid])}}
+                              for n in with_deps(plan, FINDING_STAGES[fid])}}
     failed = [n for n in FINDING_STAGES[fid] if n in outcomes and outcomes[n].status in ("failed", "skipped")]
     if failed and rec.verdict == "NOT RUN":
         rec.reason = "stage(s) failed: " + "; ".join(f"{n}: {outcomes[n].error}" for n in failed)
     return rec
-
-
-def _with_deps(plan: dict[str, Stage], names: tuple[str, ...]) -> list[str]:
-    seen: list[str] = []
-
-    def visit(n: str) -> None:
-        if n in seen:
-            return
-        for d in plan[n].deps.values():
-            visit(d)
-        seen.append(n)
-
-    for n in names:
-        visit(n)
-    return seen
 
 
 def describe(stage: Stage) -> str:
