@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from bnlab import ddp
 from bnlab.checkpoint import save_checkpoint
 from bnlab.config import TrainConfig, make_config
+from bnlab.curvature import HessianOperator, top_eigenpairs
 from bnlab.data import load_data, train_batches
 from bnlab.models import ModelSpec, build_model
+from bnlab.outstats.gradients import stat_gradients
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -134,3 +136,21 @@ def tiny_batches(sizes: tuple[int, ...] = (8, 8, 8, 8, 3)) -> list[tuple[torch.T
 
 def probe_vectors(dim: int, m: int = 3) -> torch.Tensor:
     return torch.randn(m, dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+
+def hessian_products(net: torch.nn.Module, batches: list) -> dict:
+    """What a rank and the one-process reference both compute on the tiny net: products (graphs cached and
+    streamed, weight decay on), gradient, loss, top-3 eigenpairs, output-statistic gradients."""
+    out: dict = {}
+    for cache in (True, False):
+        op = HessianOperator(net, batches, loss_fn=LOSS, bn_mode="batch", cache_graphs=cache, weight_decay=1e-3)
+        out[f"hv_cache{cache}"] = op.matmat(probe_vectors(op.dim))
+    op = HessianOperator(net, batches, loss_fn=LOSS, bn_mode="batch")
+    out["grad"], out["loss"] = op.gradient(), op.loss()
+    res = top_eigenpairs(op, 3, tol=1e-6)
+    out["eigenvalues"], out["eigenvectors"], out["converged"] = res.eigenvalues, res.eigenvectors, res.converged
+    out["describe"] = op.describe()
+    for moments in ("per-batch", "pooled"):
+        sg = stat_gradients(net, batches, stats=("mean", "var"), moments=moments, mode="batch")
+        out[f"stats_{moments}"] = (sg.values, sg.grads)
+    return out

@@ -17,11 +17,10 @@ from pathlib import Path
 import torch
 from dist_helpers import (
     HESSIAN_ARGS,
-    LOSS,
     OUTSTATS_ARGS,
     e2e_config,
+    hessian_products,
     one_step,
-    probe_vectors,
     step_config,
     tiny_batches,
     tiny_net,
@@ -29,8 +28,6 @@ from dist_helpers import (
 
 from bnlab import distributed
 from bnlab.cli import main as cli
-from bnlab.curvature import HessianOperator, top_eigenpairs
-from bnlab.outstats.gradients import stat_gradients
 from bnlab.rundir import claim_out_dir
 from bnlab.train import train
 
@@ -38,18 +35,7 @@ from bnlab.train import train
 def hessian_checks() -> dict:
     net, batches = tiny_net(), tiny_batches()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    out: dict = {}
-    for cache in (True, False):
-        op = HessianOperator(net, batches, loss_fn=LOSS, bn_mode="batch", cache_graphs=cache, weight_decay=1e-3)
-        out[f"hv_cache{cache}"] = op.matmat(probe_vectors(op.dim))
-    op = HessianOperator(net, batches, loss_fn=LOSS, bn_mode="batch")
-    out["grad"], out["loss"] = op.gradient(), op.loss()
-    res = top_eigenpairs(op, 3, tol=1e-6)
-    out["eigenvalues"], out["eigenvectors"], out["converged"] = res.eigenvalues, res.eigenvectors, res.converged
-    out["describe"] = op.describe()
-    for moments in ("per-batch", "pooled"):
-        sg = stat_gradients(net, batches, stats=("mean", "var"), moments=moments, mode="batch")
-        out[f"stats_{moments}"] = (sg.values, sg.grads)
+    out = hessian_products(net, batches)
     out["unchanged"] = all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
     return out
 

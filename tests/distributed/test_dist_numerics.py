@@ -14,13 +14,12 @@ import torch
 from click.testing import CliRunner
 from dist_helpers import (
     HESSIAN_ARGS,
-    LOSS,
     OUTSTATS_ARGS,
     WORKER,
     e2e_config,
+    hessian_products,
     launch,
     one_step,
-    probe_vectors,
     step_config,
     tiny_batches,
     tiny_net,
@@ -29,8 +28,6 @@ from dist_helpers import (
 
 from bnlab import load_checkpoint
 from bnlab.cli import main
-from bnlab.curvature import HessianOperator, top_eigenpairs
-from bnlab.outstats.gradients import stat_gradients
 from bnlab.train import train
 
 
@@ -90,19 +87,7 @@ def test_ghost_bn_model_keeps_its_splits(ranks: tuple[Path, list[dict]]) -> None
 
 @pytest.fixture(scope="module")
 def single_hessian() -> dict:
-    net, batches = tiny_net(), tiny_batches()
-    out: dict = {}
-    for cache in (True, False):
-        op = HessianOperator(net, batches, loss_fn=LOSS, bn_mode="batch", cache_graphs=cache, weight_decay=1e-3)
-        out[f"hv_cache{cache}"] = op.matmat(probe_vectors(op.dim))
-    op = HessianOperator(net, batches, loss_fn=LOSS, bn_mode="batch")
-    out["grad"], out["loss"] = op.gradient(), op.loss()
-    res = top_eigenpairs(op, 3, tol=1e-6)
-    out["eigenvalues"], out["eigenvectors"] = res.eigenvalues, res.eigenvectors
-    for moments in ("per-batch", "pooled"):
-        sg = stat_gradients(net, batches, stats=("mean", "var"), moments=moments, mode="batch")
-        out[f"stats_{moments}"] = (sg.values, sg.grads)
-    return out
+    return hessian_products(tiny_net(), tiny_batches())
 
 
 def test_sharded_products_equal_one_process(ranks: tuple[Path, list[dict]], single_hessian: dict) -> None:
