@@ -95,17 +95,24 @@ CASES = [(m, norm, mode) for m in ("simple", "davidnet")
          for mode in modes]
 
 
+
+def matches_reference(model, batches, target: Target, moments: str, mode: str):
+    """stat_gradients against the jacrev reference (on the target's channels); returns its result."""
+    sg = stat_gradients(model, batches, stats=STATS, target=target, moments=moments, mode=mode)
+    values, grads = reference(model, batches, target, mode, moments)
+    if target.channels:
+        values, grads = values[:, list(target.channels)], grads[:, list(target.channels)]
+    torch.testing.assert_close(sg.values, values, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(sg.grads, grads, rtol=1e-8, atol=1e-11)
+    return sg
+
+
 @pytest.mark.parametrize("model_name,norm,mode", CASES)
 def test_gradients_match_jacrev(model_name: str, norm: str, mode: str) -> None:
     model = tiny(model_name, norm)
     batches = make_batches()
     for target, moments in ((Target("logits"), "per-batch"), (Target("layer1", (0, 1)), "pooled")):
-        sg = stat_gradients(model, batches, stats=STATS, target=target, moments=moments, mode=mode)
-        values, grads = reference(model, batches, target, mode, moments)
-        if target.channels:
-            values, grads = values[:, list(target.channels)], grads[:, list(target.channels)]
-        torch.testing.assert_close(sg.values, values, rtol=1e-9, atol=1e-12)
-        torch.testing.assert_close(sg.grads, grads, rtol=1e-8, atol=1e-11)
+        matches_reference(model, batches, target, moments, mode)
 
 
 # Batches of 6 and 2 (what --num-samples 8 --batch-size 6 gives): per-batch statistics must weigh
@@ -121,12 +128,7 @@ def test_unequal_batches_match_jacrev(model_name: str, norm: str, mode: str) -> 
     batches = [big, small]
     for target, moments in ((Target("logits"), "per-batch"), (Target("logits"), "pooled"),
                             (Target("layer1", (1,)), "per-batch")):
-        sg = stat_gradients(model, batches, stats=STATS, target=target, moments=moments, mode=mode)
-        values, grads = reference(model, batches, target, mode, moments)
-        if target.channels:
-            values, grads = values[:, list(target.channels)], grads[:, list(target.channels)]
-        torch.testing.assert_close(sg.values, values, rtol=1e-9, atol=1e-12)
-        torch.testing.assert_close(sg.grads, grads, rtol=1e-8, atol=1e-11)
+        sg = matches_reference(model, batches, target, moments, mode)
         assert (sg.num_samples, sg.num_batches, sg.moments, sg.bn_mode) == (8, 2, moments, mode)
     # the weighting is visible: the plain average of the two batches' statistics is something else
     sg = stat_gradients(model, batches, stats=("mean",), mode=mode)
