@@ -18,7 +18,6 @@ The rules every distributed command follows:
 """
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -138,10 +137,6 @@ def launch(device: str | torch.device | None = "auto") -> Iterator[torch.device]
         with _in_group():
             yield dev
     finally:
-        # A DistributedDataParallel left in a reference cycle keeps the group alive until the interpreter
-        # shuts down; gloo's threads are then torn down half-way ('terminate called without an active
-        # exception', SIGABRT on a finished run). Collect it while the group still exists.
-        gc.collect()
         dist.destroy_process_group()
 
 
