@@ -8,7 +8,7 @@ import sys
 import click
 
 from .. import __version__
-from ..distributed import groups_joined
+from ..distributed import groups_joined, printed_here
 from ..errors import BnlabError
 from ..runtime import tune_allocator
 
@@ -21,46 +21,40 @@ class BnlabGroup(click.Group):
 
     def main(self, args: list[str] | None = None, prog_name: str | None = None, **extra: object) -> None:
         extra.pop("standalone_mode", None)
-        global _groups_before
-        _groups_before = groups_joined()
+        groups_before = groups_joined()
         tune_allocator()  # every command allocates and frees large activations (see bnlab.runtime)
+        code = self._exit_code(args, prog_name, extra)
+        if groups_joined() > groups_before:
+            # Under torchrun: the group is destroyed and every file written. Skip interpreter finalisation,
+            # where gloo objects still referenced from C++ threads can abort a finished rank (SIGABRT,
+            # 'terminate called without an active exception').
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        sys.exit(code)
+
+    def _exit_code(self, args: list[str] | None, prog_name: str | None, extra: dict[str, object]) -> int:
         try:
             rv = super().main(args, prog_name or "bnlab", standalone_mode=False, **extra)  # type: ignore[arg-type]
         except BnlabError as e:  # under torchrun, a refusal all ranks share is printed by rank 0 alone
-            from ..distributed import printed_here
-
-            _fail(str(e), quiet=not printed_here(e))
+            return _fail(str(e), quiet=not printed_here(e))
         except OSError as e:  # the file system said no (permissions, full disk, a path that is a file, ...)
             where = f"{e.filename}: " if e.filename else ""
-            _fail(f"cannot write or read {where}{e.strerror or e}")
+            return _fail(f"cannot write or read {where}{e.strerror or e}")
         except click.UsageError as e:
-            _fail(f"{e.format_message()} (see --help)")
+            return _fail(f"{e.format_message()} (see --help)")
         except click.ClickException as e:
-            _fail(e.format_message(), e.exit_code)
+            return _fail(e.format_message(), e.exit_code)
         except click.Abort:
             click.echo("aborted", err=True)
-            _exit(130)
-        _exit(rv if isinstance(rv, int) else 0)
+            return 130
+        return rv if isinstance(rv, int) else 0
 
 
-_groups_before = 0
-
-
-def _exit(code: int) -> None:
-    if groups_joined() > _groups_before:
-        # Under torchrun: the group is destroyed and every file written. Skip interpreter finalisation,
-        # where gloo objects still referenced from C++ threads can abort a finished rank (SIGABRT,
-        # 'terminate called without an active exception').
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
-
-
-def _fail(message: str, code: int = 2, quiet: bool = False) -> None:
+def _fail(message: str, code: int = 2, quiet: bool = False) -> int:
     if not quiet:
         click.echo(f"bnlab: error: {' '.join(message.split())}", err=True)
-    _exit(code)
+    return code
 
 
 @click.group(cls=BnlabGroup, context_settings={"help_option_names": ["-h", "--help"]})
