@@ -19,7 +19,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.4"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4"],
         "bench": ["pyhessian", "hessian-eigenthings", "curvlinops-for-pytorch"],
     },
     entry_points={"console_scripts": ["bnlab=bnlab.cli:main"]},

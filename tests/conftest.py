@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -11,6 +12,15 @@ import pytest
 import torch
 
 from bnlab.config import make_config
+
+# Device paths (tensors made on the operator's or the model's device) are only observable with a
+# second device: these tests run on a GPU machine and are skipped elsewhere (tests/MUTATION.md).
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+# Under pytest-xdist the cores are shared by the workers: torch's default (one intra-op thread per
+# core in every worker) would oversubscribe them.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture(scope="module")

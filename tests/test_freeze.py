@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from bnlab.errors import BnlabError
 from bnlab.freeze import freeze_checkpoint, refresh_bn_statistics
 from bnlab.models import build_model
 from bnlab.norms import FrozenNorm, GhostBatchNorm, batch_norm_layers
+from conftest import requires_cuda
 
 N_TRAIN, BATCH = 300, 64  # 4 full batches (256 images); the last 44 images are not used
 
@@ -134,6 +136,27 @@ def test_refresh_in_place_restores_flags_and_momenta(tmp_path: Path) -> None:
     # a batch larger than the training set: one batch of everything
     small = load_data(make_config("bn", dataset="synthetic", synthetic_train=40, synthetic_test=20).data, "cpu")
     assert refresh_bn_statistics(model, small, 64) == 1
+
+
+@requires_cuda
+def test_freeze_on_cuda_equals_cpu(tmp_path: Path) -> None:
+    parent = make_ckpt(tmp_path / "ck.pt", "bn")
+    on_cpu = freeze_checkpoint(parent, tmp_path / "cpu.pt")
+    on_gpu = freeze_checkpoint(parent, tmp_path / "gpu.pt", device="cuda")
+    assert on_gpu["test_acc"] == pytest.approx(on_cpu["test_acc"], abs=2 / 60)  # float32 convs differ a little
+    a, b = (load_checkpoint(tmp_path / f).model.state_dict() for f in ("cpu.pt", "gpu.pt"))
+    for k, v in a.items():
+        torch.testing.assert_close(b[k].cpu(), v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # these machines run as root, who may write anywhere: emulate a read-only folder as another user sees it
+    parent = make_ckpt(tmp_path / "ck.pt", "bn")
+    real = os.access
+    monkeypatch.setattr("bnlab.freeze.os.access", lambda p, mode: real(p, mode) and not mode & os.W_OK)
+    with pytest.raises(BnlabError, match="not writable"):
+        freeze_checkpoint(parent, tmp_path / "f.pt")
+    assert not (tmp_path / "f.pt").exists()
 
 
 def test_frozen_simple_net_without_affine_and_errors(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import torch
 from bnlab.curvature import EigenResult, residual_norms, top_eigenpairs
 from bnlab.curvature.linop import SymmetricOperator
 from bnlab.errors import BnlabError
+from conftest import requires_cuda
 
 
 class Sym(SymmetricOperator):
@@ -184,3 +185,30 @@ def test_argument_errors() -> None:
         with pytest.raises(BnlabError, match=msg):
             top_eigenpairs(op, args.pop("k"), **args)
     assert math.isclose(top_eigenpairs(op, 20, tol=1e-9).eigenvalues[0].item(), 30.0, rel_tol=1e-9)
+
+
+class OnDevice(Sym):
+    """Sym held on `device`; its products insist on vectors already there (the solver's basis lives on
+    the operator's device: no host round trip per product)."""
+
+    def __init__(self, spectrum, device: str) -> None:
+        super().__init__(spectrum)
+        self._device = torch.device(device)
+        self.A = self.A.to(self._device)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        assert V.device == self._device, f"a product was asked on {V.device}"
+        return super().matmat(V)
+
+
+@requires_cuda
+@pytest.mark.parametrize("method", ["lanczos", "arpack"])
+def test_the_solver_works_on_the_operators_device(method: str) -> None:
+    op = OnDevice(spectrum_mixed(60), "cuda")
+    res = top_eigenpairs(op, 3, tol=1e-10, method=method, verify=True)
+    np.testing.assert_allclose(res.eigenvalues.cpu().numpy(), [30.0, 20.0, 12.0], rtol=1e-9)
+    assert res.converged.tolist() == [True] * 3

@@ -141,6 +141,17 @@ def test_a_parameter_off_the_loss_path_has_zero_curvature_and_no_products_are_em
     assert op.matmat(V[:0]).shape == (0, op.dim)
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_loss_linear_in_the_selected_parameters_has_a_zero_hessian(cache: bool) -> None:
+    # sum of the logits is linear in the last layer's weight and bias: its gradient has no graph left
+    net, batches = mlp(), data()
+    op = HessianOperator(net, batches, loss_fn=lambda out, y: out.sum(), bn_mode="batch", params=["3.*"],
+                         cache_graphs=cache)
+    V = torch.randn(3, op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    assert op.dim == 4 * 3 + 3
+    assert torch.equal(op.matmat(V), torch.zeros(3, op.dim, dtype=torch.float64))
+
+
 def test_streamed_batches_and_running_mode_one_batch() -> None:
     # Running statistics do not depend on how the set is split: 6 + 2 equals one batch of 8.
     H, _, _ = truth("running")
@@ -259,6 +270,29 @@ def test_graph_cache_decision_boundary() -> None:
                            cache_graphs=False).describe()["graph_cache"] == {"mode": "off"}
     func = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", method="func")
     assert func.cache_graphs is False and func.describe()["hvp_method"] == "func"
+
+
+@pytest.mark.parametrize("cache", [True, "auto"])
+def test_cached_graphs_are_built_once_and_rebuilt_after_an_update(cache: bool | str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of caching: later products are only the second backward (no forward, no first backward)
+    until a parameter changes in place."""
+    import bnlab.curvature.operator as operator_module
+
+    H, _, _ = truth("batch")
+    net, batches = mlp(), data()
+    built = []
+    real = operator_module.batch_gradient
+    monkeypatch.setattr(operator_module, "batch_gradient", lambda *a, **k: built.append(1) or real(*a, **k))
+    op = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", cache_graphs=cache)
+    v = torch.randn(op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    for _ in range(3):
+        close(op.matvec(v), H @ v)
+    assert len(built) == len(batches)
+    with torch.no_grad():
+        net[3].bias.add_(0.1)  # in place: the cached graphs are stale
+    op.matvec(v)
+    assert len(built) == 2 * len(batches)
 
 
 def test_available_memory_reads_meminfo() -> None:

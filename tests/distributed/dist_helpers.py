@@ -154,3 +154,35 @@ def hessian_products(net: torch.nn.Module, batches: list) -> dict:
         sg = stat_gradients(net, batches, stats=("mean", "var"), moments=moments, mode="batch")
         out[f"stats_{moments}"] = (sg.values, sg.grads)
     return out
+
+
+# ----------------------------------------------------------------------------- sub-groups (test_subgroups.py)
+def group_products(group: object, sizes: tuple[int, ...] = (8, 8, 8, 8, 3)) -> dict:
+    """Products, gradient, loss and output-statistic gradients of the tiny net over batches of `sizes`,
+    sharded over `group` (None: this process alone, the reference)."""
+    from bnlab import distributed
+
+    net, batches = tiny_net(), tiny_batches(sizes)
+    out: dict = {}
+    for cache in (True, False, "auto"):
+        op = HessianOperator(net, batches, loss_fn=LOSS, bn_mode="batch", cache_graphs=cache, weight_decay=1e-3,
+                             process_group=group)
+        out[f"hv_{cache}"] = op.matmat(probe_vectors(op.dim))
+        out[f"graph_cache_{cache}"] = op.describe()["graph_cache"]
+    out["grad"], out["loss"] = op.gradient(), op.loss()
+    calls = distributed.COMM.calls
+    for moments in ("per-batch", "pooled"):
+        sg = stat_gradients(net, batches, stats=("mean", "var"), moments=moments, mode="batch", process_group=group)
+        out[f"stats_{moments}"] = (sg.values, sg.grads)
+    out["stat_collectives"] = distributed.COMM.calls - calls
+    return out
+
+
+def subgroup_sequence(group: object) -> dict:
+    """What ranks 1 and 2 compute on their sub-group: 5 batches over 2 ranks, then 1 batch (rank 2 has none)."""
+    return {"five": group_products(group), "one": group_products(group, (8,))}
+
+
+def world_sequence(group: object) -> dict:
+    """What all 3 ranks compute together: 3 batches, one per rank."""
+    return group_products(group, (8, 8, 3))

@@ -84,7 +84,7 @@ def run_bug(bug: Bug, work: Path) -> tuple[bool, float, str]:
     target.write_text(text.replace(bug.old, bug.new))
     env = {**os.environ, "PYTHONPATH": str(copy), "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *bug.tests],
+    r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-n", "0", *bug.tests],
                        cwd=copy, env=env, capture_output=True, text=True)
     tail = (r.stdout.strip().splitlines() or [""])[-1]
     shutil.rmtree(copy, ignore_errors=True)

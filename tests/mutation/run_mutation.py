@@ -125,7 +125,8 @@ def write_config(tree: Path, key: str, files: list[str], selection: list[str]) -
                 f"only_mutate = {toml_list(files)}\n"
                 f"do_not_mutate_patterns = {toml_list(DO_NOT_MUTATE_PATTERNS)}\n"
                 f"pytest_add_cli_args_test_selection = {toml_list(selection_args(tree, key, selection))}\n"
-                'pytest_add_cli_args = ["-p", "no:cacheprovider"]\n'
+                # in-process (mutmut collects which tests reach which function): no xdist workers
+                'pytest_add_cli_args = ["-p", "no:cacheprovider", "-n", "0"]\n'
                 # torch is not fork-safe after use: fork mutants from a clean server process
                 'process_isolation = "forkserver"\n')
 

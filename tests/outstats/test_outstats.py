@@ -23,6 +23,7 @@ from bnlab.outstats import (
     random_overlaps,
     stat_gradients,
 )
+from conftest import requires_cuda
 
 STATS = ("mean", "var", "skew")
 
@@ -158,6 +159,18 @@ def test_gradients_match_finite_differences(model_name: str, norm: str, mode: st
 
     fd = (stats_at(1) - stats_at(-1)) / (2 * eps)
     torch.testing.assert_close(sg.grads @ vflat, fd, rtol=1e-5, atol=1e-7)
+
+
+@requires_cuda
+@pytest.mark.parametrize("moments", ["per-batch", "pooled"])
+def test_gradients_on_cuda_equal_cpu(moments: str) -> None:
+    model, batches = tiny("davidnet", "bn"), make_batches()
+    target = Target("layer1", (0, 1))
+    want = stat_gradients(model, batches, stats=STATS, target=target, moments=moments, mode="batch")
+    got = stat_gradients(model.cuda(), [(x.cuda(), y.cuda()) for x, y in batches], stats=STATS, target=target,
+                         moments=moments, mode="batch")
+    torch.testing.assert_close(got.values.cpu(), want.values, rtol=1e-8, atol=1e-11)
+    torch.testing.assert_close(got.grads.cpu(), want.grads, rtol=1e-8, atol=1e-11)
 
 
 def test_batch_accumulation_equals_full_batch() -> None:

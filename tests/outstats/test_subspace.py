@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from bnlab.outstats.subspace import orthonormal_basis, random_overlaps
+from conftest import requires_cuda
 
 
 def test_basis_drops_zero_and_dependent_rows_wherever_they_are_and_keeps_small_ones() -> None:
@@ -26,4 +27,13 @@ def test_random_overlaps_are_seeded_and_float64() -> None:
         basis, 50, seed=2)
     assert one.dtype == torch.float64 and one.shape == (50,)
     assert torch.equal(one, again) and not torch.equal(one, other)
+    assert torch.equal(random_overlaps(basis, 50), random_overlaps(basis, 50, seed=0))  # the default seed
     assert abs(float(one.mean()) - 0.3) < 0.1  # r / P in expectation
+
+
+@requires_cuda
+def test_random_overlaps_on_the_basis_device() -> None:
+    basis, _ = orthonormal_basis(torch.eye(10, dtype=torch.float64, device="cuda")[:3])
+    got = random_overlaps(basis, 200, seed=1)
+    assert got.device.type == "cuda" and got.dtype == torch.float64
+    assert abs(float(got.mean()) - 0.3) < 0.05
