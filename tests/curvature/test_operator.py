@@ -143,8 +143,11 @@ def test_a_parameter_off_the_loss_path_has_zero_curvature_and_no_products_are_em
 
 @pytest.mark.parametrize("cache", [True, False])
 def test_a_loss_linear_in_the_selected_parameters_has_a_zero_hessian(cache: bool) -> None:
-    # sum of the logits is linear in the last layer's weight and bias: its gradient has no graph left
+    # sum of the logits is linear in the last layer's weight and bias: with the rest of the net frozen
+    # (as a loaded model may be) its gradient has no graph left to differentiate
     net, batches = mlp(), data()
+    for p in net.parameters():
+        p.requires_grad_(False)
     op = HessianOperator(net, batches, loss_fn=lambda out, y: out.sum(), bn_mode="batch", params=["3.*"],
                          cache_graphs=cache)
     V = torch.randn(3, op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(6))

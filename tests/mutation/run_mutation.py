@@ -60,12 +60,14 @@ SLOW_FOR_MUTATION = [
 # module's original test file is what runs (minus SLOW_FOR_MUTATION).
 OLD_CURVATURE = "tests/curvature/test_curvature.py"
 MODULES: dict[str, tuple[list[str], list[str]]] = {
-    "curvature.operator": (["bnlab/curvature/operator.py"], ["tests/curvature/test_operator.py"]),
+    "curvature.operator": (["bnlab/curvature/operator.py"], ["tests/curvature/test_operator.py",
+                                                            "tests/distributed/test_subgroups.py"]),
     "curvature.hvp": (["bnlab/curvature/hvp.py"], ["tests/curvature/test_operator.py"]),
     "curvature.lanczos": (["bnlab/curvature/lanczos.py"], ["tests/curvature/test_eigensolvers.py"]),
     "curvature.trace": (["bnlab/curvature/trace.py"], ["tests/curvature/test_estimators.py"]),
     "curvature.density": (["bnlab/curvature/density.py"], ["tests/curvature/test_estimators.py"]),
-    "outstats.gradients": (["bnlab/outstats/gradients.py"], ["tests/outstats/test_outstats.py"]),
+    "outstats.gradients": (["bnlab/outstats/gradients.py"], ["tests/outstats/test_outstats.py",
+                                                             "tests/distributed/test_subgroups.py"]),
     "outstats.moments": (["bnlab/outstats/moments.py"], ["tests/outstats/test_outstats.py",
                                                         "tests/outstats/test_moments.py"]),
     "outstats.subspace": (["bnlab/outstats/subspace.py"], ["tests/outstats/test_outstats.py",
@@ -196,6 +198,8 @@ def run_module(key: str, args: argparse.Namespace) -> dict:
             shutil.rmtree(dest)
             shutil.copytree(REPO / "tests", dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         (tree / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+        shutil.copy2(REPO / "pyproject.toml", tree / "pyproject.toml")  # the current test selection
+        write_config(tree, key, files, selection)
         if names:
             with open(tree / "mutmut.log", "a") as log:
                 subprocess.run(["mutmut", "run", "--max-children", str(args.max_children), *names], cwd=tree,

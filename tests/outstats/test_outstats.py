@@ -161,6 +161,16 @@ def test_gradients_match_finite_differences(model_name: str, norm: str, mode: st
     torch.testing.assert_close(sg.grads @ vflat, fd, rtol=1e-5, atol=1e-7)
 
 
+def test_rows_and_labels_follow_the_order_asked_for() -> None:
+    model, batches = tiny("simple", "bn"), make_batches()
+    sg = stat_gradients(model, batches, stats=("skew", "mean"), target=Target("layer1", (1, 0)), mode="batch")
+    assert sg.stats == ("mean", "skew")  # canonical order, whatever order they were asked in
+    assert sg.labels() == ["mean[1]", "mean[0]", "skew[1]", "skew[0]"]
+    assert sg.labels(["skew"]) == ["skew[1]", "skew[0]"]
+    assert torch.equal(sg.flat(["skew", "mean"]), torch.cat([sg.grads[1], sg.grads[0]]))
+    assert torch.equal(sg.flat(), sg.grads.reshape(4, -1)) and torch.equal(sg.of("skew"), sg.grads[1])
+
+
 @requires_cuda
 @pytest.mark.parametrize("moments", ["per-batch", "pooled"])
 def test_gradients_on_cuda_equal_cpu(moments: str) -> None:
