@@ -148,7 +148,11 @@ def mutant_names(tree: Path, files: list[str]) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the exported tree must win
+    env = dict(os.environ)
+    # the exported tree must win: drop PYTHONPATH entries that hold a bnlab package (e.g. the repository)
+    keep = [p for p in env.pop("PYTHONPATH", "").split(os.pathsep) if p and not (Path(p) / "bnlab").is_dir()]
+    if keep:
+        env["PYTHONPATH"] = os.pathsep.join(keep)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return env
 
