@@ -193,8 +193,8 @@ class OnDevice(Sym):
 
     def __init__(self, spectrum, device: str) -> None:
         super().__init__(spectrum)
-        self._device = torch.device(device)
-        self.A = self.A.to(self._device)
+        self.A = self.A.to(device)
+        self._device = self.A.device  # with its index: torch.device("cuda") != torch.device("cuda:0")
 
     @property
     def device(self) -> torch.device:
