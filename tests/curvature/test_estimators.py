@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -16,8 +17,10 @@ import torch
 
 from bnlab.curvature import hutchinson_trace, hutchpp_trace, slq_density
 from bnlab.curvature._probe import rademacher
+from bnlab.curvature.density import DensityResult, _block_lanczos_tridiag
 from bnlab.curvature.linop import SymmetricOperator
 from bnlab.errors import BnlabError
+from conftest import requires_cuda
 
 
 class Dense(SymmetricOperator):
@@ -173,3 +176,145 @@ def test_smallest_sample_sizes_have_finite_error_bars() -> None:
     grid = np.linspace(-3.0, 6.0, 7)
     _, se = d.density(grid, sigma=0.5)
     assert np.all(np.isfinite(se)) and np.any(se > 0)
+
+
+def test_hutchpp_adds_the_stochastic_part_of_the_residual() -> None:
+    # outliers for the sketch, and a bulk in [1, 3] whose trace (~96) the residual probes must add
+    spec = np.concatenate([[50.0, 30.0], np.linspace(1.0, 3.0, 48)])
+    res = hutchpp_trace(Dense(rotated(spec, seed=8)), num_matvecs=30, seed=1)
+    assert abs(res.estimate - spec.sum()) <= 4 * res.stderr and res.stderr < 10
+    assert np.mean(res.samples) > 50  # most of the bulk's trace is left to the residual probes
+
+
+def test_defaults_seeds_and_wall_times() -> None:
+    A = rotated(np.linspace(-2.0, 5.0, 70), seed=9)
+    t0 = time.perf_counter()
+    plain = hutchinson_trace(Dense(A))
+    hpp = hutchpp_trace(Dense(A))
+    dens = slq_density(Dense(A))
+    elapsed = time.perf_counter() - t0
+    assert len(plain.samples) == plain.num_matvecs == 30 and hpp.num_matvecs == 30
+    assert dens.nodes.shape == (10, 64)  # 10 probes, 64 steps
+    assert plain.to_dict() == {**hutchinson_trace(Dense(A), num_probes=30, seed=0).to_dict(),
+                               "wall_time": plain.wall_time}
+    assert hpp.estimate == hutchpp_trace(Dense(A), num_matvecs=30, seed=0).estimate
+    np.testing.assert_array_equal(dens.nodes, slq_density(Dense(A), num_probes=10, seed=0).nodes)
+    for r in (plain, hpp, dens):
+        assert 0 < r.wall_time < elapsed
+
+
+def test_slq_density_record_and_its_error_bars() -> None:
+    A = rotated(np.linspace(-2.0, 5.0, 30), seed=10)
+    d = slq_density(Dense(A), num_probes=2, lanczos_steps=6, seed=3)
+    grid, sigma = np.linspace(-3.0, 6.0, 9), 0.4
+    k = np.exp(-0.5 * ((grid[None, None] - d.nodes[:, :, None]) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+    per_probe = (d.weights[:, :, None] * k).sum(1)  # (2, 9): each probe's smoothed measure
+    dens, se = d.density(grid.astype(int), sigma)  # integer grids work as floats
+    dens, se = d.density(grid, sigma)
+    np.testing.assert_allclose(dens, per_probe.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(se, per_probe.std(0, ddof=1) / math.sqrt(2), rtol=1e-12)
+    m3 = (d.weights * d.nodes ** 3).sum(1)
+    assert d.moment(3) == pytest.approx((m3.mean(), m3.std(ddof=1) / math.sqrt(2)), rel=1e-12)
+    rec = d.to_dict(points=25, sigma=0.4)
+    g = np.linspace(d.nodes.min() - 2.0, d.nodes.max() + 2.0, 25)
+    want = {"grid": g, "density": d.density(g, 0.4)[0], "density_stderr": d.density(g, 0.4)[1], "sigma": 0.4,
+            "nodes": d.nodes, "weights": d.weights, "trace": d.trace()[0], "trace_stderr": d.trace()[1],
+            "num_probes": 2, "lanczos_steps": 6, "num_matvecs": 12, "wall_time": d.wall_time}
+    assert set(rec) == set(want)
+    for key, value in want.items():
+        np.testing.assert_allclose(np.asarray(rec[key]), np.asarray(value), rtol=1e-12, err_msg=key)
+    assert len(d.to_dict()["grid"]) == len(d.default_grid()[0]) == 400
+
+
+def test_a_point_spectrum_gets_a_point_grid() -> None:
+    d = DensityResult(np.full((2, 3), 3.0), np.full((2, 3), 1 / 3), dim=5, num_matvecs=6, wall_time=0.0)
+    grid, sigma = d.default_grid()
+    assert sigma == pytest.approx(1e-12 / 200) and grid[0] < 3.0 < grid[-1] and grid[-1] - grid[0] < 1e-12
+
+
+class Spy(Dense):
+    """Dense, recording the number of vectors in every product call."""
+
+    def __init__(self, A: np.ndarray) -> None:
+        super().__init__(A)
+        self.calls: list[int] = []
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        self.calls.append(V.shape[0])
+        return super().matmat(V)
+
+
+@pytest.mark.parametrize("fit", [0, 1, 3])
+def test_slq_probe_groups_fit_the_memory_asked_for(fit: int) -> None:
+    dim, m, probes = 40, 7, 8
+    basis_bytes = 8 * (m + 1) * dim  # one probe's float64 Krylov basis
+    op = Spy(rotated(np.linspace(-1.0, 2.0, dim), seed=11))
+    d = slq_density(op, num_probes=probes, lanczos_steps=m, memory_mb=(fit * basis_bytes + 1) / 2**20)
+    group = max(1, fit)  # at least one probe, whatever the budget
+    assert max(op.calls) == group and op.calls[0] == group
+    assert d.num_matvecs == probes * m == op.products  # counted over every group
+    np.testing.assert_allclose(d.nodes, slq_density(Dense(op.A.numpy()), num_probes=probes, lanczos_steps=m).nodes,
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_slq_one_lanczos_step_is_the_rayleigh_quotient() -> None:
+    A = rotated(np.linspace(-1.0, 2.0, 20), seed=12)
+    d = slq_density(Dense(A), num_probes=3, lanczos_steps=1, seed=4)
+    V = (rademacher(3, 20, seed=4, device=torch.device("cpu")) / math.sqrt(20)).numpy()
+    np.testing.assert_allclose(d.nodes[:, 0], np.einsum("pi,ij,pj->p", V, A, V), rtol=1e-12)
+    np.testing.assert_allclose(d.weights, 1.0)
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1.0, 1e4])
+def test_slq_breakdown_test_is_relative_to_the_operators_scale(scale: float) -> None:
+    # 3 distinct eigenvalues: every run closes after 3 products, at any scale, with the same relative nodes
+    spec = np.repeat([-1.0, 2.0, 5.0], 10)
+    op = Spy(scale * rotated(spec, seed=6))
+    d = slq_density(op, num_probes=4, lanczos_steps=8, seed=1)
+    assert op.calls == [4, 4, 4]  # then the block has no active run left
+    big = d.weights > 1e-8
+    assert big.sum(1).tolist() == [3] * 4
+    np.testing.assert_allclose(np.sort(d.nodes[big].reshape(4, 3), axis=1) / scale, [[-1.0, 2.0, 5.0]] * 4,
+                               rtol=1e-8, atol=1e-8)
+
+
+def test_a_run_that_closes_early_leaves_the_others_running() -> None:
+    # row 0 starts on an eigenvector (closes after one product), row 1 is generic: stepped together,
+    # row 1 must get the same recurrence as when it runs alone
+    spec = np.linspace(1.0, 3.0, 12)
+    op = Dense(rotated(spec, seed=13))
+    eig = torch.from_numpy(np.linalg.eigh(op.A.numpy())[1][:, 4])
+    generic = torch.from_numpy(np.random.default_rng(1).standard_normal(12))
+    generic = generic / generic.norm()
+    a, b = _block_lanczos_tridiag(op, torch.stack([eig, generic]), 6)
+    a1, b1 = _block_lanczos_tridiag(op, generic[None], 6)
+    np.testing.assert_allclose(a[1], a1[0], rtol=1e-10)
+    np.testing.assert_allclose(b[1], b1[0], rtol=1e-10)
+    assert a[0, 0] == pytest.approx(spec[4]) and np.all(a[0, 1:] == 0) and np.all(b[0] == 0)
+
+
+class OnCuda(Dense):
+    """Dense held on the GPU; its products insist on vectors already there (the estimators keep their
+    probes and bases on the operator's device)."""
+
+    def __init__(self, A: np.ndarray) -> None:
+        super().__init__(A)
+        self.A = self.A.cuda()
+
+    @property
+    def device(self) -> torch.device:
+        return self.A.device
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        assert V.device == self.A.device, f"a product was asked on {V.device}"
+        return super().matmat(V)
+
+
+@requires_cuda
+def test_estimators_work_on_the_operators_device() -> None:
+    A = rotated(np.concatenate([[9.0, 6.0], np.linspace(-1.0, 2.0, 38)]), seed=14)
+    for estimate in (lambda op: hutchinson_trace(op, num_probes=6, seed=2).samples,
+                     lambda op: hutchpp_trace(op, num_matvecs=12, seed=2).samples,
+                     lambda op: slq_density(op, num_probes=3, lanczos_steps=10, seed=2).nodes):
+        np.testing.assert_allclose(np.asarray(estimate(OnCuda(A))), np.asarray(estimate(Dense(A))),
+                                   rtol=1e-8, atol=1e-10)

@@ -199,7 +199,7 @@ def run_module(key: str, args: argparse.Namespace) -> dict:
             raise SystemExit("--rerun-survivors tests the working tree's tests; drop --ref")
         names = json.loads((tree / "score.json").read_text())["survived"]
         for dest in (tree / "tests", tree / "mutants" / "tests"):
-            shutil.rmtree(dest)
+            shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(REPO / "tests", dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         (tree / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         shutil.copy2(REPO / "pyproject.toml", tree / "pyproject.toml")  # the current test selection

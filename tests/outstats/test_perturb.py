@@ -2,6 +2,8 @@
 on batches of 6 and 2, stepped by δ‖θ‖ along given directions."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from torch import nn
 
 from bnlab.errors import BnlabError
 from bnlab.outstats.perturb import perturbation_table
+from conftest import requires_cuda
 
 C, D = 3, 4
 
@@ -72,8 +75,22 @@ def test_chosen_classes_zero_direction_and_bad_delta() -> None:
     assert [r["class"] for r in table["rows"]] == [2, 0]
     full = perturbation_table(model, batches, dirs, mode="none")
     assert table["rows"][0]["frac_after_grad"] == full["rows"][2]["frac_after_grad"]
+    # the defaults: the post's step of 1% of the weight norm, random directions of seed 0
+    assert full["delta"] == 0.01 and full["step_norm"] == pytest.approx(0.01 * full["theta_norm"])
+    assert full == perturbation_table(model, batches, dirs, mode="none", delta=0.01, seed=0)
     with pytest.raises(BnlabError, match="class 1 is zero"):
         perturbation_table(model, batches, torch.zeros(2, dirs.shape[1], dtype=torch.float64), mode="none",
                            classes=[1, 2])
     with pytest.raises(BnlabError, match="--delta must be positive"):
         perturbation_table(model, batches, dirs, mode="none", delta=0.0)
+
+
+@requires_cuda
+def test_the_table_on_cuda_equals_cpu() -> None:
+    model, batches, dirs = setup()
+    want = perturbation_table(model, batches, dirs, mode="none", delta=0.05)
+    got = perturbation_table(model.cuda(), [(x.cuda(), y.cuda()) for x, y in batches], dirs, mode="none", delta=0.05)
+    for g, w in zip(got["rows"], want["rows"]):
+        for key in ("frac_before", "frac_after_grad", "loss_before", "loss_after_grad", "mean_logit_shift_grad"):
+            assert g[key] == pytest.approx(w[key], rel=1e-9, abs=1e-12), key
+        assert math.isfinite(g["loss_after_random"])  # random directions are drawn on the GPU: other numbers
