@@ -184,10 +184,11 @@ def _series(t: Table) -> _Series:
 
 
 def _predictions(s: _Series, hyper: Hyper, smooth: int, has_theory: bool) -> dict[str, np.ndarray]:
-    """Instantaneous and lagged theory along the logged steps of one invariant tensor (NaN without theory)."""
+    """Instantaneous and lagged theory along the logged steps of one invariant tensor (NaN without theory:
+    not scale-invariant, or no weight decay)."""
     L = rolling_mean((s.g * s.w_before) ** 2, smooth)
     out = {"grad_scale": L}
-    if hyper.wd <= 0 or not has_theory:
+    if not has_theory:
         nan = np.full(len(s.step), np.nan)
         return {**out, "angle_eq": nan, "norm_eq": nan, "angle_lagged": nan, "norm_lagged": nan}
     out["angle_eq"] = theory.equilibrium_angle(s.lr, hyper.wd, hyper.momentum, hyper.nesterov)
@@ -291,7 +292,7 @@ def _analyse_tensor(name: str, t: Table, hyper: Hyper, *, smooth: int, window: f
     angle, rel = _rms(s.angle[win]), _rms(s.rel[win])
     grad_scale = _nanmean((s.g[win] * s.w_before[win]) ** 2)
     with np.errstate(divide="ignore", invalid="ignore"):  # a prediction of 0 (lr 0) gives inf: never "within"
-        ratio = angle_smooth / pred["angle_ref"] if has_theory else np.full(n, np.nan)
+        ratio = angle_smooth / pred["angle_ref"]  # NaN without theory
     w = _window_theory(pred, win) if has_theory else _WindowTheory()
     lr_final = float(s.lr[-1])
     to_pred, to_end = _steps_to_equilibrium(s, angle_smooth, ratio, eq_tol, has_theory)
@@ -319,7 +320,7 @@ def _analyse_tensor(name: str, t: Table, hyper: Hyper, *, smooth: int, window: f
             "angle": s.angle, "rel_step": s.rel, "cos_wg": s.cos, "angle_smooth": angle_smooth,
             "grad_scale": pred["grad_scale"]}
     for key in ("angle_eq", "angle_lagged", "norm_eq", "norm_lagged", "angle_ref"):
-        cols[key] = pred[key] if has_theory else nan
+        cols[key] = pred[key]
     cols["ratio"] = ratio
     return result, cols
 

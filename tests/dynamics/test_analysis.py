@@ -481,3 +481,134 @@ def test_status_and_live_flag(tmp_path: Path) -> None:
     (tmp_path / "gone" / "status.json").unlink()
     rep = analyse_run(tmp_path / "gone", check_checkpoint=False)
     assert rep.status == "unknown" and not rep.live
+
+
+# ---------------------------------------------------------------------------------------------------
+# The report's record and per-step series: their fields are what files and figures read.
+
+SUMMARY_KEYS = {"run_dir", "status", "live", "hyper", "window", "eq_tol", "theory", "compare_to", "lr_schedule",
+                "relaxation_times", "warnings", "aggregate", "layers"}
+THEORY_KEYS = {"noise_gain_S2", "nesterov_factor", "lr_final", "angle_eq_final_lr", "rel_step_eq_final_lr",
+               "relaxation_steps_final_lr", "smooth_logged_steps"}
+PREDICTED = ("angle_eq", "angle_lagged", "norm_eq", "norm_lagged", "angle_ref", "ratio")
+
+
+def test_report_record_and_series_columns(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    t = write_run(tmp_path / "run", np.full(200, LR))
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1, window=0.5, eq_tol=0.2)
+    summary = rep.summary()
+    assert set(summary) == SUMMARY_KEYS
+    assert (summary["run_dir"], summary["status"], summary["live"]) == (str(tmp_path / "run"), "finished", False)
+    assert (summary["window"], summary["eq_tol"], summary["lr_schedule"]) == (0.5, 0.2, "const")
+    assert summary["hyper"] == asdict(rep.hyper) and summary["hyper"]["wd"] == WD
+    assert summary["relaxation_times"] == pytest.approx(200 / 50) and summary["warnings"] == rep.warnings
+    assert summary["aggregate"] == rep.aggregate and summary["theory"] == rep.theory
+    assert summary["layers"] == [asdict(r) for r in rep.layers] and [r["param"] for r in summary["layers"]] == [
+        INV, CLF]
+    assert set(rep.theory) == THEORY_KEYS
+    assert rep.theory["rel_step_eq_final_lr"] == pytest.approx(2 * math.sin(angle_eq(LR) / 2), rel=1e-12)
+    with pytest.raises(KeyError, match="no.such"):
+        rep.layer("no.such")
+    r, c = rep.layer(INV), rep.layer(CLF)
+    assert r.p90_abs_cos == pytest.approx(1e-8) and c.p90_abs_cos == pytest.approx(0.05)
+    assert c.norm_pred is None and c.angle_ref is None  # no theory for a tensor that is not scale-invariant
+    # per-step series: both tensors' logged steps, the theory's columns NaN where it does not apply
+    se = rep.series
+    assert set(se) == {"step", "epoch", "lr", "param", "scale_invariant", "w_norm", "angle", "rel_step", "cos_wg",
+                       "angle_smooth", "grad_scale", *PREDICTED}
+    inv = se["param"] == INV
+    assert inv.sum() == 200 and (se["param"][~inv] == CLF).all()
+    np.testing.assert_array_equal(se["step"][inv], t["step"])
+    np.testing.assert_allclose(se["epoch"][inv], t["step"] / STEPS_PER_EPOCH, rtol=1e-6)
+    np.testing.assert_allclose(se["lr"], LR)
+    assert se["scale_invariant"][inv].tolist() == [1] * 200 and se["scale_invariant"][~inv].tolist() == [0] * 200
+    np.testing.assert_allclose(se["w_norm"][inv], t["v_after"] ** 0.25, rtol=1e-9)
+    np.testing.assert_allclose(se["angle"][inv], t["angle"], rtol=1e-9)
+    np.testing.assert_allclose(se["rel_step"][inv], t["rel"], rtol=1e-9)
+    np.testing.assert_allclose(np.abs(se["cos_wg"][inv]), 1e-8, rtol=1e-9)
+    np.testing.assert_allclose(se["angle_smooth"][inv], t["angle"], rtol=1e-9)  # smooth=1
+    np.testing.assert_allclose(se["grad_scale"][inv], L, rtol=1e-9)
+    for key in PREDICTED:
+        assert np.isfinite(se[key][inv]).all() and np.isnan(se[key][~inv]).all(), key
+    np.testing.assert_allclose(se["angle_eq"][inv], angle_eq(LR), rtol=1e-12)
+    np.testing.assert_allclose(se["ratio"][inv], t["angle"] / angle_eq(LR), rtol=1e-9)
+
+
+def test_no_weight_decay_series_has_no_predictions(tmp_path: Path) -> None:
+    write_run(tmp_path / "run", np.full(60, LR), wd=0.0)
+    se = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1).series
+    for key in PREDICTED:
+        assert np.isnan(se[key]).all(), key
+
+
+def test_a_log_without_numel_column(tmp_path: Path) -> None:
+    write_run(tmp_path / "run", np.full(40, LR))
+    lines = (tmp_path / "run" / "dynamics.csv").read_text().splitlines()
+    cut = [",".join(v for i, v in enumerate(line.split(",")) if i != 6) for line in lines]  # column 6: numel
+    assert "numel" in lines[0] and "numel" not in cut[0]
+    (tmp_path / "run" / "dynamics.csv").write_text("\n".join(cut) + "\n")
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1)
+    assert rep.layer(INV).numel == -1 and rep.layer(INV).scale_invariant
+
+
+def test_default_smoothing_is_about_an_epoch_within_bounds() -> None:
+    from bnlab.dynamics.analysis import _default_smooth
+
+    def table(steps: np.ndarray, per_epoch: float | None) -> dict:
+        return {"step": steps} if per_epoch is None else {"step": steps, "epoch": steps / per_epoch}
+
+    many = np.arange(1, 1001)
+    assert _default_smooth(table(many, 100), 1) == 100  # one epoch of logged steps
+    assert _default_smooth(table(many[3::4], 100), 4) == 25  # logged every 4th step
+    assert _default_smooth(table(many, None), 1) == 50  # no epoch column: 50 steps
+    assert _default_smooth(table(many, 2), 1) == 5  # at least 5 (a few momentum memories)
+    assert _default_smooth(table(many[:100], 100), 1) == 20  # at most a fifth of the logged steps
+    assert _default_smooth(table(many[:20], 100), 1) == 5  # ... but never below 5
+    gap = np.concatenate([many[:999], [5000]])  # a late logged step: the last one sets the epoch length
+    assert _default_smooth(table(gap, 100), 1) == 100
+
+
+def test_step_helpers_at_their_edges() -> None:
+    import warnings
+
+    from bnlab.dynamics.analysis import _nanmean, _nanmedian, _rms, first_step_staying_within
+
+    steps = np.array([3, 5, 7])
+    assert first_step_staying_within(steps[:1], np.array([True])) == 3
+    assert first_step_staying_within(steps[:1], np.array([False])) is None
+    assert first_step_staying_within(steps, np.array([True, False, True])) == 7
+    assert first_step_staying_within(steps, np.array([False, True, True])) == 5
+    assert first_step_staying_within(steps[:0], np.array([], dtype=bool)) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice" from numpy
+        for f in (_rms, _nanmedian, _nanmean):
+            assert math.isnan(f(np.array([np.nan]))) and math.isnan(f(np.array([])))
+    assert _rms(np.array([3.0, np.inf, -4.0])) == pytest.approx(math.sqrt(12.5))
+    assert _nanmedian(np.array([1.0, np.nan, 5.0, 2.0])) == 2.0 and _nanmean(np.array([1.0, np.nan, 2.0])) == 1.5
+
+
+def test_runs_that_stop_moving_give_no_numpy_warnings(tmp_path: Path) -> None:
+    """Steps of size 0 (lr 0 at the end of a schedule; a channel that does not turn) must not flood the
+    console: 0/0 and x/0 in the ratios are expected there and stay NaN/inf, silently."""
+    import warnings
+
+    lrs = np.concatenate([np.full(60, LR), np.zeros(60)])
+    write_run(tmp_path / "run", lrs, schedule="piecewise")
+    write_channels(tmp_path / "run", np.arange(1, 121), angles=[0.0, 0.01], cos=[1e-7, 1e-7])
+    path = tmp_path / "sgd"  # plain SGD without weight decay: the Pythagoras residual, with zero steps
+    path.mkdir()
+    cfg = make_config("bn", lr=0.1, weight_decay=0.0, momentum=0.0, nesterov=False, lr_schedule="const",
+                      dataset="synthetic", width=2)
+    (path / "config.json").write_text(cfg.to_json())
+    head = "step,epoch,lr,loss,acc,param,numel,w_norm,g_norm,dw_norm,rel_step,cos_wg,angle\n"
+    rows = [f"{s},{s / 10},0.1,2,0.5,{INV},10,1.0,0.2,0,0,1e-9,0\n" for s in range(1, 21)]
+    (path / "dynamics.csv").write_text(head + "".join(rows))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rep = analyse_run(tmp_path / "run", channels=True, check_checkpoint=False, smooth=1, window=0.25)
+        still = analyse_run(path, check_checkpoint=False).layer(INV)
+    assert rep.channels["ratio"][0] != rep.channels["ratio"][0]  # 0/0: NaN
+    assert rep.channels["ratio"][1] == math.inf  # turning at lr 0: no finite prediction
+    assert still.pythagoras_residual is None and math.isnan(still.radial_cos)
