@@ -108,10 +108,8 @@ class HessianOperator(SymmetricOperator):
         self._shard = distributed.shard_range(len(self.sizes), 0 if self._group is None else
                                               dist.get_rank(self._group), world)
         self.world_size = world
-        if loss_scale == "batch-sum" and not batch_size:
-            batch_size = max(self.sizes)
         self.loss_scale = loss_scale
-        self.batch_size = batch_size or max(self.sizes)
+        self.batch_size = batch_size or max(self.sizes)  # batch-sum units default to the largest batch
         self.scale = float(self.batch_size) if loss_scale == "batch-sum" else 1.0
         self.weight_decay = float(weight_decay)
         mask = [torch.full((p.numel(),), float(decayed is None or decayed(n))) for n, p in named]
@@ -300,12 +298,13 @@ class HessianOperator(SymmetricOperator):
                 p.requires_grad_(f)
 
 
-def available_memory(device: torch.device) -> int | None:
-    """Free bytes on `device` (CUDA: free device memory; CPU: MemAvailable), None if unknown."""
+def available_memory(device: torch.device, meminfo: str = "/proc/meminfo") -> int | None:
+    """Free bytes on `device` (CUDA: free device memory; CPU: MemAvailable of `meminfo`, else the free
+    pages), None if unknown."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     try:
-        with open("/proc/meminfo") as f:
+        with open(meminfo) as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from bnlab.curvature import HessianOperator
 from bnlab.curvature.operator import available_memory
 from bnlab.errors import BnlabError
 from bnlab.models import ModelSpec, build_model
+from conftest import requires_cuda
 
 SIZES = (6, 2)
 EPS = 1e-5
@@ -298,11 +300,110 @@ def test_cached_graphs_are_built_once_and_rebuilt_after_an_update(cache: bool | 
     assert len(built) == 2 * len(batches)
 
 
-def test_available_memory_reads_meminfo() -> None:
+def test_available_memory_reads_meminfo(tmp_path) -> None:
     with open("/proc/meminfo") as f:
         kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
     got = available_memory(torch.device("cpu"))
     assert got is not None and abs(got - kib * 1024) < 0.2 * kib * 1024  # it moves a little between reads
+    fake = tmp_path / "meminfo"
+    fake.write_text("MemTotal:       2000 kB\nMemFree:         100 kB\nMemAvailable:    123 kB\n")
+    assert available_memory(torch.device("cpu"), str(fake)) == 123 * 1024
+    # no meminfo (not Linux): the free physical pages
+    pages = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    free = available_memory(torch.device("cpu"), str(tmp_path / "missing"))
+    assert free is not None and abs(free - pages) < 0.2 * pages
+
+
+def test_graph_cache_budget_default_and_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bnlab.curvature.operator as operator_module
+
+    net, batches = mlp(), data()
+    for free, budget in ((1000, 500), (None, 0)):  # half the free memory; nothing when it is unknown
+        monkeypatch.setattr(operator_module, "available_memory", lambda device, free=free: free)
+        op = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch")
+        op.matvec(torch.ones(op.dim, dtype=torch.float64))
+        assert op.cache_info["budget_bytes"] == budget and op.cache_info["cached"] is False
+    # the estimate is per example (measured on the first batch) times N: about the same whichever batch is first
+    est = []
+    for sizes in ((6, 2), (2, 6)):
+        op = HessianOperator(net, data(sizes), loss_fn=F.cross_entropy, bn_mode="batch", cache_budget=0)
+        op.matvec(torch.ones(op.dim, dtype=torch.float64))
+        est.append(op.cache_info["estimated_bytes"])
+    assert 0.5 < est[0] / est[1] < 2
+    exact = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", cache_budget=est[0])
+    exact.matvec(torch.ones(exact.dim, dtype=torch.float64))
+    assert exact.cache_info["cached"] is True  # a budget equal to the estimate fits
+
+
+def test_block_size_bounds_the_vectors_per_pass() -> None:
+    net, batches = mlp(), data()
+    V = torch.randn(20, 47, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    H, _, _ = truth("batch")
+    for block, passes in ((None, 2), (1, 20), (0, 20), (7, 3)):  # default 16; at least 1
+        kw = {} if block is None else {"block_size": block}
+        op = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", cache_graphs=False, **kw)
+        close(op.matmat(V), V @ H)
+        assert op.passes == passes and op.block_size == (16 if block is None else max(1, block))
+
+
+def test_float32_model_returns_float64_vectors_without_graphs() -> None:
+    net, batches = mlp(), data()
+    net32 = net.float()
+    op = HessianOperator(net32, [(x.float(), y) for x, y in batches], loss_fn=F.cross_entropy, bn_mode="batch",
+                         weight_decay=0.01)
+    theta = torch.cat([p.detach().reshape(-1) for p in net32.parameters()])
+    assert op.flat_params().dtype == torch.float64 and torch.equal(op.flat_params(), theta.double())
+    g = op.gradient()
+    assert g.dtype == torch.float64 and not g.requires_grad
+    empty = op.matmat(torch.zeros(0, op.dim, dtype=torch.float64))
+    assert empty.dtype == torch.float64 and empty.shape == (0, op.dim)
+
+
+@pytest.mark.parametrize("method,cache", [("func", "auto"), ("double_backward", False), ("double_backward", True)])
+def test_the_hvp_method_asked_for_is_the_one_that_runs(method: str, cache: bool | str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import bnlab.curvature.operator as operator_module
+
+    calls = {"func_block": 0, "double_backward_block": 0}
+    for name in calls:
+        real = getattr(operator_module, name)
+        monkeypatch.setattr(operator_module, name,
+                            lambda *a, _real=real, _name=name, **k: calls.__setitem__(_name, calls[_name] + 1) or
+                            _real(*a, **k))
+    H, _, _ = truth("batch")
+    op = HessianOperator(mlp(), data(), loss_fn=F.cross_entropy, bn_mode="batch", method=method, cache_graphs=cache)
+    v = torch.randn(op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    close(op.matvec(v), H @ v)
+    assert calls == ({"func_block": 2, "double_backward_block": 0} if method == "func" else
+                     {"func_block": 0, "double_backward_block": 2})
+
+
+def test_graph_building_is_quiet_unless_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    net, batches = mlp(), data()
+    op = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", cache_graphs=True)
+    op.matvec(torch.ones(op.dim, dtype=torch.float64))
+    assert capsys.readouterr().err == ""
+    op = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", cache_graphs=True)
+    op.quiet = False
+    op.matvec(torch.ones(op.dim, dtype=torch.float64))
+    assert "hessian: gradient graphs: 2/2 batch" in capsys.readouterr().err
+
+
+@requires_cuda
+def test_a_model_on_cuda_takes_and_returns_vectors_on_their_device() -> None:
+    H, g, loss = truth("batch")
+    net, batches = mlp().cuda(), [(x.cuda(), y.cuda()) for x, y in data()]
+    op = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", weight_decay=0.02)
+    theta = torch.cat([p.detach().reshape(-1) for p in mlp().parameters()])
+    V = torch.randn(3, op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    for device in ("cpu", "cuda"):  # vectors on any device come back on it
+        out = op.matmat(V.to(device))
+        assert out.device.type == device
+        close(out.cpu(), V @ (H + 0.02 * torch.eye(op.dim, dtype=torch.float64)))
+        assert op.matmat(V[:0].to(device)).device.type == device
+    assert op.gradient().device.type == "cuda"
+    close(op.gradient().cpu(), g + 0.02 * theta)
+    assert op.loss() == pytest.approx(loss + 0.01 * float(theta @ theta), rel=1e-12)
 
 
 def test_bad_arguments() -> None:

@@ -169,6 +169,8 @@ def group_products(group: object, sizes: tuple[int, ...] = (8, 8, 8, 8, 3)) -> d
                              process_group=group)
         out[f"hv_{cache}"] = op.matmat(probe_vectors(op.dim))
         out[f"graph_cache_{cache}"] = op.describe()["graph_cache"]
+        out[f"cache_graphs_{cache}"] = op.cache_graphs
+    out["distributed"] = op.describe().get("distributed")
     out["grad"], out["loss"] = op.gradient(), op.loss()
     calls = distributed.COMM.calls
     for moments in ("per-batch", "pooled"):

@@ -76,11 +76,14 @@ def test_sharding_over_a_sub_group_and_over_the_world(rank1: dict, reference: di
     got = rank1["sub"]["five"]
     assert_same(got, reference["five"])
     assert got["stat_collectives"] > 0  # sharded: 5 batches over the 2 ranks of the sub-group
+    assert got["distributed"] == {"world_size": 2, "backend": "gloo", "batches_per_rank": [2, 3]}
+    assert reference["five"]["distributed"] is None
 
     got = rank1["sub"]["one"]  # 1 batch over 2 ranks: group rank 0 (world rank 1, here) holds none
     assert_same(got, reference["one"])
     # nothing to measure or cache here; the decision is recorded as such
     assert got["graph_cache_auto"] == {"mode": "auto", "cached": False, "estimated_bytes": 0, "budget_bytes": 0}
+    assert got["cache_graphs_auto"] is False
     assert got["stat_collectives"] == 0  # fewer batches than ranks: every rank computes all of them itself
 
     got = rank1["world"]  # 3 batches over the 3 ranks of the world: still sharded
