@@ -357,6 +357,13 @@ def test_float32_model_returns_float64_vectors_without_graphs() -> None:
     assert g.dtype == torch.float64 and not g.requires_grad
     empty = op.matmat(torch.zeros(0, op.dim, dtype=torch.float64))
     assert empty.dtype == torch.float64 and empty.shape == (0, op.dim)
+    # both routes take float64 vectors and compute in the model's dtype
+    H, _, _ = truth("batch")
+    v = torch.randn(op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    for method in ("func", "double_backward"):
+        op = HessianOperator(net32, [(x.float(), y) for x, y in batches], loss_fn=F.cross_entropy, bn_mode="batch",
+                             method=method, cache_graphs=False)
+        torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-3, atol=1e-4 * float((H @ v).abs().max()))
 
 
 @pytest.mark.parametrize("method,cache", [("func", "auto"), ("double_backward", False), ("double_backward", True)])
@@ -404,6 +411,8 @@ def test_a_model_on_cuda_takes_and_returns_vectors_on_their_device() -> None:
     assert op.gradient().device.type == "cuda"
     close(op.gradient().cpu(), g + 0.02 * theta)
     assert op.loss() == pytest.approx(loss + 0.01 * float(theta @ theta), rel=1e-12)
+    free, total = torch.cuda.mem_get_info()
+    assert abs(available_memory(torch.device("cuda")) - free) < 0.1 * total
 
 
 def test_bad_arguments() -> None:
