@@ -340,7 +340,7 @@ def relaxation_times_elapsed(table: Table, hyper: Hyper) -> float | None:
     return float(np.sum(4 * lrs * hyper.wd / (1 - hyper.momentum)))
 
 
-def _short_run_warning(table: Table, hyper: Hyper, times: float | None) -> list[str]:
+def _short_run_warning(table: Table, times: float | None) -> list[str]:
     if times is None or times >= MIN_RELAXATION_TIMES:
         return []
     steps = int(table["step"].max())
@@ -392,7 +392,7 @@ def analyse_log(log: RunLog, *, layers: list[str] | None = None, window: float =
                   window=window, eq_tol=eq_tol, theory=_theory_summary(table, hyper, smooth), layers=results,
                   aggregate=aggregate(results), series=series, channels=channels, compare_to=compare_to,
                   lr_schedule=log.config.lr_schedule, relaxation_times=times,
-                  warnings=_short_run_warning(table, hyper, times))
+                  warnings=_short_run_warning(table, times))
 
 
 def aggregate(results: list[LayerResult]) -> dict:

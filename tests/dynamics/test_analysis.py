@@ -446,6 +446,11 @@ def test_radial_share_and_pythagoras(tmp_path: Path) -> None:
     (path / "dynamics.csv").write_text(head + "".join(rows))
     r = analyse_run(path, check_checkpoint=False).layer(INV)
     assert r.pythagoras_residual == pytest.approx(0, abs=1e-9) and r.radial_cos == pytest.approx(0, abs=1e-9)
+    # a pure turn (norm kept) has residual (|w_a|^2 - |w_b|^2 - |dw|^2) / |dw|^2 = -1
+    turn = "".join(f"{s},{s / 10},0.1,2,0.5,{INV},10,1,0.2,0.02,0.02,1e-9,0.02\n" for s in range(1, 51))
+    (path / "dynamics.csv").write_text(head + turn)
+    assert analyse_run(path, check_checkpoint=False).layer(INV).pythagoras_residual == pytest.approx(1.0)
+    (path / "dynamics.csv").write_text(head + "".join(rows))
     assert r.angle_pred is None and r.relaxation_steps is None
     assert r.w_norm_final == pytest.approx(w) and r.w_norm_init == pytest.approx(1.0)
     # weight decay on: the log that follows the theory has norms shrinking from 1 towards equilibrium
@@ -612,3 +617,107 @@ def test_runs_that_stop_moving_give_no_numpy_warnings(tmp_path: Path) -> None:
     assert rep.channels["ratio"][0] != rep.channels["ratio"][0]  # 0/0: NaN
     assert rep.channels["ratio"][1] == math.inf  # turning at lr 0: no finite prediction
     assert still.pythagoras_residual is None and math.isnan(still.radial_cos)
+    assert still.w_norm_init == 1.0  # no step: the norm before is the norm after
+
+
+def test_the_lagged_prediction_reproduces_every_logged_step(tmp_path: Path) -> None:
+    # the log follows the recursion from ||w_0|| = 1: the lagged angle equals the logged one at every step,
+    # the first included (it uses the initial norm)
+    t = write_run(tmp_path / "run", np.full(150, LR))
+    se = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1).series
+    inv = se["param"] == INV
+    np.testing.assert_allclose(se["angle_lagged"][inv], t["angle"], rtol=1e-8)
+    np.testing.assert_allclose(se["norm_lagged"][inv], t["v_after"] ** 0.25, rtol=1e-8)
+    np.testing.assert_allclose(se["norm_eq"][inv], (LR * L / (2 * WD * (1 - MU))) ** 0.25, rtol=1e-9)
+
+
+def test_options_and_record_fields_that_steer_the_theory(tmp_path: Path) -> None:
+    from bnlab.dynamics.analysis import EQUILIBRIUM, LAGGED, Hyper
+
+    assert Hyper.of(make_config("bn", momentum=0.9, nesterov=True, dataset="synthetic")).nesterov is True
+    # the |cos| threshold of scale invariance is the caller's
+    write_run(tmp_path / "run", np.full(100, LR), schedule="piecewise")
+    strict = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1, cos_tol=1e-9)
+    assert not strict.layer(INV).scale_invariant and strict.compare_to == LAGGED
+    # a schedule without weight decay has no lagged theory to compare with
+    write_run(tmp_path / "nowd", np.full(100, LR), schedule="piecewise", wd=0.0)
+    nowd = analyse_run(tmp_path / "nowd", check_checkpoint=False, smooth=1)
+    assert nowd.compare_to == EQUILIBRIUM and nowd.layer(INV).pythagoras_residual is None  # momentum 0.9
+    # the default smoothing counts logged steps: logged every 2nd step, an epoch is 25 of them
+    write_run(tmp_path / "every2", np.full(400, LR), log_every=2)
+    assert analyse_run(tmp_path / "every2", check_checkpoint=False).theory["smooth_logged_steps"] == 25
+
+
+def test_short_run_warning_from_three_relaxation_times_on(tmp_path: Path) -> None:
+    # lr 1/2, wd 1/16, momentum 1/2: each step is 4 lr wd / (1 - mu) = 1/4 relaxation time, exactly
+    for steps, warned in ((12, False), (11, True)):
+        write_run(tmp_path / f"r{steps}", np.full(steps, 0.5), wd=0.0625, mu=0.5)
+        rep = analyse_run(tmp_path / f"r{steps}", check_checkpoint=False, smooth=1)
+        assert rep.relaxation_times == steps / 4 and bool(rep.warnings) is warned
+
+
+def test_steps_to_settle_use_the_final_value(tmp_path: Path) -> None:
+    # a jump at the very last step: nothing before it is within 15% of the final angle
+    write_run(tmp_path / "run", np.concatenate([np.full(199, LR), [2.0 * LR]]))
+    assert analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1).layer(INV).steps_to_settle == 200
+
+
+def test_aggregate_over_several_invariant_layers(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from bnlab.dynamics.analysis import aggregate
+
+    write_run(tmp_path / "run", np.full(100, LR))
+    r = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1).layer(INV)
+    layers = [replace(r, param="a", angle=0.01, w_norm_final=1.0), replace(r, param="b", angle=0.03, w_norm_final=4.0)]
+    agg = aggregate(layers)
+    assert agg["angle_mean"] == pytest.approx(0.02) and agg["angle_cv"] == pytest.approx(0.5)
+    assert (agg["norm_min"], agg["norm_max"], agg["norm_spread"]) == (1.0, 4.0, 4.0)
+    assert aggregate([replace(layers[0], w_norm_final=0.0), layers[1]])["norm_spread"] is None
+    assert aggregate([replace(layer, angle=0.0) for layer in layers])["angle_cv"] is None
+
+
+def test_channel_groups_medians_and_types(tmp_path: Path) -> None:
+    """Two tensors' channels, |cos| and angles varying along the steps: medians and final windows per group."""
+    write_run(tmp_path / "run", np.full(40, LR))
+    rows = []
+    for param in (INV, CLF):
+        for ch in range(2):
+            for s in range(1, 41):
+                cos = (s % 7 + 1) * 1e-7 * (ch + 1)  # |cos| cycles 1..7 (x ch + 1) e-7
+                rows.append(f"{s},{param},{ch},1.0,0.1,0.01,{cos:.6g},{0.001 * s * (ch + 1):.10g}\n")
+    head = "step,param,channel,w_norm,g_norm,dw_norm,cos_wg,angle\n"
+    (tmp_path / "run" / "dynamics_channels.csv").write_text(head + "".join(rows))
+    ch = analyse_run(tmp_path / "run", channels=True, check_checkpoint=False, window=0.025).channels
+    assert ch["param"].tolist() == [INV, INV, CLF, CLF] and ch["channel"].tolist() == [0, 1, 0, 1]
+    assert ch["channel"].dtype.kind == "i" and ch["scale_invariant"].dtype.kind == "i"
+    cycle = np.sort([(s % 7 + 1) * 1e-7 for s in range(1, 41)])
+    np.testing.assert_allclose(ch["median_abs_cos"], [cycle[19], 2 * cycle[19]] * 2, rtol=1e-6)  # lower median
+    # window 0.025 of 40 steps: the last step alone
+    np.testing.assert_allclose(ch["angle"], [0.04, 0.08] * 2, rtol=1e-9)
+
+
+def test_checkpoint_lookup_final_first_then_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import bnlab.dynamics.analysis as analysis
+    from bnlab.checkpoint import save_checkpoint
+    from bnlab.models import build_model
+
+    cfg = make_config("bn", width=2, dataset="synthetic")
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.manual_seed(0)
+    save_checkpoint(run / "final.pt", {"config": cfg.to_dict(), "model": build_model(cfg.model).state_dict()})
+    assert analysis.checkpoint_cos(run) is not None  # final.pt alone
+    (run / "final.pt").write_bytes(b"being replaced")
+    torch.manual_seed(0)
+    save_checkpoint(run / "last.pt", {"config": cfg.to_dict(), "model": build_model(cfg.model).state_dict()})
+    assert analysis.checkpoint_cos(run) is not None  # an unreadable final.pt: last.pt is next
+    write_run(tmp_path / "logged", np.full(50, LR))
+    asked = []
+    monkeypatch.setattr(analysis, "checkpoint_cos", lambda run_dir: asked.append(run_dir) or {INV: 0.5})
+    assert analyse_run(tmp_path / "logged", check_checkpoint=False).layer(INV).checkpoint_abs_cos is None
+    assert asked == []
+    assert analyse_run(tmp_path / "logged").layer(INV).checkpoint_abs_cos == 0.5
+    assert asked == [tmp_path / "logged"]
