@@ -164,9 +164,7 @@ def _thick_restart(op: SymmetricOperator, k: int, which: str, tol: float, q0: to
                 beta = 0.0
             else:
                 w = w / beta
-            Q[j + 1] = w
-            if j + 1 < m:
-                T[j + 1, j] = T[j, j + 1] = beta
+            Q[j + 1] = w  # (T[j + 1, j] = beta is written by the next step's re-orthogonalisation: h[j])
             beta_m = beta
             j += 1
             if hvps >= max_hvps:

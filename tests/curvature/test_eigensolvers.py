@@ -187,6 +187,67 @@ def test_argument_errors() -> None:
     assert math.isclose(top_eigenpairs(op, 20, tol=1e-9).eigenvalues[0].item(), 30.0, rel_tol=1e-9)
 
 
+
+class Scaled(Sym):
+    """c · Sym(spectrum): the same eigenvectors, eigenvalues times c."""
+
+    def __init__(self, spectrum, c: float, seed: int = 0) -> None:
+        super().__init__(np.asarray(spectrum, dtype=np.float64) * c, seed)
+
+
+SLOW = np.concatenate([[1.0, 0.97, 0.95], np.linspace(-0.9, 0.9, 137)])  # clustered top: restarts needed
+
+
+@pytest.mark.parametrize("c", [1e-12, 1e6])
+def test_lanczos_is_invariant_to_the_operators_scale(c: float) -> None:
+    # Lanczos on c·A takes the same steps as on A: breakdown tests and stopping rule are relative
+    ref = top_eigenpairs(Scaled(SLOW, 1.0), 2, tol=1e-8, ncv=10)
+    res = top_eigenpairs(Scaled(SLOW, c), 2, tol=1e-8, ncv=10)
+    assert ref.restarts >= 2 and (res.hvp_count, res.restarts) == (ref.hvp_count, ref.restarts)
+    np.testing.assert_allclose(res.eigenvalues.numpy() / c, ref.eigenvalues.numpy(), rtol=1e-9)
+
+
+def test_residual_estimate_is_the_measured_residual() -> None:
+    # under full re-orthogonalisation |beta_m s_mi| is ||H v - lambda v||, also far from convergence
+    op = Sym(SLOW, seed=5)
+    res = top_eigenpairs(op, 2, tol=1e-14, ncv=10, max_hvps=25, verify=True)
+    est, measured = np.array(res.info["residuals_estimate"]), res.residuals.numpy()
+    assert res.restarts >= 1 and np.all(measured > 1e-6)
+    np.testing.assert_allclose(est, measured, rtol=1e-6)
+
+
+def test_a_start_outside_the_top_eigenvector_still_finds_it() -> None:
+    # the start vector has no component along the top eigenvector: the Krylov space closes one short of
+    # the dimension, and the fresh direction drawn then must reach the missing eigenvector
+    op = Sym([5.0, 4.0, 3.0, 2.0, 1.0, 0.5], seed=6)
+    v0 = torch.from_numpy(op.vectors([1, 2, 3, 4, 5]).sum(1).copy())
+    res = top_eigenpairs(op, 2, tol=1e-10, v0=v0, verify=True)
+    np.testing.assert_allclose(res.eigenvalues.numpy(), [5.0, 4.0], rtol=1e-10)
+    assert res.converged.all() and res.hvp_count == 6
+
+
+def test_budgets_and_tolerances_are_kept_exactly() -> None:
+    # a budget of exactly one full basis: not one product more
+    res = top_eigenpairs(Sym(SLOW), 2, tol=1e-14, ncv=10, max_hvps=10)
+    assert res.hvp_count == 10 and res.restarts == 0
+    # a tolerance below rounding on a small operator: one full basis, exact, then stop
+    small = top_eigenpairs(Sym([3.0, 2.0, 1.0, 0.5, 0.25]), 2, tol=1e-300)
+    assert small.hvp_count == 5
+    np.testing.assert_allclose(small.eigenvalues.numpy(), [3.0, 2.0], rtol=1e-12)
+
+
+def test_arpack_counts_its_products_is_reproducible_and_uses_the_tolerance() -> None:
+    op = Sym(spectrum_mixed(200), seed=7)
+    res = top_eigenpairs(op, 3, tol=1e-10, method="arpack", seed=2)
+    assert res.hvp_count == op.products and res.converged.all() and not res.verified
+    np.testing.assert_allclose(res.eigenvalues.numpy(), [30.0, 20.0, 12.0], rtol=1e-9)
+    again = top_eigenpairs(Sym(spectrum_mixed(200), seed=7), 3, tol=1e-10, method="arpack", seed=2)
+    assert torch.equal(res.eigenvectors, again.eigenvectors)  # the seeded start vector, not ARPACK's own
+    loose = top_eigenpairs(Sym(SLOW), 1, tol=1e-2, method="arpack", ncv=6)
+    tight = top_eigenpairs(Sym(SLOW), 1, tol=1e-12, method="arpack", ncv=6)
+    assert loose.hvp_count < tight.hvp_count
+
+
 class OnDevice(Sym):
     """Sym held on `device`; its products insist on vectors already there (the solver's basis lives on
     the operator's device: no host round trip per product)."""
