@@ -198,8 +198,9 @@ def _thick_restart(op: SymmetricOperator, k: int, which: str, tol: float, q0: to
         Q[:keep] = Y.T @ Q[:m_eff]
         Q[keep] = Q[m_eff]
         T[:] = 0.0
+        # The kept Ritz values on the diagonal; the arrowhead T[keep, :keep] (= beta_m S[m-1, kept]) is
+        # written by the first step after the restart, whose re-orthogonalisation computes it as h[:keep].
         T[np.arange(keep), np.arange(keep)] = theta[kept]
-        T[keep, :keep] = T[:keep, keep] = beta_m * S[m_eff - 1, kept]
         start = keep
         restarts += 1
 

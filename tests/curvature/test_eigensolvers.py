@@ -5,6 +5,7 @@ budgets, warm starts, invariant subspaces, errors."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -246,6 +247,67 @@ def test_arpack_counts_its_products_is_reproducible_and_uses_the_tolerance() -> 
     loose = top_eigenpairs(Sym(SLOW), 1, tol=1e-2, method="arpack", ncv=6)
     tight = top_eigenpairs(Sym(SLOW), 1, tol=1e-12, method="arpack", ncv=6)
     assert loose.hvp_count < tight.hvp_count
+
+
+
+def test_ties_keep_their_order() -> None:
+    from bnlab.curvature.lanczos import _order
+
+    theta = np.array([1.0, 0.0, -1.0, 0.0] * 20)  # many ties: a stable sort keeps the original order
+    la, sa, lm = (_order(theta, w).tolist() for w in ("LA", "SA", "LM"))
+    ones, zeros, minus = list(range(0, 80, 4)), sorted(list(range(1, 80, 4)) + list(range(3, 80, 4))), list(
+        range(2, 80, 4))
+    assert la == ones + zeros + minus and sa == minus + zeros + ones and lm == sorted(ones + minus) + zeros
+
+
+def test_start_vector_is_the_normalised_sum_plus_a_small_seeded_kick() -> None:
+    from bnlab.curvature.lanczos import _start_vector
+
+    dim = 30
+    g = torch.Generator().manual_seed(3)
+    block = torch.randn(2, dim, generator=g, dtype=torch.float64) * torch.tensor([[1.0], [100.0]])
+    rnd = torch.randn(dim, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    for v0, direction in ((None, torch.zeros(dim, dtype=torch.float64)),
+                          (block[1] * 5.0, block[1] / block[1].norm()),
+                          (block, (block / block.norm(dim=1, keepdim=True)).sum(0))):
+        q = _start_vector(v0, dim, 9, torch.device("cpu"))
+        if v0 is None:
+            want = rnd / rnd.norm()
+        else:
+            want = direction / direction.norm() + 1e-3 * rnd / rnd.norm()
+        torch.testing.assert_close(q, want / want.norm(), rtol=1e-12, atol=1e-14)
+    assert _start_vector(block.float(), dim, 9, torch.device("cpu")).dtype == torch.float64
+
+
+def test_defaults_and_derived_sizes() -> None:
+    op = Sym(spectrum_mixed(200))
+    t0 = time.perf_counter()
+    res = top_eigenpairs(op, 3)
+    assert 0 < res.wall_time < time.perf_counter() - t0
+    assert res.tol == 1e-4 and res.info["ncv"] == 20  # max(2k + 10, 20)
+    same = top_eigenpairs(Sym(spectrum_mixed(200)), 3, tol=1e-4, seed=0, ncv=20)
+    assert torch.equal(res.eigenvectors, same.eigenvectors)
+    assert top_eigenpairs(Sym(spectrum_mixed(200)), 8, tol=1e-2).info["ncv"] == 26
+    assert top_eigenpairs(Sym(spectrum_mixed(200)), 3, method="arpack", ncv=3).info["ncv"] == 4  # ncv > k
+    # the default budget, 100 ncv + 10 k products, reached exactly when nothing converges
+    assert top_eigenpairs(Sym(SLOW), 1, tol=1e-300, ncv=3).hvp_count == 100 * 3 + 10
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_convergence_is_relative_to_the_eigenvalue(verify: bool) -> None:
+    res = top_eigenpairs(Sym(spectrum_mixed(200)), 3, tol=1e-6, ncv=8, verify=verify)
+    # the pair of 12 has a residual above tol yet within tol * 12: converged
+    assert res.residuals[2] > 1e-6 and res.converged.tolist() == [True] * 3
+    assert res.converged.tolist() == (res.residuals <= 1e-6 * res.eigenvalues.abs()).tolist()
+
+
+@pytest.mark.parametrize("ncv", [4, 5])
+def test_restarts_keep_as_many_ritz_vectors_as_fit(ncv: int) -> None:
+    # k = 3: ncv 5 keeps min(ncv - 1, k + (ncv - k) // 2) = 4, ncv 4 keeps 3: one product per later cycle
+    seen: list[int] = []
+    res = top_eigenpairs(Sym(spectrum_mixed(200)), 3, tol=1e-9, ncv=ncv, callback=lambda h, rel: seen.append(h))
+    np.testing.assert_allclose(res.eigenvalues.numpy(), [30.0, 20.0, 12.0], rtol=1e-8)
+    assert seen[0] == ncv and all(b - a == 1 for a, b in zip(seen, seen[1:])) and res.restarts == len(seen) - 1
 
 
 class OnDevice(Sym):
