@@ -548,14 +548,15 @@ def test_no_weight_decay_series_has_no_predictions(tmp_path: Path) -> None:
         assert np.isnan(se[key]).all(), key
 
 
-def test_a_log_without_numel_column(tmp_path: Path) -> None:
+def test_a_log_without_numel_and_epoch_columns(tmp_path: Path) -> None:
     write_run(tmp_path / "run", np.full(40, LR))
     lines = (tmp_path / "run" / "dynamics.csv").read_text().splitlines()
-    cut = [",".join(v for i, v in enumerate(line.split(",")) if i != 6) for line in lines]  # column 6: numel
-    assert "numel" in lines[0] and "numel" not in cut[0]
+    cut = [",".join(v for i, v in enumerate(line.split(",")) if i not in (1, 6)) for line in lines]
+    assert "numel" in lines[0] and "epoch" in lines[0] and "numel" not in cut[0] and "epoch" not in cut[0]
     (tmp_path / "run" / "dynamics.csv").write_text("\n".join(cut) + "\n")
     rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1)
     assert rep.layer(INV).numel == -1 and rep.layer(INV).scale_invariant
+    assert rep.series["epoch"].dtype == np.float64 and np.isnan(rep.series["epoch"]).all()
 
 
 def test_default_smoothing_is_about_an_epoch_within_bounds() -> None:
@@ -623,7 +624,7 @@ def test_runs_that_stop_moving_give_no_numpy_warnings(tmp_path: Path) -> None:
 def test_the_lagged_prediction_reproduces_every_logged_step(tmp_path: Path) -> None:
     # the log follows the recursion from ||w_0|| = 1: the lagged angle equals the logged one at every step,
     # the first included (it uses the initial norm)
-    t = write_run(tmp_path / "run", np.full(150, LR))
+    t = write_run(tmp_path / "run", np.full(150, LR), v0=2.0)
     se = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1).series
     inv = se["param"] == INV
     np.testing.assert_allclose(se["angle_lagged"][inv], t["angle"], rtol=1e-8)
@@ -679,22 +680,21 @@ def test_aggregate_over_several_invariant_layers(tmp_path: Path) -> None:
 
 def test_channel_groups_medians_and_types(tmp_path: Path) -> None:
     """Two tensors' channels, |cos| and angles varying along the steps: medians and final windows per group."""
-    write_run(tmp_path / "run", np.full(40, LR))
+    write_run(tmp_path / "run", np.full(39, LR))
     rows = []
     for param in (INV, CLF):
         for ch in range(2):
-            for s in range(1, 41):
-                cos = (s % 7 + 1) * 1e-7 * (ch + 1)  # |cos| cycles 1..7 (x ch + 1) e-7
+            for s in range(1, 40):
+                cos = ((s * 17) % 39 + 1) * 1e-7 * (ch + 1)  # |cos| takes each of 1..39 (x ch + 1) e-7 once
                 rows.append(f"{s},{param},{ch},1.0,0.1,0.01,{cos:.6g},{0.001 * s * (ch + 1):.10g}\n")
     head = "step,param,channel,w_norm,g_norm,dw_norm,cos_wg,angle\n"
     (tmp_path / "run" / "dynamics_channels.csv").write_text(head + "".join(rows))
     ch = analyse_run(tmp_path / "run", channels=True, check_checkpoint=False, window=0.025).channels
     assert ch["param"].tolist() == [INV, INV, CLF, CLF] and ch["channel"].tolist() == [0, 1, 0, 1]
     assert ch["channel"].dtype.kind == "i" and ch["scale_invariant"].dtype.kind == "i"
-    cycle = np.sort([(s % 7 + 1) * 1e-7 for s in range(1, 41)])
-    np.testing.assert_allclose(ch["median_abs_cos"], [cycle[19], 2 * cycle[19]] * 2, rtol=1e-6)  # lower median
-    # window 0.025 of 40 steps: the last step alone
-    np.testing.assert_allclose(ch["angle"], [0.04, 0.08] * 2, rtol=1e-9)
+    np.testing.assert_allclose(ch["median_abs_cos"], [20e-7, 40e-7] * 2, rtol=1e-6)  # the 20th of 39
+    # window 0.025 of 39 steps: the last step alone
+    np.testing.assert_allclose(ch["angle"], [0.039, 0.078] * 2, rtol=1e-9)
 
 
 def test_checkpoint_lookup_final_first_then_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
