@@ -298,6 +298,9 @@ def test_cached_graphs_are_built_once_and_rebuilt_after_an_update(cache: bool | 
         net[3].bias.add_(0.1)  # in place: the cached graphs are stale
     op.matvec(v)
     assert len(built) == 2 * len(batches)
+    op.clear_cache()  # e.g. to free memory between uses: the next product builds them again
+    op.matvec(v)
+    assert len(built) == 3 * len(batches)
 
 
 def test_available_memory_reads_meminfo(tmp_path) -> None:
