@@ -261,10 +261,10 @@ def test_graph_cache_decision_boundary() -> None:
     fits = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", cache_budget=est + 1)
     fits.matvec(torch.ones(fits.dim, dtype=torch.float64))
     assert fits.cache_info == {"mode": "auto", "cached": True, "estimated_bytes": est, "budget_bytes": est + 1}
-    assert fits.cache_graphs is True and len(fits._cache) == 2
+    assert fits.cache_graphs is True and len(fits._cache) == 2 and fits.describe()["cache_graphs"] is True
     tight = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", cache_budget=est - 1)
     tight.matvec(torch.ones(tight.dim, dtype=torch.float64))
-    assert tight.cache_info["cached"] is False and tight._cache is None
+    assert tight.cache_info["cached"] is False and tight._cache is None and tight.describe()["cache_graphs"] is False
     # the estimate scales with the set: per example of the first batch times N
     big = HessianOperator(net, data((6, 6)), loss_fn=F.cross_entropy, bn_mode="batch", cache_budget=0)
     big.matvec(torch.ones(big.dim, dtype=torch.float64))
@@ -307,7 +307,7 @@ def test_available_memory_reads_meminfo(tmp_path) -> None:
     with open("/proc/meminfo") as f:
         kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
     got = available_memory(torch.device("cpu"))
-    assert got is not None and abs(got - kib * 1024) < 0.2 * kib * 1024  # it moves a little between reads
+    assert got is not None and abs(got - kib * 1024) < 0.05 * kib * 1024  # it moves a little between reads
     fake = tmp_path / "meminfo"
     fake.write_text("MemTotal:       2000 kB\nMemFree:         100 kB\nMemAvailable:    123 kB\n")
     assert available_memory(torch.device("cpu"), str(fake)) == 123 * 1024
