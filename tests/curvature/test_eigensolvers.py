@@ -290,7 +290,7 @@ def test_defaults_and_derived_sizes() -> None:
     assert top_eigenpairs(Sym(spectrum_mixed(200)), 8, tol=1e-2).info["ncv"] == 26
     assert top_eigenpairs(Sym(spectrum_mixed(200)), 3, method="arpack", ncv=3).info["ncv"] == 4  # ncv > k
     # the default budget, 100 ncv + 10 k products, reached exactly when nothing converges
-    assert top_eigenpairs(Sym(SLOW), 1, tol=1e-300, ncv=3).hvp_count == 100 * 3 + 10
+    assert top_eigenpairs(Sym(SLOW), 2, tol=1e-300, ncv=3).hvp_count == 100 * 3 + 10 * 2
 
 
 @pytest.mark.parametrize("verify", [False, True])
@@ -308,6 +308,46 @@ def test_restarts_keep_as_many_ritz_vectors_as_fit(ncv: int) -> None:
     res = top_eigenpairs(Sym(spectrum_mixed(200)), 3, tol=1e-9, ncv=ncv, callback=lambda h, rel: seen.append(h))
     np.testing.assert_allclose(res.eigenvalues.numpy(), [30.0, 20.0, 12.0], rtol=1e-8)
     assert seen[0] == ncv and all(b - a == 1 for a, b in zip(seen, seen[1:])) and res.restarts == len(seen) - 1
+
+
+
+def test_degenerate_eigenvalues_are_found_with_fresh_directions() -> None:
+    # 3 distinct values, each 10 times: a Krylov space closes after 3 steps, and only the fresh directions
+    # drawn then reach the other copies of the top eigenvalue
+    res = top_eigenpairs(Sym(np.repeat([5.0, 2.0, -1.0], 10)), 3, tol=1e-10, ncv=10, verify=True)
+    np.testing.assert_allclose(res.eigenvalues.numpy(), [5.0, 5.0, 5.0], rtol=1e-10)
+    V = res.eigenvectors.numpy()
+    np.testing.assert_allclose(V @ V.T, np.eye(3), atol=1e-10)
+    assert res.converged.all()
+    # a space that closes one short of the dimension (a double eigenvalue) must not be taken as complete
+    pair = top_eigenpairs(Sym([3.0, 3.0, 2.0, 1.0]), 2, tol=1e-10)
+    np.testing.assert_allclose(pair.eigenvalues.numpy(), [3.0, 3.0], rtol=1e-10)
+    # closing at the last step of a cycle: the residual is 0 there, done after those 3 products
+    exact = top_eigenpairs(Sym(np.repeat([5.0, 2.0, -1.0], 10)), 1, tol=1e-10, ncv=3)
+    assert exact.hvp_count == 3 and exact.restarts == 0 and exact.converged.all()
+
+
+def test_start_vectors_of_small_norm_are_normalised() -> None:
+    from bnlab.curvature.lanczos import _start_vector
+
+    dim = 20
+    e = torch.zeros(2, dim, dtype=torch.float64)
+    e[0, 0], e[1, 1] = 1e-3, 5.0  # rows of very different norms count equally
+    rnd = torch.randn(dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    want = (e[0] / 1e-3 + e[1] / 5.0) / math.sqrt(2) + 1e-3 * rnd / rnd.norm()
+    torch.testing.assert_close(_start_vector(e, dim, 1, torch.device("cpu")), want / want.norm())
+    want = e[0] / 1e-3 + 1e-3 * rnd / rnd.norm()  # one small vector: the kick stays 1e-3 of it
+    torch.testing.assert_close(_start_vector(e[0], dim, 1, torch.device("cpu")), want / want.norm())
+
+
+def test_arpack_budget_and_partial_convergence() -> None:
+    # ARPACK restarts in steps of ncv - k products after its first ncv: the budget holds to within one cycle
+    for budget in (3, 60):
+        res = top_eigenpairs(Sym(SLOW), 3, tol=1e-12, method="arpack", ncv=6, max_hvps=budget)
+        assert budget <= res.hvp_count <= budget + 6 + 1
+    # some pairs converged, not all k: those that came back are flagged unconverged
+    part = top_eigenpairs(Sym(spectrum_mixed(200)), 3, tol=1e-12, method="arpack", ncv=6, max_hvps=15)
+    assert 0 < len(part.eigenvalues) < 3 and not part.converged.any()
 
 
 class OnDevice(Sym):
