@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from bnlab import theory
 from bnlab.dynamics.simulate import simulate_sphere
@@ -139,3 +140,29 @@ def test_lagged_norm4_extreme_decay_and_long_runs() -> None:
     got = theory.lagged_norm4(lrs, 5e-3, 0.9, 2.0, 7.0)
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, loop(lrs, 5e-3, 0.9, 2.0, 7.0), rtol=1e-9)
+
+
+def _diverges(eta_lambda: float, momentum: float, nesterov: bool) -> bool:
+    """torch SGD on f(x) = x²/2 (curvature 1) with lr eta_lambda: does |x| grow?"""
+    x = torch.ones(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([x], lr=eta_lambda, momentum=momentum, nesterov=nesterov)
+    for _ in range(4000):
+        opt.zero_grad()
+        (0.5 * x ** 2).sum().backward()
+        opt.step()
+    return bool(x.abs() > 1)
+
+
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True), (0.5, True)])
+def test_stability_threshold_matches_simulated_sgd(momentum: float, nesterov: bool) -> None:
+    t = theory.stability_threshold(momentum, nesterov)
+    assert not _diverges(t * 0.995, momentum, nesterov)
+    assert _diverges(t * 1.005, momentum, nesterov)
+
+
+def test_stability_threshold_defaults_and_domain() -> None:
+    assert theory.stability_threshold() == 2.0  # plain SGD
+    with pytest.raises(BnlabError, match="momentum must be in"):
+        theory.stability_threshold(1.0)
+    with pytest.raises(BnlabError, match="Nesterov needs momentum"):
+        theory.stability_threshold(0.0, nesterov=True)
