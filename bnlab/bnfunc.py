@@ -69,6 +69,11 @@ def _view(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return t.view((1, -1) + (1,) * (x.dim() - 2))
 
 
+def _weight(weight: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """γ, or ones without affine: the CUDA kernel returns an empty Σ dy x̂ when it is given no weight."""
+    return weight if weight is not None else torch.ones_like(like)
+
+
 def _like(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """`t` in `x`'s memory format (the fused kernels want grad and input laid out alike)."""
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
@@ -106,8 +111,8 @@ class _BatchStatsNormGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,  # noqa: ANN001
                 mean: torch.Tensor, invstd: torch.Tensor, eps: float):  # noqa: ANN205
-        dx, sum_dy_xhat, sum_dy = _native_backward(dy, x, weight, None, None, mean, invstd, True, eps,
-                                                   [True, True, True])
+        dx, sum_dy_xhat, sum_dy = _native_backward(dy, x, _weight(weight, mean), None, None, mean, invstd, True,
+                                                   eps, [True, True, True])
         ctx.save_for_backward(dy, x, weight, mean, invstd, sum_dy, sum_dy_xhat)
         ctx.eps = eps
         ctx.set_materialize_grads(False)
@@ -153,12 +158,12 @@ def _second_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | N
         a = _like(x, a)
         if fused:
             # One fused pass: γ r (a - mean(a) - x̂ mean(a x̂)) (= the dy part), Σ a x̂, Σ a.
-            gdy_a, sum_ax, sum_a = _native_backward(a, x, weight, None, None, mean, r, True, eps,
+            gdy_a, sum_ax, sum_a = _native_backward(a, x, _weight(weight, r), None, None, mean, r, True, eps,
                                                     [need_dy, True, True])
             # Σ a dy, by the same kernel with "statistics" (0, 1) so that its x̂ is dy itself.
             if need_x or need_w:
-                _, sum_ady, _ = _native_backward(a, dy, None, None, None, zero, torch.ones_like(r), True, eps,
-                                                 [False, True, False])
+                ones = torch.ones_like(r)
+                _, sum_ady, _ = _native_backward(a, dy, ones, None, None, zero, ones, True, eps, [False, True, False])
         else:
             xhat = (x - _view(x, mean)) * _view(x, r)
             sum_a = a.sum(dims)

@@ -20,6 +20,7 @@ from bnlab.bnmode import bn_mode
 from bnlab.curvature import HessianOperator, dense_hessian
 from bnlab.models import ModelSpec, build_model
 from bnlab.norms import GhostBatchNorm, batch_norm_layers
+from conftest import requires_cuda
 
 EPS = 1e-5
 LOSS = functools.partial(F.cross_entropy, label_smoothing=0.1)
@@ -58,10 +59,10 @@ def derivatives(f, inputs, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     ins = [t for t in inputs if t is not None]
     y = f(*inputs)
-    u = torch.randn(y.shape, dtype=y.dtype, generator=g)
+    u = torch.randn(y.shape, dtype=y.dtype, generator=g).to(y.device)
     loss = (torch.sin(y) * u).sum()  # a non-quadratic loss: the second derivative of BN is exercised fully
     grads = torch.autograd.grad(loss, ins, create_graph=True)
-    vs = [torch.randn(t.shape, dtype=t.dtype, generator=g) for t in ins]
+    vs = [torch.randn(t.shape, dtype=t.dtype, generator=g).to(t.device) for t in ins]
     hv = torch.autograd.grad(sum((gi * vi).sum() for gi, vi in zip(grads, vs)), ins)
     return y, grads, hv
 
@@ -84,6 +85,23 @@ def test_same_function_and_derivatives_as_f_batch_norm(shape, affine, channels_l
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
     assert g[0].is_contiguous(memory_format=torch.channels_last) == g_ref[0].is_contiguous(
         memory_format=torch.channels_last)
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape,affine,channels_last", CASES)
+def test_the_same_on_cuda(shape, affine, channels_last):
+    # the fused CUDA kernel leaves out the weight's gradient when it is given no weight: a BN without
+    # affine, and the kernel call that sums a·dy, must pass ones
+    inputs = make_inputs(shape, affine, channels_last)
+    want = derivatives(reference, inputs)
+    on_gpu = [t.detach().cuda().requires_grad_() if t is not None else None for t in inputs]
+    if channels_last:
+        on_gpu[0] = on_gpu[0].contiguous(memory_format=torch.channels_last).detach().requires_grad_()
+    got = derivatives(mine, on_gpu)
+    torch.testing.assert_close(got[0].cpu(), want[0], rtol=1e-10, atol=1e-12)
+    for part in (1, 2):
+        for a, b in zip(got[part], want[part]):
+            torch.testing.assert_close(a.cpu(), b, rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize("affine", [True, False])
