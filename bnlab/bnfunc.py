@@ -70,7 +70,7 @@ def _view(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def _weight(weight: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """γ, or ones without affine: the CUDA kernel returns an empty Σ dy x̂ when it is given no weight."""
+    """γ, or ones without one: the CUDA kernel returns empty Σ dy x̂ and Σ dy when it is given no weight."""
     return weight if weight is not None else torch.ones_like(like)
 
 
@@ -100,7 +100,7 @@ class _BatchStatsNorm(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: a backward whose own backward is written out
             dx, dw, db = _BatchStatsNormGrad.apply(dy, x, weight, mean, invstd, ctx.eps)
         else:
-            dx, dw, db = _native_backward(dy, x, weight, None, None, mean, invstd, True, ctx.eps,
+            dx, dw, db = _native_backward(dy, x, _weight(weight, mean), None, None, mean, invstd, True, ctx.eps,
                                           [need[0], need[1], need[2]])
         return (dx if need[0] else None, dw if need[1] else None, db if need[2] else None, None)
 

@@ -186,7 +186,8 @@ class HessianOperator(SymmetricOperator):
         if self._group is not None:
             total = float(self._sum_over_ranks(torch.tensor([total], dtype=torch.float64, device=self.device)))
         theta = self.flat_params()
-        return total + 0.5 * self.scale * self.weight_decay * float((self._decay_mask * theta ** 2).sum())
+        decayed = self._decay_mask.to(theta.device) * theta ** 2  # the mask lives on the CPU
+        return total + 0.5 * self.scale * self.weight_decay * float(decayed.sum())
 
     def _weights(self) -> list[float]:
         return [self.scale * n / self.num_samples for n in self.sizes]
