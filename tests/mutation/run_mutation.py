@@ -13,6 +13,7 @@ git revision with ``--ref``) into a scratch directory per module, appends the mo
     python tests/mutation/run_mutation.py --report theory          # re-score the last run, no testing
     python tests/mutation/run_mutation.py --survivors theory       # also print each survivor's diff
     python tests/mutation/run_mutation.py --rerun-survivors theory # after adding tests: only the survivors
+    python tests/mutation/run_mutation.py curvature.lanczos --names M1 M2 ...  # only these mutants
 
 Score = killed / (mutants run - equivalent); timeouts count as killed. Equivalent mutants (no
 observable behaviour changes) are listed with their reasons in ``tests/mutation/equivalent.txt``
@@ -219,6 +220,11 @@ def run_module(key: str, args: argparse.Namespace) -> dict:
             every = mutant_names(tree, files)
             sampled = sorted(random.Random(args.seed).sample(every, min(args.sample, len(every))))
             names = sampled
+        elif args.names:  # e.g. the open survivors of a CPU run, on a CUDA machine
+            prefixes = tuple(f[:-3].replace("/", ".") + "." for f in files)
+            sampled = names = [n for n in args.names if n.startswith(prefixes)]
+            if not names:
+                raise SystemExit(f"none of the --names belong to {key}")
         (tree / "sample.json").write_text(json.dumps(sampled))
         with open(tree / "mutmut.log", "w") as log:
             cmd = ["mutmut", "run", "--max-children", str(args.max_children), *names]
@@ -243,6 +249,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "bnlab-mutation"))
     ap.add_argument("--max-children", type=int, default=1, help="parallel mutant workers (1 on a shared machine)")
     ap.add_argument("--sample", type=int, default=0, help="run only a seeded random sample of N mutants")
+    ap.add_argument("--names", nargs="+", default=None, metavar="MUTANT",
+                    help="run only these mutants (each module takes the names of its own file)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report", action="store_true", help="only re-score existing runs")
     ap.add_argument("--rerun-survivors", action="store_true",
