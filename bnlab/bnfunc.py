@@ -69,9 +69,15 @@ def _view(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return t.view((1, -1) + (1,) * (x.dim() - 2))
 
 
-def _weight(weight: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """γ, or ones without one: the CUDA kernel returns empty Σ dy x̂ and Σ dy when it is given no weight."""
-    return weight if weight is not None else torch.ones_like(like)
+def _fused_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor,
+                    invstd: torch.Tensor, eps: float, mask: list[bool]) -> tuple[torch.Tensor, ...]:
+    """PyTorch's fused BN backward at the statistics (mean, invstd): (γ-scaled dx, Σ grad x̂, Σ grad).
+
+    Without a weight it is given ones (the same function, γ = 1): the CUDA kernel returns empty
+    Σ grad x̂ and Σ grad when it has no weight.
+    """
+    w = weight if weight is not None else torch.ones_like(mean)
+    return _native_backward(grad, x, w, None, None, mean, invstd, True, eps, mask)
 
 
 def _like(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -100,8 +106,7 @@ class _BatchStatsNorm(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: a backward whose own backward is written out
             dx, dw, db = _BatchStatsNormGrad.apply(dy, x, weight, mean, invstd, ctx.eps)
         else:
-            dx, dw, db = _native_backward(dy, x, _weight(weight, mean), None, None, mean, invstd, True, ctx.eps,
-                                          [need[0], need[1], need[2]])
+            dx, dw, db = _fused_backward(dy, x, weight, mean, invstd, ctx.eps, [need[0], need[1], need[2]])
         return (dx if need[0] else None, dw if need[1] else None, db if need[2] else None, None)
 
 
@@ -111,8 +116,7 @@ class _BatchStatsNormGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,  # noqa: ANN001
                 mean: torch.Tensor, invstd: torch.Tensor, eps: float):  # noqa: ANN205
-        dx, sum_dy_xhat, sum_dy = _native_backward(dy, x, _weight(weight, mean), None, None, mean, invstd, True,
-                                                   eps, [True, True, True])
+        dx, sum_dy_xhat, sum_dy = _fused_backward(dy, x, weight, mean, invstd, eps, [True, True, True])
         ctx.save_for_backward(dy, x, weight, mean, invstd, sum_dy, sum_dy_xhat)
         ctx.eps = eps
         ctx.set_materialize_grads(False)
@@ -158,12 +162,10 @@ def _second_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | N
         a = _like(x, a)
         if fused:
             # One fused pass: γ r (a - mean(a) - x̂ mean(a x̂)) (= the dy part), Σ a x̂, Σ a.
-            gdy_a, sum_ax, sum_a = _native_backward(a, x, _weight(weight, r), None, None, mean, r, True, eps,
-                                                    [need_dy, True, True])
+            gdy_a, sum_ax, sum_a = _fused_backward(a, x, weight, mean, r, eps, [need_dy, True, True])
             # Σ a dy, by the same kernel with "statistics" (0, 1) so that its x̂ is dy itself.
             if need_x or need_w:
-                ones = torch.ones_like(r)
-                _, sum_ady, _ = _native_backward(a, dy, ones, None, None, zero, ones, True, eps, [False, True, False])
+                _, sum_ady, _ = _fused_backward(a, dy, None, zero, torch.ones_like(r), eps, [False, True, False])
         else:
             xhat = (x - _view(x, mean)) * _view(x, r)
             sum_a = a.sum(dims)
