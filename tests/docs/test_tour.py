@@ -3,8 +3,9 @@ example, and the README's length and links.
 
 The tour and the example are written for CIFAR-10. The tests change one thing each, in a temporary
 folder: the tour's data folder DATA becomes a small folder in the official format, and the example's
-one config line becomes a tiny run on the synthetic task. Commands run in this process (click's runner for `bnlab`, runpy for the figure
-scripts): the same code as from a shell, without one interpreter start-up per command.
+one config line becomes a tiny run on the synthetic task. Commands run in this process (click's runner
+for `bnlab`, runpy for the figure scripts): the same code as from a shell, without one interpreter
+start-up per command.
 """
 from __future__ import annotations
 
@@ -117,31 +118,51 @@ def test_tour_reads_only_its_own_outputs_and_the_data() -> None:
     assert DATA in {w for words in tour_commands(CLI_DOC.read_text()) for w in words}
 
 
+def test_readme_tour_is_part_of_the_tested_tour() -> None:
+    """The README's short tour: each command is one of docs/cli.md's (so the tour test runs it), in the
+    same order, and it chains on its own."""
+    full = [shlex.join(w) for w in tour_commands(CLI_DOC.read_text())]
+    short = tour_commands(README.read_text())
+    positions = [full.index(shlex.join(w)) if shlex.join(w) in full else -1 for w in short]
+    assert -1 not in positions, "a README tour command is not in docs/cli.md's tour"
+    assert positions == sorted(positions) and len(short) >= 3
+    written: list[str] = []
+    for words in short:
+        inputs, outputs = paths_of(words[1:])
+        assert all(any(p == w or p.startswith(w + "/") for w in written) for p in inputs), shlex.join(words)
+        written += outputs
+
+
+def markdown_links(text: str) -> list[str]:
+    """Relative link targets (no web addresses, no in-page anchors), without their #fragment."""
+    return re.findall(r"\]\((?!https?://|#)([^)#\s]+)(?:#[^)]*)?\)", text)
+
+
 def test_readme_fits_and_its_links_resolve() -> None:
     text = README.read_text()
     assert len(text.splitlines()) <= 150
-    links = re.findall(r"\]\((?!https?://|#)([^)#\s]+)(?:#[^)]*)?\)", text)
-    assert any(link.startswith("docs/") for link in links)
+    links = markdown_links(text)
+    assert sum(link.startswith("docs/") for link in links) >= 10
     for link in links:
         assert (ROOT / link).exists(), f"README links to {link}, which does not exist"
     for page in sorted((ROOT / "docs").glob("*.md")):  # and the docs pages' own relative links
-        for link in re.findall(r"\]\((?!https?://|#)([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+        for link in markdown_links(page.read_text()):
             assert (page.parent / link).exists(), f"{page.name} links to {link}, which does not exist"
 
 
 # The README's example trains on CIFAR-10; here its one config line becomes a tiny synthetic run.
-EXAMPLE_CONFIG = re.compile(r"^config = bnlab\.make_config\(.*\)$", flags=re.M)
+EXAMPLE_CONFIG = re.compile(r"^config = bnlab\.make_config\(.*\)(  #.*)?$", flags=re.M)
 TINY_CONFIG = ('config = bnlab.make_config("bn", width=4, epochs=2, save_every=1, dataset="synthetic", '
-               'synthetic_train=512, synthetic_test=100, batch_size=128)')
+               'synthetic_train=1000, synthetic_test=100, batch_size=100)')
 
 
-def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
+def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
     code = fenced_block(README.read_text(), "python")
     assert len(code.strip().splitlines()) <= 14
     assert len(EXAMPLE_CONFIG.findall(code)) == 1, "the example makes its config in one line"
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(EXAMPLE_CONFIG.sub(TINY_CONFIG, code), "README.md", "exec"), namespace)  # noqa: S102
-    # it wrote what a reader would look for next, into folders it made itself
-    assert (tmp_path / "runs").is_dir() and (tmp_path / "results").is_dir()
-    assert list(tmp_path.glob("results/*/hessian.json")) and list(tmp_path.glob("results/*/eigvecs.pt"))
+    monkeypatch.chdir(tmp_path)  # an empty folder: the example must make the folders it writes into
+    exec(compile(EXAMPLE_CONFIG.sub(TINY_CONFIG, code), "README.md", "exec"), {})  # noqa: S102
+    assert (tmp_path / "runs" / "bn16_api" / "final.pt").is_file()
+    assert {f.name for f in (tmp_path / "results" / "hess_api").iterdir()} >= {"hessian.json", "eigvecs.pt"}
+    assert "[" in capsys.readouterr().out  # it printed the eigenvalues and the layers
