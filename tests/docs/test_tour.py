@@ -3,7 +3,7 @@ example, and the README's length and links.
 
 The tour and the example are written for CIFAR-10. The tests change one thing each, in a temporary
 folder: the tour's data folder DATA becomes a small folder in the official format, and the example's
-one config line becomes a tiny run on the synthetic task. Commands run in this process (click's runner
+two size lines become a tiny run on the synthetic task. Commands run in this process (click's runner
 for `bnlab`, runpy for the figure scripts): the same code as from a shell, without one interpreter
 start-up per command.
 """
@@ -150,19 +150,24 @@ def test_readme_fits_and_its_links_resolve() -> None:
             assert (page.parent / link).exists(), f"{page.name} links to {link}, which does not exist"
 
 
-# The README's example trains on CIFAR-10; here its one config line becomes a tiny synthetic run.
-EXAMPLE_CONFIG = re.compile(r"^config = bnlab\.make_config\(.*\)(  #.*)?$", flags=re.M)
-TINY_CONFIG = ('config = bnlab.make_config("bn", width=4, epochs=2, save_every=1, dataset="synthetic", '
-               'synthetic_train=1000, synthetic_test=100, batch_size=100)')
+# The README's example trains on CIFAR-10; here its two size lines become a tiny synthetic run.
+EXAMPLE_SIZES = {
+    re.compile(r"^config = bnlab\.make_config\(.*$", flags=re.M):
+        'config = bnlab.make_config("bn", width=4, epochs=2, save_every=1, dataset="synthetic", '
+        'synthetic_train=500, synthetic_test=100, batch_size=100)',
+    re.compile(r"^sizes = dict\(.*$", flags=re.M): "sizes = dict(num_samples=50, tol=1e-3)",
+}
 
 
 def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     code = fenced_block(README.read_text(), "python")
     assert len(code.strip().splitlines()) <= 14
-    assert len(EXAMPLE_CONFIG.findall(code)) == 1, "the example makes its config in one line"
+    for line, tiny in EXAMPLE_SIZES.items():
+        assert len(line.findall(code)) == 1, f"the example sets its sizes in one line each ({line.pattern})"
+        code = line.sub(tiny, code)
     monkeypatch.chdir(tmp_path)  # an empty folder: the example must make the folders it writes into
-    exec(compile(EXAMPLE_CONFIG.sub(TINY_CONFIG, code), "README.md", "exec"), {})  # noqa: S102
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102
     assert (tmp_path / "runs" / "bn16_api" / "final.pt").is_file()
     assert {f.name for f in (tmp_path / "results" / "hess_api").iterdir()} >= {"hessian.json", "eigvecs.pt"}
     assert "[" in capsys.readouterr().out  # it printed the eigenvalues and the layers
