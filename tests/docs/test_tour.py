@@ -133,21 +133,32 @@ def test_readme_tour_is_part_of_the_tested_tour() -> None:
         written += outputs
 
 
-def markdown_links(text: str) -> list[str]:
-    """Relative link targets (no web addresses, no in-page anchors), without their #fragment."""
-    return re.findall(r"\]\((?!https?://|#)([^)#\s]+)(?:#[^)]*)?\)", text)
+def markdown_links(text: str) -> list[tuple[str, str]]:
+    """(file, #anchor or "") of every relative link (web addresses and in-page anchors left out)."""
+    return re.findall(r"\]\((?!https?://|#)([^)#\s]+)(#[^)\s]*)?\)", text)
+
+
+def anchors(page: Path) -> set[str]:
+    """The heading anchors a code host makes: lower case, punctuation dropped, spaces as hyphens."""
+    heads = re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M), flags=re.M)
+    return {"#" + re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+def check_links(page: Path) -> list[str]:
+    links = markdown_links(page.read_text())
+    for target, anchor in links:
+        path = page.parent / target
+        assert path.exists(), f"{page.name} links to {target}, which does not exist"
+        assert not anchor or anchor in anchors(path), f"{page.name} links to {target}{anchor}: no such heading"
+    return [target for target, _ in links]
 
 
 def test_readme_fits_and_its_links_resolve() -> None:
-    text = README.read_text()
-    assert len(text.splitlines()) <= 150
-    links = markdown_links(text)
+    assert len(README.read_text().splitlines()) <= 150
+    links = check_links(README)
     assert sum(link.startswith("docs/") for link in links) >= 10
-    for link in links:
-        assert (ROOT / link).exists(), f"README links to {link}, which does not exist"
     for page in sorted((ROOT / "docs").glob("*.md")):  # and the docs pages' own relative links
-        for link in markdown_links(page.read_text()):
-            assert (page.parent / link).exists(), f"{page.name} links to {link}, which does not exist"
+        check_links(page)
 
 
 # The README's example trains on CIFAR-10; here its two size lines become a tiny synthetic run.
