@@ -63,7 +63,8 @@ def command(ckpt: str, stats: str, channels: str | None, hist_layers: str | None
     opts.validate()
     result = analyse_checkpoint_in_group(ckpt, opts.eval, device, out, force, quiet,  # torchrun: rank 0 writes
                                          lambda ctx: check_inputs(ctx, opts),
-                                         lambda ctx, q: run_outstats(ctx, opts, quiet=q))
+                                         lambda ctx, q: run_outstats(ctx, opts, quiet=q),
+                                         inputs=(("eigenvectors", opts.eigvecs),))
     if result is not None:
         _echo_summary(result, Path(out))
 

@@ -147,7 +147,8 @@ def run_reproduce(opts: ReproduceOptions, out: str | Path, *, force: bool = Fals
     keys = stage_keys(plan, list(plan), context)
     jobs = opts.jobs or (1 if dev.type == "cuda" else max(1, os.cpu_count() or 1))
     log = _Log(None if quiet else (stream or sys.stderr))
-    with claim_out_dir(out, force=force, resume=resume):
+    inputs = [] if opts.scale == "smoke" else [("data folder", p) for p in cifar.input_paths(opts.data_dir)]
+    with claim_out_dir(out, force=force, resume=resume, inputs=inputs):
         manifest = read_json(out / MANIFEST) if resume else {"format": MANIFEST_FORMAT, "version": 1, "runs": []}
         manifest["runs"].append({"started": _now(), "scale": opts.scale, "findings": list(wanted),
                                  "argv": sys.argv, "device": str(dev), "jobs": jobs})
