@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import BnlabError
-from .torchfile import atomic_torch_save
+from .torchfile import atomic_torch_save, load_torch_file
 
 FORMAT = "bnlab-eigvecs"
 VERSION = 1
@@ -55,7 +55,7 @@ def read_eigvecs(path: str | os.PathLike) -> Eigvecs:
     if not p.is_file():
         raise BnlabError(f"no {FILENAME} at {path}; run `bnlab hessian CKPT --out DIR` first")
     try:
-        d = torch.load(p, map_location="cpu", weights_only=True)
+        d = load_torch_file(p)
     except Exception as e:
         raise BnlabError(f"{p} is not an eigvecs.pt written by bnlab hessian ({type(e).__name__})") from None
     if not isinstance(d, dict) or d.get("format", FORMAT) != FORMAT:
