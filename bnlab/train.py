@@ -49,7 +49,7 @@ from .io.jsonfile import read_json, write_json
 from .models import build_model
 from .norms import calibrate_frozen_norms
 from .progress import Progress
-from .rundir import check_out_dir, claim_out_dir
+from .rundir import check_out_dir, claim_out_dir, output_path
 from .runtime import runtime_info, tune_allocator
 from .schedule import lr_at
 
@@ -185,7 +185,7 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, device: str | torc
     this rank's GPU (cuda:LOCAL_RANK).
     """
     tune_allocator()
-    out = Path(out_dir)
+    out = output_path(out_dir)  # an empty name is refused, not read as '.'
     dev = distributed.rank_device(device)
     world = distributed.world_size()
     quiet = quiet or not distributed.is_main()

@@ -31,7 +31,7 @@ from ..data.dataset import data_inputs
 from ..errors import BnlabError
 from ..io.jsonfile import read_json, write_json
 from ..progress import Progress
-from ..rundir import LOCK_NAME, check_out_dir
+from ..rundir import LOCK_NAME, check_out_dir, output_path
 from ..runtime import exit_with_parent
 from ..train import train
 from .grid import Grid, Point, read_grid_file
@@ -186,7 +186,7 @@ def run_sweep(grid: Grid, out: str | os.PathLike, *, jobs: int = 1, device: str 
 
     worker: share the folder with other workers (see module docs) instead of owning it.
     """
-    out = Path(out)
+    out = output_path(out)
     points = prepare_sweep_dir(grid, out)
     if only is not None:
         bad = [i for i in only if not 0 <= i < len(points)]
