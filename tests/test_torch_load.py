@@ -94,3 +94,28 @@ def test_the_safe_loader_refuses_code_and_reads_tensors(tmp_path: Path, capsys: 
     torch.save({"t": torch.arange(3), "meta": [1, "a", None]}, tmp_path / "ok.pt")
     d = load_torch_file(tmp_path / "ok.pt")
     assert torch.equal(d["t"], torch.arange(3)) and d["meta"] == [1, "a", None]
+
+
+class _Touch:
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))  # proof of execution: unpickling creates a file
+
+
+def test_plot_outstats_refuses_a_crafted_file_without_running_it(tmp_path: Path) -> None:
+    """The README's own command on a folder whose outstats.pt asks to run code: one line, exit 2, nothing run."""
+    import json
+    import subprocess
+    import sys
+
+    folder, marker = tmp_path / "os", tmp_path / "ran"
+    folder.mkdir()
+    (folder / "outstats.json").write_text(json.dumps({}))
+    torch.save({"grads": _Touch(marker)}, folder / "outstats.pt")
+    r = subprocess.run([sys.executable, str(ROOT / "figures" / "plot_outstats.py"), str(folder), "--labels", "bn",
+                        "--out", str(tmp_path / "figs")], capture_output=True, text=True, timeout=300)
+    assert not marker.exists()
+    assert r.returncode == 2 and r.stderr.strip().startswith("plot_outstats: error:"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

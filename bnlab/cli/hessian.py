@@ -14,6 +14,7 @@ from ..curvature.hvp import HVP_METHODS
 from ..curvature.lanczos import EIG_METHODS, WHICH
 from ..curvature.series import run_hessian_series, series_checkpoints
 from ..errors import BnlabError
+from ..io.eigvecs import eigvecs_file
 from ..rundir import check_out_dir, claim_out_dir
 from .common import (
     analyse_checkpoint_in_group,
@@ -88,9 +89,14 @@ def command(ckpt: str, out: str, force: bool, device: str, quiet: bool, params: 
     result = analyse_checkpoint_in_group(ckpt, opts.eval, device, out, force, quiet,  # torchrun: rank 0 writes
                                          lambda ctx: check_inputs(ctx, opts),
                                          lambda ctx, q: run_hessian(ctx, opts, quiet=q),
-                                         inputs=(("warm start", opts.warm_start),))
+                                         inputs=(("warm start", warm_start_file(opts)),))
     if result is not None:
         _echo_summary(ckpt, result, opts, Path(out))
+
+
+def warm_start_file(opts: HessianOptions) -> Path | None:
+    """The eigvecs.pt a warm start reads (an input the output must stay apart from)."""
+    return None if opts.warm_start is None else eigvecs_file(opts.warm_start)
 
 
 def _series(run_dir: str, opts: HessianOptions, out: str, force: bool, device: str, quiet: bool,
@@ -99,7 +105,7 @@ def _series(run_dir: str, opts: HessianOptions, out: str, force: bool, device: s
         raise BnlabError("a curvature series needs --top-k >= 1")
     first = series_checkpoints(run_dir)[0]  # refuses a folder without saved checkpoints before --out is touched
     inputs = analysis_inputs(load_checkpoint(first), opts.eval, ("run directory", run_dir),
-                             ("warm start", opts.warm_start))
+                             ("warm start", warm_start_file(opts)))
     check_out_dir(out, force=force, inputs=inputs)
     with claim_out_dir(out, force=force, inputs=inputs) as out_dir:
         result = run_hessian_series(run_dir, opts, device=device, quiet=quiet, compare_cold=compare_cold)

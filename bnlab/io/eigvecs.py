@@ -47,11 +47,15 @@ def write_eigvecs(path: str | os.PathLike, eigenvalues: torch.Tensor, eigenvecto
     return atomic_torch_save(payload, Path(path))
 
 
+def eigvecs_file(path: str | os.PathLike) -> Path:
+    """The file `read_eigvecs(path)` reads: `path`, or the eigvecs.pt in it when it is a folder."""
+    p = Path(path)
+    return p / FILENAME if p.is_dir() else p
+
+
 def read_eigvecs(path: str | os.PathLike) -> Eigvecs:
     """Read `path` (an eigvecs.pt, or a `bnlab hessian` output folder holding one)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / FILENAME
+    p = eigvecs_file(path)
     if not p.is_file():
         raise BnlabError(f"no {FILENAME} at {path}; run `bnlab hessian CKPT --out DIR` first")
     try:
