@@ -41,7 +41,8 @@ device_option = click.option("--device", default="auto", show_default=True,
 data_dir_option = click.option("--data-dir", type=click.Path(), default=None,
                                help="CIFAR-10 folder or tarball; default: as the checkpoint's run found it.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-force_option = click.option("--force", is_flag=True, help="Empty a non-empty output directory first.")
+force_option = click.option("--force", is_flag=True, help="Empty a non-empty output directory first (never one that "
+                            "is, holds or lies in an input, nor the current or home directory).")
 tol_option = click.option("--tol", type=float, default=DEFAULT_TOL, show_default=True,
                           help="Eigenpairs converged when ‖Hv−λv‖ ≤ tol·|λ|.")
 loss_scale_option = click.option("--loss-scale", type=click.Choice(LOSS_SCALES), default="mean", show_default=True,

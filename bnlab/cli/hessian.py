@@ -103,9 +103,10 @@ def _series(run_dir: str, opts: HessianOptions, out: str, force: bool, device: s
             compare_cold: bool) -> None:
     if opts.top_k < 1:
         raise BnlabError("a curvature series needs --top-k >= 1")
+    if opts.warm_start is not None:  # refused here, before --force empties anything
+        raise BnlabError("--warm-start is automatic along a series (each checkpoint starts from the previous one)")
     first = series_checkpoints(run_dir)[0]  # refuses a folder without saved checkpoints before --out is touched
-    inputs = analysis_inputs(load_checkpoint(first), opts.eval, ("run directory", run_dir),
-                             ("warm start", warm_start_file(opts)))
+    inputs = analysis_inputs(load_checkpoint(first), opts.eval, ("run directory", run_dir))
     check_out_dir(out, force=force, inputs=inputs)
     with claim_out_dir(out, force=force, inputs=inputs) as out_dir:
         result = run_hessian_series(run_dir, opts, device=device, quiet=quiet, compare_cold=compare_cold)

@@ -20,12 +20,20 @@ Grid file format (``grid.json``, JSON object)::
       "threads": 1,
      "points": [{"index": 0, "name": "lr=0.1_weight_decay=0.0005", "overrides": {"lr": 0.1, ...}}, ...]}
 
+Point folder names: ``key=value`` pairs joined by ``_``; floats as ``%g`` when that is exact, else their
+shortest exact form (``0.1234561``); other values percent-encoded outside ``[A-Za-z0-9=_-.+,:]``, so a
+name is always one path component (``data_dir=a/../b`` -> ``data_dir=a%2F..%2Fb``). An axis listing a
+value twice, or points whose names would be equal (also up to case) or longer than 255 bytes, are
+refused before anything is written.
+
 "points" is derived from "axes" (and rewritten identically); a cluster job array runs one point per
 task with ``bnlab sweep --grid-file OUT/grid.json --out OUT --point $TASK_ID --no-summary`` and a last
 ``bnlab sweep --grid-file OUT/grid.json --out OUT --summary-only`` writes the summary.
 
 Resume: a point whose status.json says finished or diverged is skipped; a point with a last.pt
-(crashed or interrupted) is resumed from it; anything else is started afresh.
+(crashed or interrupted) is resumed from it, one with only its config.json (killed before its first
+epoch) restarts in place; a new or empty folder is trained into. Nothing is ever emptied: a point
+folder holding files but no run, a symbolic link or a file is refused (that point fails, with why).
 
 Threads: every point trains with the grid's fixed ``threads`` torch threads (default 1), recorded
 in grid.json, whatever ``--jobs`` is: CPU kernels reduce in an order that depends on the thread

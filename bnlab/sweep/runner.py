@@ -203,7 +203,8 @@ def run_sweep(grid: Grid, out: str | os.PathLike, *, jobs: int = 1, device: str 
 
 def _run_points(grid: Grid, out: Path, points: list[Point], jobs: int, device: str, retries: int,
                 quiet: bool) -> SweepOutcome:
-    skipped = [p.index for p in points if point_state(point_dir(out, p)) in DONE]
+    skipped = [p.index for p in points  # a foreign folder's finished run is not this sweep's: refused below
+               if not foreign_point_dir(point_dir(out, p)) and point_state(point_dir(out, p)) in DONE]
     todo = [p for p in points if p.index not in skipped]
     outcome = SweepOutcome(ran={}, skipped=skipped, failed={}, claimed=[])
     if not todo:

@@ -85,9 +85,8 @@ COMMANDS: dict[str, tuple[tuple[str, ...], Argv]] = {
                                        "--data-dir", i["data"], "--out", o, "--force"]),
     "hessian": (("ckpt", "data", "hess"), lambda i, o: ["hessian", i["ckpt"], "--top-k", 1, *EVAL, "--data-dir",
                                                         i["data"], "--warm-start", i["hess"], "--out", o, "--force"]),
-    "hessian-series": (("run", "data", "hess"), lambda i, o: ["hessian", i["run"], "--top-k", 1, *EVAL, "--data-dir",
-                                                              i["data"], "--warm-start", i["hess"], "--out", o,
-                                                              "--force"]),
+    "hessian-series": (("run", "data"), lambda i, o: ["hessian", i["run"], "--top-k", 1, *EVAL, "--data-dir",
+                                                      i["data"], "--out", o, "--force"]),
     "hessian-recorded-data": (("data",), lambda i, o: ["hessian", i["ckpt"], "--top-k", 1, *EVAL, "--out", o,
                                                        "--force"]),
     "outstats": (("ckpt", "data", "hess"), lambda i, o: ["outstats", i["ckpt"], *EVAL, "--eigvecs", i["hess"],
@@ -230,3 +229,12 @@ def test_force_refuses_the_filesystem_root() -> None:
 
     with pytest.raises(BnlabError, match="--force would empty"):
         check_out_dir("/", force=True)  # touches nothing: only the check, never a command
+
+
+def test_a_series_refuses_a_warm_start_before_force_empties(ws: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    r = invoke("hessian", ws["run"], "--top-k", 1, *EVAL, "--warm-start", ws["hess"], "--out", out, "--force")
+    assert refused(r) and "automatic along a series" in r.stderr, r.output
+    assert (out / "precious.txt").read_text() == "keep me"

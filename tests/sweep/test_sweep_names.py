@@ -107,13 +107,15 @@ def test_a_point_folder_the_sweep_did_not_make_is_refused_not_emptied(planned: t
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "data.bin").write_text("mine too")
+    (elsewhere / "status.json").write_text(json.dumps({"status": "finished"}))  # not credited to the sweep
     point_dir(out, p1).symlink_to(elsewhere, target_is_directory=True)
     res = run_sweep(grid, out, quiet=True)
     assert not res.ran and sorted(res.failed) == [0, 1]
     assert "holds files but no training run" in res.failed[0] and "symbolic link" in res.failed[1]
     assert (point_dir(out, p0) / "notes.txt").read_text() == "mine"
     assert sorted(os.listdir(point_dir(out, p0))) == ["notes.txt"]
-    assert sorted(os.listdir(elsewhere)) == ["data.bin"] and (elsewhere / "data.bin").read_text() == "mine too"
+    assert sorted(os.listdir(elsewhere)) == ["data.bin", "status.json"]
+    assert (elsewhere / "data.bin").read_text() == "mine too"
 
 
 def test_a_points_folder_that_is_a_link_is_refused(tmp_path: Path) -> None:
