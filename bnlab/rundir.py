@@ -75,8 +75,12 @@ def check_apart(out: str | os.PathLike, inputs: Inputs) -> None:
 def _check_force_target(p: Path) -> None:
     """--force empties folders: never the working directory, the home directory or a root, nor above them."""
     real = os.path.realpath(p)
-    for what, keep in (("the current directory", os.getcwd()), ("the home directory", os.path.expanduser("~"))):
-        if _within(os.path.realpath(keep), real):
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the working directory was deleted: nothing there to protect
+        cwd = None
+    for what, keep in (("the current directory", cwd), ("the home directory", os.path.expanduser("~"))):
+        if keep is not None and _within(os.path.realpath(keep), real):
             raise BnlabError(f"--force would empty {p}, which is or holds {what}; choose another output")
     if os.path.ismount(real):
         raise BnlabError(f"--force would empty {p}, a filesystem root; choose another output")
