@@ -72,10 +72,15 @@ def plain_log_ticks(ax: Axes, axis: str = "y") -> None:
     target.set_major_formatter(fmt)
     # label minor ticks too when the axis spans few decades (else it shows one or two numbers)
     lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
-    if lo > 0 and hi / lo < 100:
-        subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0) if hi / lo < 10 else (1.0, 2.0, 5.0)
+    if lo > 0 and hi / lo < 100.5:  # (100.5: log_axis's limits may span exactly two decades)
+        subs = _log_subs(lo, hi, axis)
         target.set_minor_locator(LogLocator(subs=subs))
         target.set_minor_formatter(fmt)
+
+
+def _log_subs(lo: float, hi: float, axis: str) -> tuple[float, ...]:
+    """Labelled ticks per decade: dense on a short y axis; on x (wider labels) 1-2-5 so that none touch."""
+    return (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0) if hi / lo < 10 and axis == "y" else (1.0, 2.0, 5.0)
 
 
 def log_axis(ax: Axes, axis: str = "y") -> None:
@@ -85,10 +90,12 @@ def log_axis(ax: Axes, axis: str = "y") -> None:
 
     ax.set_xscale("log") if axis == "x" else ax.set_yscale("log")
     get, put = (ax.get_xlim, ax.set_xlim) if axis == "x" else (ax.get_ylim, ax.set_ylim)
-    lo, hi = get()
+    lo, hi = ax.dataLim.intervalx if axis == "x" else ax.dataLim.intervaly  # the data, not the padded view
+    if not (lo > 0 and np.isfinite(hi)):
+        lo, hi = get()
     if not (lo > 0 and hi > lo):
         return
-    subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0) if hi / lo < 10 else (1.0, 2.0, 5.0) if hi / lo < 100 else (1.0,)
+    subs = _log_subs(lo, hi, axis) if hi / lo < 100 else (1.0,)
     decades = range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
     ticks = sorted(s * 10.0 ** d for d in decades for s in subs)
     below = max(t for t in ticks if t <= lo * (1 + 1e-9))
