@@ -236,13 +236,14 @@ def _outstats(f: Finding) -> dict[str, dict]:
     return {m: f.json(f"outstats_{m}", "outstats.json") for m in MODELS if f"outstats_{m}" in f.stages}
 
 
-def _outstats_names(f: Finding, runs: dict[str, dict]) -> dict[str, str]:
-    return {m: figstyle.model_label(s.get("settings", {})) if s.get("settings") else MODELS[m] for m, s in runs.items()}
+def _named_outstats(f: Finding) -> tuple[dict[str, dict], dict[str, str]]:
+    """The outstats records of the finding's models, and each model as its record describes it."""
+    runs = _outstats(f)
+    return runs, {m: figstyle.model_label(s["settings"]) if s.get("settings") else MODELS[m] for m, s in runs.items()}
 
 
 def fig_f7(f: Finding) -> Figure:
-    runs = _outstats(f)
-    names = _outstats_names(f, runs)
+    runs, names = _named_outstats(f)
     rows = [{"model": names[m], "layer": lay, "sq_norm": v} for m, s in runs.items()
             for lay, v in zip(s["layers"], s["layer_sq_norms"]["mean[0]"])]
     fig, (ax,) = _figure(f, 11, 4.6)
@@ -256,9 +257,8 @@ def fig_f7(f: Finding) -> Figure:
 
 
 def fig_f8(f: Finding) -> Figure:
-    runs = _outstats(f)
-    names = _outstats_names(f, runs)
     models = f.values["models"]
+    _, names = _named_outstats(f)
     fig, axes = _figure(f, 13, 4.6, 2)
     whens = ("before", "after a 1% step along ∇mean_c")
     rows = [{"model": names[m], "when": w, "fraction": v[k]} for m, v in models.items()
@@ -305,8 +305,7 @@ def fig_f9(f: Finding) -> Figure:
 
 
 def fig_f10(f: Finding) -> Figure:
-    runs = _outstats(f)
-    names = _outstats_names(f, runs)
+    runs, names = _named_outstats(f)
     spans = (("overlap_means", "span of the mean gradients"), ("overlap_full", "span of mean, var, skew gradients"))
     fig, (ax,) = _figure(f, 10, 4.6)
     colors = figstyle.colors(len(spans))
@@ -326,7 +325,7 @@ def fig_f10(f: Finding) -> Figure:
 
 
 def fig_f11(f: Finding) -> Figure:
-    names = _outstats_names(f, _outstats(f))
+    _, names = _named_outstats(f)
     rows = [{"model": names.get(m, m), "when": w, "λ1": c[k]} for m, c in f.values["models"].items()
             for k, w in (("before", "H"), ("after", "(I−P) H (I−P): span projected out"))]
     fig, (ax,) = _figure(f, 10, 4.6)

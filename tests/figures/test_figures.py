@@ -191,8 +191,15 @@ def test_outstats_figures(outstats_dirs: dict[str, Path], tmp_path: Path, capsys
     assert legend_texts(fig.legends[0]) == [w for _, w in plot_outstats.PERTURB]
     assert visible_axes(fig)[0].get_ylim() == (0, 1)
 
+    assert [t.get_text() for t in visible_axes(fig)[0].get_xticklabels()][:2] == ["class 0", "class 1"]
+    assert figstyle.class_names({"dataset": "cifar10"}, 10)[:2] == ["airplane", "automobile"]
+
     fig = plot_outstats.overlaps_figure(runs)
     assert "random direction" in legend_texts(fig.legends[0])
+    for ax, m in zip(visible_axes(fig), MODELS):  # the random line lies inside a log axis, well above its bottom
+        lo, hi = ax.get_ylim()
+        rnd = runs[m]["span"]["random_overlap_expected"]
+        assert ax.get_yscale() == "log" and lo < rnd / 2 and hi >= 1
 
     fig = plot_outstats.projected_figure(runs)
     axes = visible_axes(fig)
@@ -213,8 +220,9 @@ def test_outstats_figures(outstats_dirs: dict[str, Path], tmp_path: Path, capsys
         assert [t.get_text() for t in axes[0].get_xticklabels()] == ["1", "2"]  # width 2: two channels
 
     plot_outstats.main([str(outstats_dirs[m]) for m in MODELS] + ["--out", str(tmp_path / "fig")])
+    # each input is named by the model its record describes, not by its folder
     check_saved(capsys, tmp_path / "fig", {"layer_grad_norms", "perturbation", "overlaps", "projected_eigs",
-                                          "kde_bn", "kde_no_bn"})
+                                          "kde_simple_net_w2_BN", "kde_simple_net_w2_no_BN"})
 
 
 def test_dynamics_figures(dynamics_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -419,5 +427,5 @@ def test_hessian_series_keeps_lr_zero_and_uses_the_recorded_lambda1(series_dir: 
         lo, hi = ax.get_ylim()
         ys = np.concatenate([ln.get_ydata() for ln in ax.get_lines() if len(ln.get_ydata())])
         assert lo <= ys.min() and ys.max() <= hi
-        assert [t for t in ax.yaxis.get_majorticklocs() if lo <= t <= hi][-1] == pytest.approx(hi) or \
-            any(np.isclose(t, hi) for t in ax.yaxis.get_minorticklocs())
+        ticks = [*ax.yaxis.get_majorticklocs(), *ax.yaxis.get_minorticklocs()]
+        assert any(np.isclose(t, lo) for t in ticks) and any(np.isclose(t, hi) for t in ticks), (lo, hi, ticks)
