@@ -425,7 +425,8 @@ def test_hessian_series_keeps_lr_zero_and_uses_the_recorded_lambda1(series_dir: 
     assert "η = 0 (no ratio)" in legend_texts(ratio_ax.get_legend())  # ... and the figure says so
     for ax in (eig_ax, ratio_ax):  # every point inside the axis, between labelled ticks
         lo, hi = ax.get_ylim()
-        ys = np.concatenate([ln.get_ydata() for ln in ax.get_lines() if len(ln.get_ydata())])
+        ys = np.concatenate([ln.get_ydata() for ln in ax.get_lines()  # the data, not the reference lines
+                             if len(ln.get_ydata()) and not ln.get_label().startswith("_")])
         assert lo <= ys.min() and ys.max() <= hi
         ticks = [*ax.yaxis.get_majorticklocs(), *ax.yaxis.get_minorticklocs()]
         assert any(np.isclose(t, lo) for t in ticks) and any(np.isclose(t, hi) for t in ticks), (lo, hi, ticks)
