@@ -277,9 +277,9 @@ def fig_f8(f: Finding) -> Figure:
     top = max(0.25, 1.15 * max(r["shift"] for r in rows))
     axes[1].set(ylim=(0, top), xlabel="", ylabel="|change| of the fraction predicted as c",
                 title="How far the predictions move")
-    for ax in axes:  # every bar says its value: a random step's shift is often too small to see
+    for ax, fmt in zip(axes, ("%.2f", "%.2g")):  # every bar says its value: a random step's shift is tiny
         for cont in ax.containers:
-            ax.bar_label(cont, fmt="%.2f", fontsize=7, padding=2)
+            ax.bar_label(cont, fmt=fmt, fontsize=7, padding=2)
         figstyle.rotate_xticks(ax, 15)
         ax.legend(fontsize=8, loc="upper left")
     return fig

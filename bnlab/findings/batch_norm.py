@@ -54,7 +54,8 @@ def f5_collapse(collapse: dict[str, Any], init_shares: dict[str, dict[str, float
     centred = list(collapse["share_centred"])
     centred_max = max(centred, default=float("nan"))
     worst_layer = centred.index(centred_max) + 1 if centred else None
-    needs = [(f"depth {depth} covers layers {', '.join(map(str, F5_LAYERS))}", layers == list(F5_LAYERS))]
+    needs = [(f"a net of depth >= {max(F5_LAYERS)} (layers {', '.join(map(str, F5_LAYERS))}; ran depth {depth})",
+              layers == list(F5_LAYERS))]
     checks = [(f"plain share within +-{F5_TOL:g} of the arc-cosine prediction (worst {fmt(worst, '.3f')})",
                bool(layers) and worst <= F5_TOL),
               (f"centred share < {F5_CENTRED_MAX:g} at every layer (max {fmt(centred_max, '.3f')} at layer "
@@ -182,7 +183,8 @@ def f9_sharpness(eig: dict[str, Sequence[float]]) -> FindingRecord:
     gap = gaps.get(k_best, float("nan")) if k_best else float("nan")
     needs = [(f"frozen top-{max(F9_GAP_K) + 1} eigenvalues (have {len(fr)})", len(fr) > max(F9_GAP_K))]
     checks = [(f"lambda1 frozen/BN {fmt(ratio, '.1f')} >= {F9_RATIO:g}", finite(ratio) and ratio >= F9_RATIO),
-              (f"frozen gap {fmt(gap, '.2f')} >= {F9_GAP:g} at some k in 8..11", finite(gap) and gap >= F9_GAP)]
+              (f"frozen gap {fmt(gap, '.2f') if finite(gap) else '(not measured)'} >= {F9_GAP:g} at some k in 8..11",
+               finite(gap) and gap >= F9_GAP)]
     extra = f", no BN {eig['no_bn'][0]:.4g}" if eig.get("no_bn") else ""
     gap_text = (f"frozen largest gap lambda{k_best}/lambda{k_best + 1} = {fmt(gap, '.2f')}" if k_best else
                 f"frozen gap at k in {min(F9_GAP_K)}..{max(F9_GAP_K)}: not measured (top-{len(fr)} only)")
@@ -203,7 +205,7 @@ def f10_overlap(frozen: dict[str, Any]) -> FindingRecord:
     rnd = float(np.mean(span["random_overlap_full"]))
     expect = span["random_overlap_expected"]
     factor = max(rnd / expect, expect / rnd) if rnd > 0 and expect > 0 else float("inf")
-    needs = [(f"{len(means)} >= {F10_TOP} eigenvectors", len(means) >= F10_TOP)]
+    needs = [(f"{F10_TOP} eigenvectors (have {len(means)})", len(means) >= F10_TOP)]
     checks = [(f"median overlap, means span {med_m:.2f} >= {F10_MEANS:g}", med_m >= F10_MEANS),
               (f"full span {med_f:.2f} >= {F10_FULL:g}", med_f >= F10_FULL),
               (f"random overlap {rnd:.2g} within {F10_RANDOM_FACTOR:g}x of dim/P {expect:.2g}",

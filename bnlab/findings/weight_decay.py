@@ -83,7 +83,7 @@ def f2_equilibrium(summary: dict[str, Any], bn_preceded: Sequence[str], lr_sched
     relax = next((r["relaxation_steps"] for r in rows if finite(r.get("relaxation_steps"))), None)
     times = last / relax if finite(relax) and relax > 0 else float("nan")
     needs = [
-        (f"run long enough: {fmt(times, '.1f')} >= {F2_RELAX_TIMES:g} relaxation times",
+        (f"a run of >= {F2_RELAX_TIMES:g} relaxation times (ran {fmt(times, '.1f')})",
          finite(times) and times >= F2_RELAX_TIMES),
         (f"constant lr (schedule {lr_schedule})", lr_schedule == "const"),
     ]
