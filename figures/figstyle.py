@@ -90,7 +90,10 @@ def log_axis(ax: Axes, axis: str = "y") -> None:
 
     ax.set_xscale("log") if axis == "x" else ax.set_yscale("log")
     get, put = (ax.get_xlim, ax.set_xlim) if axis == "x" else (ax.get_ylim, ax.set_ylim)
-    lo, hi = ax.dataLim.intervalx if axis == "x" else ax.dataLim.intervaly  # the data, not the padded view
+    # the data (of every panel sharing this axis), not the padded view; a little room so no marker sits on the edge
+    shared = (ax.get_shared_x_axes() if axis == "x" else ax.get_shared_y_axes()).get_siblings(ax)
+    spans = [a.dataLim.intervalx if axis == "x" else a.dataLim.intervaly for a in shared]
+    lo, hi = min(v[0] for v in spans) / 1.02, max(v[1] for v in spans) * 1.02
     if not (lo > 0 and np.isfinite(hi)):
         lo, hi = get()
     if not (lo > 0 and hi > lo):
