@@ -153,11 +153,13 @@ def main() -> None:
     rows = []
     for cap in a.caps.split(","):
         env = {**os.environ, "ATEN_CPU_CAPABILITY": cap}
-        p = subprocess.run([sys.executable, __file__, "--child", "--quantities", a.quantities, "--seeds", a.seeds,
-                            "--threads", a.threads], env=env, stdout=subprocess.PIPE, text=True, check=True)
-        for line in p.stdout.splitlines():
-            print(line, flush=True)
-            rows.append(json.loads(line))
+        with subprocess.Popen([sys.executable, __file__, "--child", "--quantities", a.quantities, "--seeds", a.seeds,
+                               "--threads", a.threads], env=env, stdout=subprocess.PIPE, text=True) as p:
+            for line in p.stdout:  # as each run ends: a long audit shows its progress
+                print(line, end="", flush=True)
+                rows.append(json.loads(line))
+        if p.returncode:
+            raise SystemExit(f"the child for capability {cap} failed (exit {p.returncode})")
     for name in names:
         sel = [r for r in rows if r["quantity"] == name]
         keys = [k for k in sel[0] if k not in ("quantity", "cap", "threads", "seed")]
