@@ -4,19 +4,25 @@ the same options as its command, and returns the result object the command write
     import bnlab
     h = bnlab.hessian("runs/bn/final.pt", top_k=10, bn_mode="batch", num_samples=1280)
     h.eigenvalues, h.record["settings"]["units"]
-    s = bnlab.output_stats("runs/frozen.pt", eigvecs="results/hess_frozen", project=True)
+    s = bnlab.output_stats("runs/frozen.pt", eigvecs="results/hess_frozen", project=True, num_samples=1280)
     s.summary["eigen"]["overlap_full"]
     d = bnlab.analyse_dynamics("runs/bn")
     [(r.param, r.angle, r.angle_pred) for r in d.report.layers]
     h.write("results/hess_bn")          # the same files `bnlab hessian --out` writes
 
 Evaluation-set options (`num_samples`, `batch_size`, `bn_mode`, `eval_seed`, `data_dir`, `dtype`)
-go to `bnlab.context.EvalSpec`; everything else to the analysis's options dataclass.
+go to `bnlab.context.EvalSpec`; everything else to the analysis's options dataclass. Every analysis
+defaults to the same evaluation set (`bnlab.context.DEFAULT_NUM_SAMPLES` examples, eval_seed 0): give
+the same evaluation options to `hessian` and `output_stats` (above, `num_samples=1280` to both) when one
+uses the other's eigenvectors; `output_stats(eigvecs=...)` warns about, and records in
+`summary["eigen"]["eval_set_mismatch"]`, every evaluation setting in which they differ. `write(folder)`
+creates the folder.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +71,10 @@ def output_stats(ckpt: str | os.PathLike | Checkpoint, *, device: str | torch.de
         rest["eigvecs"] = str(rest["eigvecs"])
     opts = OutstatsOptions(eval=spec, **rest)
     opts.validate()
-    return run_outstats(build_context(ckpt, spec, device=device), opts, quiet=quiet)
+    result = run_outstats(build_context(ckpt, spec, device=device), opts, quiet=quiet)
+    for text in result.warnings:  # e.g. eigenvectors of a Hessian on another evaluation set
+        warnings.warn(text, stacklevel=2)
+    return result
 
 
 def analyse_dynamics(run_dir: str | os.PathLike, **options: Any) -> DynamicsResult:

@@ -12,6 +12,13 @@ Crash safety: at the end of an epoch the files it promises are written first (ck
 final.pt) and last.pt last; last.pt is the commit point. A run killed anywhere resumes from the
 last committed epoch and redoes (bit-identically) whatever had not been committed.
 
+Interruption (Ctrl-C, SIGTERM: see `bnlab.interrupt`): status.json records "interrupted" with the
+step reached and the epoch a resume starts from, and `TrainingInterrupted` (a KeyboardInterrupt) says
+how to resume; what a resume needs is last.pt, already committed.
+
+Progress: per epoch a bar on a terminal (elsewhere a line every `progress_every` seconds), with the
+whole run's ETA; a long CPU run says at its start what it will take.
+
 Divergence (a non-finite loss, gradient or BN buffer) is a result: training stops before the bad
 update, the last finite state (weights and buffers) is saved as final.pt with status "diverged" and
 the step/lr recorded.
@@ -27,6 +34,8 @@ not part of the config (it is recorded in the runtime record), so a run resumes 
 from __future__ import annotations
 
 import csv
+import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -48,7 +57,7 @@ from .errors import BnlabError
 from .io.jsonfile import read_json, write_json
 from .models import build_model
 from .norms import calibrate_frozen_norms
-from .progress import Progress
+from .progress import Progress, RunEta, eta_text
 from .rundir import check_out_dir, claim_out_dir, output_path
 from .runtime import runtime_info, tune_allocator
 from .schedule import lr_at
@@ -56,11 +65,38 @@ from .schedule import lr_at
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
                   "train_time", "eval_time", "img_per_s")
 DYNAMICS_FLUSH_SECONDS = 20.0  # the dynamics log reaches disk at least this often during an epoch
+PROGRESS_EVERY_SECONDS = 30.0  # off a terminal, a progress line at least this often within an epoch
+SLOW_CPU_WIDTH = 32  # CPU runs at this width or more say at their start what they will take
+ESTIMATE_AFTER_STEPS = 2  # ... measured on this many steps
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT/SIGTERM; status.json records it and `message` says how to resume."""
+
+    def __init__(self, run_dir: Path, signal_name: str, step: int, epochs: int, resume_epoch: int,
+                 steps_per_epoch: int, exit_code: int) -> None:
+        super().__init__(signal_name)
+        self.run_dir, self.signal_name, self.step, self.epochs = run_dir, signal_name, step, epochs
+        self.resume_epoch, self.steps_per_epoch, self.exit_code = resume_epoch, steps_per_epoch, exit_code
+        self.args = (self.message,)  # what a notebook's traceback shows
+
+    @property
+    def resume_command(self) -> str:
+        return f"bnlab train --resume {self.run_dir}"
+
+    @property
+    def message(self) -> str:
+        e, s = divmod(self.step, self.steps_per_epoch)
+        where = f"epoch {e + 1}/{self.epochs}, step {s}/{self.steps_per_epoch}" if s else f"end of epoch {e}"
+        start = (f"from epoch {self.resume_epoch} (last.pt)" if self.resume_epoch
+                 else "from the start (no epoch had finished)")
+        return (f"interrupted ({self.signal_name}) at step {self.step} ({where}); status.json records it. "
+                f"Resume with: {self.resume_command}  (continues {start})")
 
 
 @dataclass
 class RunResult:
-    status: str  # "finished" | "diverged" | "stopped" (stop_after_epoch reached)
+    status: str  # "finished" | "diverged" | "stopped" (stop_after_epoch reached); see TrainingInterrupted
     run_dir: Path
     metrics: dict[str, Any] = field(default_factory=dict)  # last epoch's row
     diverged: dict[str, Any] | None = None
@@ -153,6 +189,13 @@ class _Run:
     forward: nn.Module | None = None  # what a training step calls: the model, or DDP around it
     rank: int = 0
     world: int = 1
+    committed_epoch: int = 0  # what last.pt holds: where a resume starts
+    committed_step: int = 0
+    progress_every: float | None = PROGRESS_EVERY_SECONDS
+    eta: RunEta | None = None
+    # status.json and the epoch's files are written under this lock: an interrupt recorded from
+    # another thread (`bnlab.interrupt`) waits for a commit in progress and never interleaves with it.
+    files_lock: threading.RLock = field(default_factory=threading.RLock)
 
     def snapshot(self, status: str, diverged: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "seed": self.config.seed, "device": str(self.device),
@@ -160,13 +203,27 @@ class _Run:
                 "rng": _rng_state(), "epoch": self.epoch, "step": self.step, "metrics": self.metrics,
                 "status": status, "diverged": diverged}
 
-    def write_status(self, status: str, diverged: dict[str, Any] | None = None) -> None:
+    def write_status(self, status: str, diverged: dict[str, Any] | None = None,
+                     interrupted: dict[str, Any] | None = None) -> None:
         record: dict[str, Any] = {"status": status, "epoch": self.epoch, "step": self.step,
                                   "total_train_time": sum(m["train_time"] for m in self.metrics),
                                   "total_eval_time": sum(m["eval_time"] for m in self.metrics)}
         if diverged is not None:
             record["diverged"] = diverged
-        write_json(self.out / "status.json", record)
+        if interrupted is not None:  # epoch/step: the committed state (last.pt) a resume starts from
+            record.update(epoch=self.committed_epoch, step=self.committed_step, interrupted=interrupted)
+        with self.files_lock:
+            write_json(self.out / "status.json", record)
+
+    def record_interrupt(self, signal_name: str, exit_code: int) -> TrainingInterrupted:
+        """Write status "interrupted" (rank 0) and describe the interruption."""
+        info = TrainingInterrupted(self.out, signal_name, self.step, self.config.epochs, self.committed_epoch,
+                                   self.steps_per_epoch, exit_code)
+        if distributed.is_main():
+            self.write_status("interrupted", interrupted={
+                "signal": signal_name, "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+                "resume_from_epoch": self.committed_epoch, "resume_command": info.resume_command})
+        return info
 
     def flush_dynamics(self) -> None:
         if self.tracker is not None:
@@ -175,12 +232,15 @@ class _Run:
 
 def train(config: TrainConfig | None, out_dir: str | Path, *, device: str | torch.device = "auto",
           resume: bool = False, force: bool = False, quiet: bool = False,
-          stop_after_epoch: int | None = None, data: Data | None = None) -> RunResult:
+          stop_after_epoch: int | None = None, data: Data | None = None,
+          progress_every: float | None = PROGRESS_EVERY_SECONDS) -> RunResult:
     """Train `config` into run directory `out_dir` (or continue it with resume=True).
 
     resume: continue from out_dir/last.pt with the run's own config (the `config` argument is
     ignored then and may be None). stop_after_epoch: return after that epoch as if interrupted
     (the run stays resumable). data: preloaded data to reuse (must match config.data).
+    progress_every: off a terminal, seconds between progress lines within an epoch (None: at its end only).
+    A KeyboardInterrupt (Ctrl-C) is recorded in status.json and re-raised as `TrainingInterrupted`.
     In a process group of several ranks every rank calls this (see the module docs); CUDA means
     this rank's GPU (cuda:LOCAL_RANK).
     """
@@ -210,12 +270,40 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, device: str | torc
         if resume:  # re-read under the lock: the state another process may have left is final now
             config, payload = distributed.on_main(lambda: _resume_point(out))
         run = _open_run(config, out, dev, data, steps_per_epoch, payload, quiet)
+        run.progress_every = progress_every
+        if resume and not quiet:
+            print(f"resuming from epoch {run.epoch} (last.pt)" if payload is not None else
+                  "resuming: no epoch had finished (no last.pt); starting again from epoch 1", flush=True)
         if payload is not None and payload.get("status") in ("finished", "diverged"):
             result = _complete_committed(run, payload)
         else:
-            result = _train_epochs(run, stop_after_epoch)
+            _ACTIVE.append(run)
+            try:
+                result = _train_epochs(run, stop_after_epoch)
+            except TrainingInterrupted:
+                raise
+            except KeyboardInterrupt as e:  # Ctrl-C, or `bnlab.interrupt.Interrupt` (SIGINT/SIGTERM)
+                raise run.record_interrupt(getattr(e, "signal_name", "SIGINT"),
+                                           getattr(e, "exit_code", 130)) from None
+            finally:
+                _ACTIVE.remove(run)
     distributed.barrier()  # no rank returns before rank 0 has written and released the run
     return result
+
+
+# The run this process is training, for an interrupt recorded from a watcher thread while the main
+# thread is stuck in a long C++ call (`bnlab.interrupt`); one entry at most.
+_ACTIVE: list[_Run] = []
+
+
+def record_active_interrupt(signal_name: str, exit_code: int) -> TrainingInterrupted | None:
+    """Record the interruption of the run in progress from another thread, for a caller that ends the process
+    next: the run's files stay locked, so the main thread writes nothing after the record. None if none trains."""
+    if not _ACTIVE:
+        return None
+    run = _ACTIVE[-1]
+    run.files_lock.acquire()  # never released: the process ends
+    return run.record_interrupt(signal_name, exit_code)
 
 
 def _resume_point(out: Path) -> tuple[TrainConfig, dict[str, Any] | None]:
@@ -246,6 +334,7 @@ def _open_run(config: TrainConfig, out: Path, dev: torch.device, data: Data, ste
         opt.load_state_dict(payload["optimizer"])
         torch.set_rng_state(payload["rng"]["torch"])
         run.epoch, run.step, run.metrics = payload["epoch"], payload["step"], list(payload["metrics"])
+        run.committed_epoch, run.committed_step = run.epoch, run.step
     record = ddp.describe(config, world, payload.get("runtime") if payload is not None else None, run.epoch)
     if record is not None:
         run.runtime["distributed"] = record
@@ -292,9 +381,11 @@ def _train_epochs(run: _Run, stop_after_epoch: int | None) -> RunResult:
     config = run.config
     run.model.train()
     row: dict[str, Any] = {}
+    run.eta = RunEta(config.epochs * run.steps_per_epoch, run.step, run.steps_per_epoch)
     while run.epoch < config.epochs:
         epoch = run.epoch
-        bar = Progress(run.steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", quiet=run.quiet, unit="step")
+        bar = Progress(run.steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", quiet=run.quiet, unit="step",
+                       heartbeat=run.progress_every)
         t0 = time.perf_counter()
         stats, diverged = _train_one_epoch(run, epoch, bar)
         ddp.average_running_stats(run.model, config)
@@ -303,6 +394,7 @@ def _train_epochs(run: _Run, stop_after_epoch: int | None) -> RunResult:
         t1 = time.perf_counter()
         test_loss, test_acc = evaluate(run.model, run.data, config, run.device, sharded=run.world > 1)
         eval_time = time.perf_counter() - t1
+        run.eta.add_eval(eval_time)
         seen = max(stats["seen"], 1)
         row = {"epoch": epoch + 1, "step": run.step, "lr": stats["lr"],
                "train_loss": stats["loss_sum"] / seen, "train_acc": stats["correct"] / seen,
@@ -310,9 +402,11 @@ def _train_epochs(run: _Run, stop_after_epoch: int | None) -> RunResult:
                "eval_time": round(eval_time, 3), "img_per_s": round(stats["seen"] / max(train_time, 1e-9), 1)}
         run.metrics.append(row)
         if not run.quiet:
+            left = run.eta.remaining() if epoch + 1 < config.epochs else None
             print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
                   f"test loss {test_loss:.4f} acc {test_acc:.4f} | {train_time:.1f}s train "
-                  f"{eval_time:.1f}s eval", flush=True)
+                  f"{eval_time:.1f}s eval" + (f" | run ETA {eta_text(left)}" if left is not None else ""),
+                  flush=True)
         if diverged is not None:
             distributed.on_main(lambda: _commit_epoch(run, "diverged", diverged))  # noqa: B023
             if not run.quiet:
@@ -329,16 +423,31 @@ def _train_epochs(run: _Run, stop_after_epoch: int | None) -> RunResult:
 
 def _commit_epoch(run: _Run, status: str, diverged: dict[str, Any] | None = None) -> None:
     """Write the epoch's files; last.pt goes last (the commit point a resume starts from)."""
-    run.flush_dynamics()
-    _write_metrics(run.out / "metrics.csv", run.metrics)
-    snap = run.snapshot(status, diverged)
-    if status == "running" or status == "finished":
-        if run.config.save_every and run.epoch % run.config.save_every == 0:
-            save_checkpoint(run.out / f"ckpt_epoch_{run.epoch:03d}.pt", snap)
-    if status in ("finished", "diverged"):
-        save_checkpoint(run.out / "final.pt", snap)
-    save_checkpoint(run.out / "last.pt", snap)
+    with run.files_lock:
+        run.flush_dynamics()
+        _write_metrics(run.out / "metrics.csv", run.metrics)
+        snap = run.snapshot(status, diverged)
+        if status == "running" or status == "finished":
+            if run.config.save_every and run.epoch % run.config.save_every == 0:
+                save_checkpoint(run.out / f"ckpt_epoch_{run.epoch:03d}.pt", snap)
+        if status in ("finished", "diverged"):
+            save_checkpoint(run.out / "final.pt", snap)
+        save_checkpoint(run.out / "last.pt", snap)
+        run.committed_epoch, run.committed_step = run.epoch, run.step
     run.write_status(status, diverged)
+
+
+def _say_cpu_cost(run: _Run) -> None:
+    """On CPU at a large width, once the first steps are timed: what the whole run will take, and what finishes."""
+    eta = run.eta
+    width = run.config.model.width
+    if (run.quiet or run.device.type != "cpu" or width < SLOW_CPU_WIDTH or eta is None
+            or eta.timed_steps != ESTIMATE_AFTER_STEPS):
+        return
+    left = eta.remaining() or 0.0
+    print(f"note: on this CPU the run takes about {eta_text(left)} more ({eta.seconds_per_step:.3g} s/step over the "
+          f"first {eta.timed_steps} steps, {eta.total - eta.done} steps left); `--width 16` (~{(width / 16) ** 2:.0f}x "
+          "less compute) or `bnlab reproduce --scale cpu` finish on a CPU", file=sys.stderr, flush=True)
 
 
 def _train_one_epoch(run: _Run, epoch: int, bar: Progress) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -352,6 +461,7 @@ def _train_one_epoch(run: _Run, epoch: int, bar: Progress) -> tuple[dict[str, An
     loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
     correct = torch.zeros((), device=dev, dtype=torch.float64)
     seen, lr, t_flush = 0, 0.0, time.perf_counter()
+    t_step = t_flush
     batches = train_batches(run.data, config.data, config.batch_size, config.seed, epoch, shard=(run.rank, run.world))
     for i, (x, y) in enumerate(batches):
         frac = epoch + (i + 1) / run.steps_per_epoch  # the lr at the end of this step
@@ -388,11 +498,17 @@ def _train_one_epoch(run: _Run, epoch: int, bar: Progress) -> tuple[dict[str, An
         seen += n
         if log:
             run.tracker.after_step(run.step, frac, lr, loss, acc)
-        if run.tracker is not None and time.perf_counter() - t_flush > DYNAMICS_FLUSH_SECONDS:
-            run.flush_dynamics()
+        now = time.perf_counter()
+        run.eta.add_step(now - t_step)
+        t_step = now
+        _say_cpu_cost(run)
+        if run.tracker is not None and now - t_flush > DYNAMICS_FLUSH_SECONDS:
+            with run.files_lock:
+                run.flush_dynamics()
             t_flush = time.perf_counter()
         # Called at once or never (only when the bar redraws), so binding the loop variables is fine.
-        bar.update(1, lambda: f"loss {loss.item():.3f} acc {acc.item():.3f} lr {lr:.4g}")  # noqa: B023
+        bar.update(1, lambda: f"loss {loss.item():.3f} acc {acc.item():.3f} lr {lr:.4g} | run ETA "  # noqa: B023
+                              f"{eta_text(run.eta.remaining())}")
     return {"loss_sum": loss_sum.item(), "correct": correct.item(), "seen": seen, "lr": lr}, None
 
 

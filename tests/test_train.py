@@ -23,8 +23,9 @@ def test_tiny_run_learns_and_writes_the_run_directory(tmp_path):
     assert result.status == "finished"
     metrics = read_csv(tmp_path / "run" / "metrics.csv")
     assert len(metrics) == 3
-    assert float(metrics[-1]["test_acc"]) > 0.5  # chance is 0.1
-    assert float(metrics[-1]["train_loss"]) < float(metrics[0]["train_loss"])
+    # chance is 0.1; measured 0.86..0.92 over seeds 0-3 x threads 1, 2 (default kernels; AVX2 seed 0: 0.84)
+    assert float(metrics[-1]["test_acc"]) > 0.5
+    assert float(metrics[-1]["train_loss"]) < float(metrics[0]["train_loss"])  # measured ratio 0.31..0.36
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"config.json", "metrics.csv", "dynamics.csv", "last.pt", "final.pt", "status.json"} <= files
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "finished"
@@ -49,8 +50,8 @@ def test_dynamics_log_rows_are_consistent(tmp_path):
         if name in prev:  # relative step is measured against the norm before the step
             assert float(r["rel_step"]) == pytest.approx(float(r["dw_norm"]) / prev[name], rel=1e-5)
         prev[name] = w
-        if name.endswith("conv.weight"):  # BN-preceded: gradient orthogonal to w
-            assert abs(float(r["cos_wg"])) < 1e-3
+        if name.endswith("conv.weight"):  # BN-preceded: gradient orthogonal to w (measured |cos| <= 1.3e-5,
+            assert abs(float(r["cos_wg"])) < 1e-3  # angle/rel_step within 0.9%: seeds x threads x CPU kernels)
             # with wd=0 the update is ~orthogonal to w: angle ~= rel_step
             assert float(r["angle"]) == pytest.approx(float(r["rel_step"]), rel=0.05)
     ch = read_csv(tmp_path / "run" / "dynamics_channels.csv")

@@ -6,9 +6,18 @@ from typing import Any
 
 import click
 
+from .. import distributed
+from ..context import AnalysisContext
 from ..io.eigvecs import eigvecs_file
 from ..outstats import MOMENTS
-from ..outstats.run import OutstatsOptions, OutstatsResult, check_inputs, run_outstats
+from ..outstats.run import (
+    OutstatsOptions,
+    OutstatsResult,
+    check_inputs,
+    eval_set_mismatch,
+    mismatch_warning,
+    run_outstats,
+)
 from .common import (
     analyse_checkpoint_in_group,
     device_option,
@@ -63,11 +72,19 @@ def command(ckpt: str, stats: str, channels: str | None, hist_layers: str | None
                            histograms=not no_histograms, **options)
     opts.validate()
     result = analyse_checkpoint_in_group(ckpt, opts.eval, device, out, force, quiet,  # torchrun: rank 0 writes
-                                         lambda ctx: check_inputs(ctx, opts),
+                                         lambda ctx: _check(ctx, opts),
                                          lambda ctx, q: run_outstats(ctx, opts, quiet=q),
                                          inputs=(("eigenvectors", opts.eigvecs and eigvecs_file(opts.eigvecs)),))
     if result is not None:
         _echo_summary(result, Path(out))
+
+
+def _check(ctx: AnalysisContext, opts: OutstatsOptions) -> None:
+    """The refusals, then (before the long computation) a warning if the eigenvectors' evaluation set is another."""
+    ev = check_inputs(ctx, opts)
+    mismatch = {} if ev is None else eval_set_mismatch(ev.settings, ctx.settings())
+    if mismatch and distributed.is_main():
+        click.echo(f"warning: {mismatch_warning(mismatch, str(opts.eigvecs))} (recorded in outstats.json)", err=True)
 
 
 def _echo_summary(result: OutstatsResult, out_dir: Path) -> None:

@@ -19,6 +19,7 @@ from ..context import AnalysisContext, EvalSpec
 from ..errors import BnlabError
 from ..io.eigvecs import FILENAME as EIGVECS_FILE
 from ..io.eigvecs import read_eigvecs, write_eigvecs
+from ..io.folder import result_folder
 from ..io.jsonfile import write_json
 from ..progress import Progress
 from .density import slq_density
@@ -95,7 +96,7 @@ class HessianResult:
 
     def write(self, out: str | Path) -> list[Path]:
         """hessian.json and (with eigenpairs) eigvecs.pt into the folder `out`."""
-        out = Path(out)
+        out = result_folder(out)
         paths = [write_json(out / RECORD_FILE, self.record, indent=1)]
         if self.eigen is not None:
             paths.append(write_eigvecs(out / EIGVECS_FILE, self.eigen.eigenvalues, self.eigen.eigenvectors,

@@ -27,6 +27,7 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..context import build_context
 from ..device import resolve_device
 from ..errors import BnlabError
+from ..io.folder import result_folder
 from ..io.jsonfile import write_json
 from ..progress import Progress
 from ..schedule import lr_at
@@ -62,12 +63,10 @@ class SeriesResult:
     results: list[HessianResult]  # per checkpoint, in order
 
     def write(self, out: str | Path) -> list[Path]:
-        out = Path(out)
+        out = result_folder(out)
         paths = []
         for entry, res in zip(self.record["checkpoints"], self.results):
-            sub = out / f"epoch_{entry['epoch']:03d}"
-            sub.mkdir(exist_ok=True)
-            paths += res.write(sub)
+            paths += res.write(out / f"epoch_{entry['epoch']:03d}")
         paths.append(write_json(out / RECORD_FILE, self.record, indent=1))
         return paths
 

@@ -14,6 +14,7 @@ import torch
 
 from .. import validate as check
 from ..errors import BnlabError
+from ..io.folder import result_folder
 from ..io.jsonfile import write_json
 from ..io.torchfile import atomic_torch_save
 from .fcnet import fc_collapse
@@ -53,7 +54,7 @@ class CollapseResult:
     values: dict[str, dict[str, torch.Tensor]]  # plain/centred -> layer -> (channels, inputs)
 
     def write(self, out: str | Path) -> list[Path]:
-        out = Path(out)
+        out = result_folder(out)
         return [write_json(out / RECORD_FILE, self.record, indent=1), atomic_torch_save(self.values, out / VALUES_FILE)]
 
 

@@ -19,6 +19,7 @@ from ..curvature.linop import ProjectedOperator
 from ..curvature.operator import LOSS_SCALES
 from ..errors import BnlabError
 from ..io.eigvecs import Eigvecs, read_eigvecs
+from ..io.folder import result_folder
 from ..io.jsonfile import write_json
 from ..io.torchfile import atomic_torch_save
 from ..models import build_model
@@ -72,8 +73,15 @@ class OutstatsResult:
     summary: dict[str, Any]  # what outstats.json holds
     tensors: dict[str, Any]  # what outstats.pt holds (gradients, values, activations)
 
+    @property
+    def warnings(self) -> list[str]:
+        """What the reader of these numbers must know (eigenvectors from another evaluation set)."""
+        eigen = self.summary.get("eigen") or {}
+        mismatch = eigen.get("eval_set_mismatch")
+        return [mismatch_warning(mismatch, eigen["source"])] if mismatch else []
+
     def write(self, out: str | Path) -> list[Path]:
-        out = Path(out)
+        out = result_folder(out)
         return [write_json(out / SUMMARY_FILE, self.summary), atomic_torch_save(self.tensors, out / TENSORS_FILE)]
 
 
@@ -86,6 +94,25 @@ def check_eigvecs_match(ev: Eigvecs, op_settings: dict[str, Any], param_names: l
     if list(ev.param_names) != list(param_names):
         raise BnlabError(f"the eigenvectors in {source} are over other parameters than this model's "
                          f"(hessian --params {ev.settings.get('params')}); overlaps need all trainable parameters")
+
+
+# What makes two evaluation sets the same data seen the same way (where the files lie may differ).
+EVAL_SET_KEYS = ("dataset", "data_subset", "num_samples", "batch_size", "eval_seed", "bn_mode", "dtype",
+                 "label_smoothing")
+
+
+def eval_set_mismatch(hessian_settings: dict[str, Any], ours: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The evaluation-set settings in which eigenvectors from `bnlab hessian` differ from this analysis's:
+    {key: {"hessian": theirs, "outstats": ours}} (empty: the same set). Keys either side lacks are not compared."""
+    return {k: {"hessian": hessian_settings[k], "outstats": ours[k]} for k in EVAL_SET_KEYS
+            if k in hessian_settings and k in ours and hessian_settings[k] != ours[k]}
+
+
+def mismatch_warning(mismatch: dict[str, dict[str, Any]], source: str) -> str:
+    """One line saying how the eigenvectors' evaluation set differs, and how to make them agree."""
+    diff = ", ".join(f"{k} {v['hessian']} vs {v['outstats']}" for k, v in mismatch.items())
+    return (f"the eigenvectors in {source} were computed on another evaluation set ({diff}; hessian vs outstats): "
+            "overlaps compare vectors of two different Hessians; pass the same evaluation options to both")
 
 
 def check_inputs(ctx: AnalysisContext, opts: OutstatsOptions) -> Eigvecs | None:
@@ -134,7 +161,8 @@ def run_outstats(ctx: AnalysisContext, opts: OutstatsOptions, *, quiet: bool = T
         op.quiet = quiet
     eig = _eigvecs(ev, op, opts, quiet)
     if eig is not None:
-        summary["eigen"] = _eigen_overlaps(eig, basis_means, basis_all)
+        mismatch = {} if ev is None else eval_set_mismatch(ev.settings, ctx.settings())
+        summary["eigen"] = _eigen_overlaps(eig, basis_means, basis_all, mismatch)
     if opts.project:
         k = max(opts.num_eigs, 1) if eig is None else max(opts.num_eigs, eig[0].shape[0])
         res = solve_with_progress(ProjectedOperator(op, basis_all), k, tol=opts.tol, seed=opts.seed, verify=False,
@@ -190,7 +218,7 @@ def _spans(sg: Any, opts: OutstatsOptions, summary: dict[str, Any], model_dtype:
 
 
 def _eigen_overlaps(eig: tuple[torch.Tensor, torch.Tensor | None, str, dict], basis_means: torch.Tensor | None,
-                    basis_all: torch.Tensor) -> dict[str, Any]:
+                    basis_all: torch.Tensor, mismatch: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Squared overlaps of each Hessian eigenvector with the spans (and where the vectors came from)."""
     vecs, vals, source, hsettings = eig
     if vecs.shape[1] != basis_all.shape[0]:
@@ -198,7 +226,8 @@ def _eigen_overlaps(eig: tuple[torch.Tensor, torch.Tensor | None, str, dict], ba
                          "were they computed for this checkpoint with all parameters?")
     out = {"source": source, "eigenvalues": None if vals is None else vals.tolist(),
            "hessian_settings": {k: hsettings.get(k) for k in ("bn_mode", "units", "num_samples", "batch_size",
-                                                              "loss_scale")},
+                                                              "eval_seed", "data_subset", "loss_scale")},
+           "eval_set_mismatch": mismatch,
            "overlap_full": overlaps(basis_all, vecs.T.to(basis_all.device)).tolist()}
     if basis_means is not None:
         out["overlap_means"] = overlaps(basis_means, vecs.T.to(basis_means.device)).tolist()

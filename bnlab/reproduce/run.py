@@ -29,6 +29,7 @@ from ..device import resolve_device
 from ..errors import BnlabError
 from ..findings.record import VERDICTS, FindingRecord
 from ..findings.spec import IDS, in_group
+from ..io.folder import result_folder
 from ..io.jsonfile import read_json, write_json
 from ..rundir import claim_out_dir, output_path
 from .cache import STAGE_FILE, STAGE_FORMAT, data_fingerprint, finished, stage_dir, stage_keys
@@ -110,7 +111,7 @@ class ReproduceResult:
 
     def write(self, out: str | Path) -> list[Path]:
         """report.json, the figures (DIR/figures/*.png), report.md and the self-contained report.html."""
-        return write_report(self, Path(out))
+        return write_report(self, result_folder(out))
 
 
 def _context(opts: ReproduceOptions, dev: torch.device) -> dict[str, Any]:

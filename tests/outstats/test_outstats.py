@@ -331,7 +331,8 @@ def test_fc_collapse_follows_arccos_recursion() -> None:
     assert res["theory"] == arccos_recursion(20) and len(res["shares"]) == 20
     expected = [ci + (1 - ci) / n for ci in res["theory"]]  # distinct pairs at c_l, plus the diagonal
     assert res["theory_share"] == pytest.approx(expected, rel=1e-12)
-    assert max(abs(a - b) for a, b in zip(res["shares"], expected)) < 0.05  # measured max 0.025 over seeds
+    # measured max 0.025 (centred below: 0.021) over seeds 0-3 x threads 1, 2 x default/AVX2 kernels
+    assert max(abs(a - b) for a, b in zip(res["shares"], expected)) < 0.05
     centred = fc_collapse(depth=10, width=1024, n_inputs=n, seed=0, centre=True)
     assert all(abs(s - 1 / math.pi) < 0.05 for s in centred["shares"][1:])
     # the share of one layer, recomputed from its values: mean over inputs squared over the second moment
