@@ -76,7 +76,8 @@ class ReproduceOptions:
     def validate(self) -> None:
         check.choice("--scale", self.scale, SCALES)
         resolve_targets(self.targets)
-        check.optional_integer("--jobs", self.jobs, 1)
+        if self.jobs is not None:
+            check.integer("--jobs", self.jobs, 1, check.MAX_WORKERS)
         if self.data_dir is not None and self.scale != "smoke":
             cifar.locate(self.data_dir)  # a named folder or tarball is checked, never downloaded
 

@@ -136,7 +136,7 @@ class Grid:
 
     def validate(self) -> list[Point]:
         """Every point's config checked (one line on the first bad one); returns the points."""
-        check.integer("--threads", self.threads, 1)
+        check.integer("--threads", self.threads, 1, check.MAX_WORKERS)
         points = self.points()
         for p in points:
             try:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .. import validate as check
 from ..config import TrainConfig
 from ..errors import BnlabError
 from ..io.jsonfile import read_json, write_json
@@ -160,11 +161,14 @@ def run_sweep(grid: Grid, out: str | os.PathLike, *, jobs: int = 1, device: str 
     worker: share the folder with other workers (see module docs) instead of owning it.
     """
     out = Path(out)
-    points = prepare_sweep_dir(grid, out)
-    if only is not None:
+    check.integer("--jobs", jobs, 1, check.MAX_WORKERS)
+    points = grid.validate()
+    if only is not None:  # refused before the sweep folder exists
         bad = [i for i in only if not 0 <= i < len(points)]
         if bad:
             raise BnlabError(f"--point {bad[0]} out of range: the grid has {len(points)} points (0..{len(points) - 1})")
+    points = prepare_sweep_dir(grid, out)
+    if only is not None:
         points = [points[i] for i in only]
     with _flock(out / LOCK_NAME, shared=worker) as ok:
         if not ok:
