@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import errno
-import multiprocessing as mp
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ from ..errors import BnlabError
 from ..io.jsonfile import read_json, write_json
 from ..progress import Progress
 from ..rundir import LOCK_NAME, check_out_dir
-from ..runtime import exit_with_parent
+from ..runtime import worker_pool
 from ..train import train
 from .grid import Grid, Point, read_grid_file
 
@@ -138,12 +137,9 @@ def _run_point(config_dict: dict[str, Any], rd: Path, device: str, retries: int,
                 res = train(config, rd, device=device, force=True, quiet=quiet)
             return res.status, "ran"
         except Exception as e:  # a crashed point is retried (resumed from last.pt when there is one)
-            last_error = f"{type(e).__name__}: {e}"
+            text = " ".join(str(e).split())[:300]  # one line (torch's write errors span several)
+            last_error = text if isinstance(e, BnlabError) else f"{type(e).__name__}: {text}"
     return "crashed", last_error
-
-
-def _worker_init() -> None:
-    exit_with_parent()
 
 
 @dataclass
@@ -203,8 +199,7 @@ def _run_points(grid: Grid, out: Path, points: list[Point], jobs: int, device: s
         for p, a in zip(todo, args):
             record(p, *run_point(*a))
     else:
-        # spawn: no forked copies of torch's thread pools; workers exit if this process dies
-        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+        with worker_pool(jobs) as pool:  # workers die with this process (bnlab.runtime)
             futures = {pool.submit(run_point, *a): p for p, a in zip(todo, args)}
             for fut in cf.as_completed(futures):
                 try:
