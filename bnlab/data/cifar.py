@@ -165,7 +165,7 @@ def _malformed_batch(x: np.ndarray, y: np.ndarray) -> str | None:
     if len(x) == 0:
         return "no images: an empty batch"
     if x.dtype != np.uint8 and not (np.issubdtype(x.dtype, np.integer) and x.min() >= 0 and x.max() <= 255):
-        return (f"data of dtype {x.dtype} with values up to {x.max()}, expected uint8 pixels 0..255"
+        return (f"data of dtype {x.dtype} with values from {x.min()} to {x.max()}, expected uint8 pixels 0..255"
                 if np.issubdtype(x.dtype, np.number) else f"data of dtype {x.dtype}, expected uint8 pixels")
     if y.ndim != 1 or len(y) != len(x):
         return f"labels of shape {y.shape} for {len(x)} images, expected ({len(x)},)"
