@@ -74,6 +74,12 @@ class DataSpec:
         """Training images a run sees at most (the subset, else the whole set)."""
         return self.subset or self.full_sizes()[0]
 
+    def check_batch_size(self, batch_size: int) -> None:
+        """Refuse a batch larger than the training set can be (known before the data are loaded)."""
+        if batch_size > self.train_size():
+            raise BnlabError(f"--batch-size {batch_size} is larger than the training set ({self.train_size()} "
+                             "images)")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -115,10 +121,7 @@ class TrainConfig:
         self.model.validate()
         self.data.validate()
         check.integer("--epochs", self.epochs, 1, MAX_EPOCHS)
-        check.integer("--batch-size", self.batch_size, 1)
-        if self.batch_size > self.data.train_size():
-            raise BnlabError(f"--batch-size {self.batch_size} is larger than the training set "
-                             f"({self.data.train_size()} images)")
+        check.integer("--batch-size", self.batch_size, 1, MAX_SYNTHETIC)  # no dataset here holds more images
         check.seed("--seed", self.seed)
         if self.model.norm == "ghost" and self.batch_size % self.model.ghost_splits:
             raise BnlabError(f"ghost BN with {self.model.ghost_splits} splits needs a batch size divisible "

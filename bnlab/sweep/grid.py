@@ -140,7 +140,8 @@ class Grid:
         points = self.points()
         for p in points:
             try:
-                self.config(p)
+                cfg = self.config(p)
+                cfg.data.check_batch_size(cfg.batch_size)  # here, not in training: before the folder exists
             except BnlabError as e:
                 raise BnlabError(f"grid point {p.name}: {e}") from None
         return points
