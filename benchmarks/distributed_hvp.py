@@ -158,7 +158,7 @@ def _free_port() -> int:
 
 
 def _run_config(args: argparse.Namespace, procs: int, threads: int, out: Path) -> dict[str, Any]:
-    import torch
+    from bnlab.io.torchfile import load_torch_file
 
     port = _free_port()
     cmd = [sys.executable, __file__, "--rank", "--width", str(args.width), "--num-samples", str(args.num_samples),
@@ -171,7 +171,7 @@ def _run_config(args: argparse.Namespace, procs: int, threads: int, out: Path) -
     codes = [p.wait() for p in ps]
     if any(codes):
         raise SystemExit(f"a rank failed ({codes})")
-    return torch.load(out, weights_only=False)
+    return load_torch_file(out)
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:

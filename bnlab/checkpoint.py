@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from . import __version__
 from .bnmode import has_batch_stats
 from .config import TrainConfig
 from .errors import BnlabError
-from .io.torchfile import atomic_torch_save
+from .io.torchfile import atomic_torch_save, load_torch_file
 from .models import build_model
 
 FORMAT = "bnlab-checkpoint"
@@ -59,9 +58,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise BnlabError(f"no checkpoint at {path}")
     try:
-        with warnings.catch_warnings():  # torch warns about legacy/foreign formats: our error says it all
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = load_torch_file(path, map_location=map_location)
     except pickle.UnpicklingError:
         raise BnlabError(f"{path} is not a bnlab checkpoint (holds objects beyond tensors and plain "
                          "containers; foreign file?)") from None

@@ -13,9 +13,11 @@ from torch import nn
 from . import validate as check
 from .checkpoint import Checkpoint, file_hash, load_checkpoint, save_checkpoint
 from .data import Data, eval_batches, load_data
+from .data.dataset import data_inputs
 from .errors import BnlabError
 from .models import build_model
 from .norms import batch_norm_layers
+from .rundir import check_apart, output_path
 from .train import evaluate  # the trainer's test-set evaluation, so numbers are comparable
 
 
@@ -62,7 +64,7 @@ def freeze_checkpoint(path: str | Path, out: str | Path, *, data_dir: str | None
                       device: str | torch.device = "cpu", batch_size: int | None = None,
                       force: bool = False) -> dict[str, Any]:
     """Write the frozen-BN version of checkpoint `path` to `out`; returns its summary."""
-    out = Path(out)
+    out = output_path(out)
     if out.is_dir():
         raise BnlabError(f"{out} is a directory; -o names the checkpoint file to write")
     if out.exists() and not force:
@@ -77,6 +79,7 @@ def freeze_checkpoint(path: str | Path, out: str | Path, *, data_dir: str | None
     if not ckpt.has_batch_stats:
         raise BnlabError(f"{path} has no batch-norm layers (variant {ckpt.config.variant}); nothing to freeze")
     spec = ckpt.config.data if data_dir is None else dataclasses.replace(ckpt.config.data, data_dir=data_dir)
+    check_apart(out, [("checkpoint", path), *data_inputs(spec)])  # -o over its own checkpoint or data: refused
     data = load_data(spec, device, seed=ckpt.config.seed)
     bs = batch_size or ckpt.config.batch_size
     batches = refresh_bn_statistics(ckpt.model, data, bs)

@@ -41,6 +41,7 @@ from . import ddp, distributed
 from .checkpoint import load_weights, read_checkpoint, remove_stale_temp_files, save_checkpoint
 from .config import TrainConfig
 from .data import Data, eval_batches, load_data, train_batches
+from .data.dataset import data_inputs
 from .dynamics.log import truncate_csv
 from .dynamics.tracker import DynamicsTracker
 from .errors import BnlabError
@@ -48,7 +49,7 @@ from .io.jsonfile import read_json, write_json
 from .models import build_model
 from .norms import calibrate_frozen_norms
 from .progress import Progress
-from .rundir import claim_out_dir
+from .rundir import check_out_dir, claim_out_dir, output_path
 from .runtime import runtime_info, tune_allocator
 from .schedule import lr_at
 
@@ -184,7 +185,7 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, device: str | torc
     this rank's GPU (cuda:LOCAL_RANK).
     """
     tune_allocator()
-    out = Path(out_dir)
+    out = output_path(out_dir)  # an empty name is refused, not read as '.'
     dev = distributed.rank_device(device)
     world = distributed.world_size()
     quiet = quiet or not distributed.is_main()
@@ -196,12 +197,16 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, device: str | torc
     if config is None:
         raise BnlabError("train() needs a config unless resume=True")
     distributed.agree(lambda: (config.validate(), ddp.check_split(config, world)))  # rank 0 prints a refusal
+    inputs = data_inputs(config.data)  # found before loading: a tarball unpacks beside itself
+    if not resume:  # nothing is created or emptied for a run that would write over its own data
+        distributed.on_main(lambda: check_out_dir(out, force=force, resumable=True, inputs=inputs))
     if data is None:
         data = distributed.agree(lambda: load_data(config.data, dev, seed=config.seed))
     steps_per_epoch = len(data.train_y) // config.batch_size
     if steps_per_epoch == 0:
         raise BnlabError(f"batch size {config.batch_size} is larger than the training set ({len(data.train_y)})")
-    with distributed.main_context(lambda: claim_out_dir(out, force=force, resume=resume, resumable=True)):
+    with distributed.main_context(lambda: claim_out_dir(out, force=force, resume=resume, resumable=True,
+                                                        inputs=inputs)):
         if resume:  # re-read under the lock: the state another process may have left is final now
             config, payload = distributed.on_main(lambda: _resume_point(out))
         run = _open_run(config, out, dev, data, steps_per_epoch, payload, quiet)

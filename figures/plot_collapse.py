@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 from pathlib import Path
 
 import figstyle
-import torch
 from matplotlib.figure import Figure
+
+from bnlab.io.torchfile import load_torch_file
 
 PROG = "plot_collapse"
 NETS = (("share_plain", "ReLU MLP"), ("share_centred", "centred pre-activations"),
@@ -28,8 +30,8 @@ NETS = (("share_plain", "ReLU MLP"), ("share_centred", "centred pre-activations"
 def load(folder: Path) -> tuple[dict, dict]:
     try:
         return (json.loads((folder / "collapse.json").read_text()),
-                torch.load(folder / "collapse_values.pt", weights_only=True))
-    except (OSError, ValueError, RuntimeError) as e:
+                load_torch_file(folder / "collapse_values.pt"))
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
         raise figstyle.fail(PROG, f"{folder} is not a bnlab collapse output ({e})") from None
 
 

@@ -20,14 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 from pathlib import Path
 
 import figstyle
 import numpy as np
 import pandas as pd
 import seaborn as sns
-import torch
 from matplotlib.figure import Figure
+
+from bnlab.io.torchfile import load_torch_file
 
 PROG = "plot_outstats"
 OPERATORS = ("H", "(I−P) H (I−P)")
@@ -38,8 +40,8 @@ PERTURB = (("frac_before", "before"), ("frac_after_grad", "after δ step along �
 def load(folder: Path) -> tuple[dict, dict]:
     try:
         return (json.loads((folder / "outstats.json").read_text()),
-                torch.load(folder / "outstats.pt", map_location="cpu", weights_only=False))
-    except (OSError, ValueError, RuntimeError) as e:
+                load_torch_file(folder / "outstats.pt"))  # tensors only: a crafted file cannot run code
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
         raise figstyle.fail(PROG, f"{folder} is not a bnlab outstats output ({e})") from None
 
 

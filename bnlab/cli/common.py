@@ -6,6 +6,7 @@ load the checkpoint and the data (all refusals happen here), then claim the outp
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -19,18 +20,29 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..context import DEFAULT_BATCH_SIZE, DEFAULT_NUM_SAMPLES, DTYPES, AnalysisContext, EvalSpec, build_context
 from ..curvature.hessian import DEFAULT_TOL
 from ..curvature.operator import LOSS_SCALES
+from ..data.dataset import data_inputs
 from ..device import resolve_device
 from ..errors import BnlabError
-from ..rundir import claim_out_dir
+from ..rundir import check_out_dir, claim_out_dir, output_path
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+class OutPath(click.Path):
+    """An output path: an empty value (an unset shell variable) is refused, not read as the current directory."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("the output path is empty (an unset shell variable?); name the output explicitly", param, ctx)
+        return super().convert(value, param, ctx)
+
 
 device_option = click.option("--device", default="auto", show_default=True,
                              help="cpu, cuda, cuda:N or auto (cuda if available).")
 data_dir_option = click.option("--data-dir", type=click.Path(), default=None,
                                help="CIFAR-10 folder or tarball; default: as the checkpoint's run found it.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-force_option = click.option("--force", is_flag=True, help="Empty a non-empty output directory first.")
+force_option = click.option("--force", is_flag=True, help="Empty a non-empty output directory first (never one that "
+                            "is, holds or lies in an input, nor the current or home directory).")
 tol_option = click.option("--tol", type=float, default=DEFAULT_TOL, show_default=True,
                           help="Eigenpairs converged when ‖Hv−λv‖ ≤ tol·|λ|.")
 loss_scale_option = click.option("--loss-scale", type=click.Choice(LOSS_SCALES), default="mean", show_default=True,
@@ -39,7 +51,7 @@ loss_scale_option = click.option("--loss-scale", type=click.Choice(LOSS_SCALES),
 
 
 def out_option(help_text: str = "Output directory (created; refused if not empty unless --force).") -> Callable[[F], F]:
-    return click.option("--out", "-o", "out", type=click.Path(), required=True, help=help_text)
+    return click.option("--out", "-o", "out", type=OutPath(), required=True, help=help_text)
 
 
 def eval_options(f: F) -> F:
@@ -82,18 +94,30 @@ class Writable(Protocol):
 R = TypeVar("R", bound=Writable)
 
 
+def analysis_inputs(loaded: Checkpoint, spec: EvalSpec, *paths: tuple[str, str | None]) -> list[Any]:
+    """Every path an analysis reads: `paths` (the checkpoint, ...) and the data as `build_context` finds it."""
+    data = loaded.config.data if spec.data_dir is None else dataclasses.replace(loaded.config.data,
+                                                                                data_dir=str(spec.data_dir))
+    return [*paths, *data_inputs(data)]
+
+
 def analyse_checkpoint_in_group(ckpt: str, spec: EvalSpec, device: str, out: str, force: bool, quiet: bool,
                                 check: Callable[[AnalysisContext], Any],
-                                run: Callable[[AnalysisContext, bool], R]) -> R | None:
-    """One checkpoint analysis, the same in one process and under torchrun: load the checkpoint and build
-    the context (every rank, refusals agreed), check the inputs, then claim the output folder (rank 0),
-    run (every rank computes; `run(ctx, quiet)`) and write (rank 0). The result on rank 0, None elsewhere."""
+                                run: Callable[[AnalysisContext, bool], R],
+                                inputs: tuple[tuple[str, str | None], ...] = ()) -> R | None:
+    """One checkpoint analysis, the same in one process and under torchrun: load the checkpoint, check the
+    output against every input (the checkpoint, its data, `inputs`), build the context (every rank, refusals
+    agreed), check the options, then claim the output folder (rank 0), run (every rank computes;
+    `run(ctx, quiet)`) and write (rank 0). The result on rank 0, None elsewhere."""
+    output_path(out)
     with distributed.launch(device) as dev:
         main = distributed.is_main()
         loaded = distributed.agree(lambda: load_for_analysis(ckpt, dev)[0])
+        paths = analysis_inputs(loaded, spec, ("checkpoint", ckpt), *inputs)
+        distributed.on_main(lambda: check_out_dir(out, force=force, inputs=paths))
         ctx = distributed.agree(lambda: build_context(loaded, spec, device=dev))
         distributed.agree(lambda: check(ctx))
-        with distributed.main_context(lambda: claim_out_dir(out, force=force)) as out_dir:
+        with distributed.main_context(lambda: claim_out_dir(out, force=force, inputs=paths)) as out_dir:
             result = run(ctx, quiet or not main)
             distributed.on_main(lambda: result.write(out_dir))
     return result if main else None

@@ -38,9 +38,10 @@ def command(run_dir: str, layers: tuple[str, ...], channels: bool, window: float
     opts = DynamicsOptions(layers=patterns or None, channels=channels, window=window, eq_tol=eq_tol,
                            cos_tol=cos_tol, checkpoint_check=checkpoint_check)
     opts.validate()
-    check_out_dir(out, force=force)
+    inputs = [("run directory", run_dir)]
+    check_out_dir(out, force=force, inputs=inputs)
     result = run_dynamics(run_dir, opts)  # reads the log: every refusal happens before --out is touched
-    with claim_out_dir(out, force=force) as out_dir:
+    with claim_out_dir(out, force=force, inputs=inputs) as out_dir:
         paths = result.write(out_dir)
     if not quiet:
         click.echo(format_table(result.report))

@@ -5,12 +5,12 @@ import click
 
 from ..device import resolve_device
 from ..freeze import freeze_checkpoint
-from .common import data_dir_option, device_option
+from .common import OutPath, data_dir_option, device_option
 
 
 @click.command("freeze")
 @click.argument("ckpt", type=click.Path())
-@click.option("-o", "--out", required=True, type=click.Path(), help="Output checkpoint file.")
+@click.option("-o", "--out", required=True, type=OutPath(), help="Output checkpoint file.")
 @click.option("--batch-size", type=int, default=None, help="Batch size of the BN refresh (the run's).")
 @click.option("--force", is_flag=True, help="Overwrite OUT.")
 @data_dir_option

@@ -8,14 +8,17 @@ from typing import Any
 import click
 
 from .. import distributed
+from ..checkpoint import load_checkpoint
 from ..curvature.hessian import CACHE_GRAPHS, HessianOptions, HessianResult, check_inputs, run_hessian
 from ..curvature.hvp import HVP_METHODS
 from ..curvature.lanczos import EIG_METHODS, WHICH
 from ..curvature.series import run_hessian_series, series_checkpoints
 from ..errors import BnlabError
+from ..io.eigvecs import eigvecs_file
 from ..rundir import check_out_dir, claim_out_dir
 from .common import (
     analyse_checkpoint_in_group,
+    analysis_inputs,
     device_option,
     eval_options,
     eval_spec,
@@ -85,18 +88,27 @@ def command(ckpt: str, out: str, force: bool, device: str, quiet: bool, params: 
         raise BnlabError("--compare-cold is for a run directory (a series of checkpoints)")
     result = analyse_checkpoint_in_group(ckpt, opts.eval, device, out, force, quiet,  # torchrun: rank 0 writes
                                          lambda ctx: check_inputs(ctx, opts),
-                                         lambda ctx, q: run_hessian(ctx, opts, quiet=q))
+                                         lambda ctx, q: run_hessian(ctx, opts, quiet=q),
+                                         inputs=(("warm start", warm_start_file(opts)),))
     if result is not None:
         _echo_summary(ckpt, result, opts, Path(out))
+
+
+def warm_start_file(opts: HessianOptions) -> Path | None:
+    """The eigvecs.pt a warm start reads (an input the output must stay apart from)."""
+    return None if opts.warm_start is None else eigvecs_file(opts.warm_start)
 
 
 def _series(run_dir: str, opts: HessianOptions, out: str, force: bool, device: str, quiet: bool,
             compare_cold: bool) -> None:
     if opts.top_k < 1:
         raise BnlabError("a curvature series needs --top-k >= 1")
-    series_checkpoints(run_dir)  # refuses a folder without saved checkpoints before --out is touched
-    check_out_dir(out, force=force)
-    with claim_out_dir(out, force=force) as out_dir:
+    if opts.warm_start is not None:  # refused here, before --force empties anything
+        raise BnlabError("--warm-start is automatic along a series (each checkpoint starts from the previous one)")
+    first = series_checkpoints(run_dir)[0]  # refuses a folder without saved checkpoints before --out is touched
+    inputs = analysis_inputs(load_checkpoint(first), opts.eval, ("run directory", run_dir))
+    check_out_dir(out, force=force, inputs=inputs)
+    with claim_out_dir(out, force=force, inputs=inputs) as out_dir:
         result = run_hessian_series(run_dir, opts, device=device, quiet=quiet, compare_cold=compare_cold)
         result.write(out_dir)
     rec = result.record

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from ..io.eigvecs import eigvecs_file
 from ..outstats import MOMENTS
 from ..outstats.run import OutstatsOptions, OutstatsResult, check_inputs, run_outstats
 from .common import (
@@ -63,7 +64,8 @@ def command(ckpt: str, stats: str, channels: str | None, hist_layers: str | None
     opts.validate()
     result = analyse_checkpoint_in_group(ckpt, opts.eval, device, out, force, quiet,  # torchrun: rank 0 writes
                                          lambda ctx: check_inputs(ctx, opts),
-                                         lambda ctx, q: run_outstats(ctx, opts, quiet=q))
+                                         lambda ctx, q: run_outstats(ctx, opts, quiet=q),
+                                         inputs=(("eigenvectors", opts.eigvecs and eigvecs_file(opts.eigvecs)),))
     if result is not None:
         _echo_summary(result, Path(out))
 

@@ -7,7 +7,7 @@ import click
 
 from ..reproduce.plan import SCALES
 from ..reproduce.run import ReproduceOptions, run_reproduce
-from .common import device_option, force_option, quiet_option
+from .common import OutPath, device_option, force_option, quiet_option
 
 
 @click.command("reproduce")
@@ -17,7 +17,7 @@ from .common import device_option, force_option, quiet_option
                    "subsets, widths 8-16 (~20 min on 2 cores); full: the posts' settings (GPU).")
 @click.option("--data-dir", type=click.Path(), default=None,
               help="CIFAR-10 folder (cifar-10-batches-py) or tarball; default: $BNLAB_DATA or ~/.cache/bnlab.")
-@click.option("--out", "-o", "out", type=click.Path(), required=True,
+@click.option("--out", "-o", "out", type=OutPath(), required=True,
               help="Reproduction folder: a new or empty one, or one of an earlier `bnlab reproduce` (continued: "
                    "finished stages are reused).")
 @click.option("--jobs", "-j", type=int, default=None,

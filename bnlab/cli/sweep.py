@@ -20,16 +20,16 @@ from ..sweep import (
     summarise_sweep,
 )
 from ..sweep.runner import GRID_FILE
-from .common import device_option, quiet_option
+from .common import OutPath, device_option, quiet_option
 
 
 @click.command("sweep")
-@click.argument("sweep_dir", required=False, type=click.Path())
+@click.argument("sweep_dir", required=False, type=OutPath())
 @click.option("--grid", "grid_spec", default=None,
               help='Axes, e.g. "lr=0.1,0.2,0.4 wd=1.25e-4,2.5e-4,5e-4 momentum=0.9" (see bnlab.sweep).')
 @click.option("--grid-file", type=click.Path(), default=None, help="A grid.json (as written into the sweep "
               "folder) instead of --grid: how a cluster job array runs single points.")
-@click.option("--out", "-o", "out_dir", type=click.Path(), default=None,
+@click.option("--out", "-o", "out_dir", type=OutPath(), default=None,
               help="Sweep directory (or give it as the first argument).")
 @click.option("--variant", default=None, help="Training variant of every point (bn, no_bn, ...).")
 @click.option("--width", type=int, default=None)

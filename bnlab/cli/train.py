@@ -8,7 +8,7 @@ from ..config import DATASETS, SCHEDULES, VARIANTS, make_config
 from ..models import ACTS, MODELS
 from ..norms import NORMS
 from ..train import train
-from .common import device_option, quiet_option
+from .common import OutPath, device_option, quiet_option
 
 
 def _floats(text: str | None) -> tuple[float, ...] | None:
@@ -57,8 +57,8 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 @click.option("--sync-bn", is_flag=True, default=None,
               help="Under torchrun: BN statistics over the global batch (as one process) instead of each "
                    "process's rows (= ghost BN with one split per process).")
-@click.option("--out", "out_dir", type=click.Path(), default=None, help="Run directory (required unless --resume).")
-@click.option("--resume", "resume_dir", type=click.Path(), default=None,
+@click.option("--out", "out_dir", type=OutPath(), default=None, help="Run directory (required unless --resume).")
+@click.option("--resume", "resume_dir", type=OutPath(), default=None,
               help="Continue the run in this directory with its own config.")
 @click.option("--force", is_flag=True, help="Empty a non-empty --out directory first.")
 @device_option

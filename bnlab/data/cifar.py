@@ -110,6 +110,24 @@ def locate(data_dir: str | os.PathLike | None, url: str = URL) -> Path:
     return _extract(tarball, root)
 
 
+
+def input_paths(data_dir: str | os.PathLike | None) -> list[Path]:
+    """What `locate(data_dir)` reads or unpacks into, found without touching anything: the paths an
+    output must stay apart from (see `bnlab.rundir.check_apart`)."""
+    if data_dir is None:
+        root = cache_dir()
+        return [root / FOLDER, root / TARBALL]
+    p = Path(data_dir).expanduser()
+    if _is_folder(p):
+        return [p]
+    if _is_folder(p / FOLDER):
+        return [p / FOLDER]
+    if p.is_file():
+        return [p, p.parent / FOLDER]
+    if (p / TARBALL).is_file():
+        return [p / TARBALL, p / FOLDER]
+    return [p]
+
 # What the official batches (and faithful re-encodings of them) pickle: numpy arrays and their dtypes,
 # and, for bytes written by Python 3 at protocol 2, codecs.encode. Anything else is refused before
 # it runs: a crafted "data_batch_1" could otherwise execute code on load.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,6 +75,13 @@ def load_data(spec: DataSpec, device: torch.device | str = "cpu", seed: int = 0)
 
     return Data(put(trx), put(try_), put(tex), put(tey), source)
 
+
+
+def data_inputs(spec: DataSpec) -> list[tuple[str, Path]]:
+    """The files and folders `load_data(spec)` reads, as (what, path) inputs for an output check."""
+    if spec.dataset == "synthetic":
+        return []
+    return [("data folder", p) for p in cifar.input_paths(spec.data_dir)]
 
 def normalise(x: torch.Tensor, data: Data) -> torch.Tensor:
     mean, std = data.stats()

@@ -53,8 +53,8 @@ FINDINGS: tuple[Finding, ...] = (
             "per-channel output histograms (no number); DavidNet width 8: layer3 0.76 no BN vs 0.55 BN, "
             "logits 0.91 vs 0.89",
             "FC ReLU net (depth 50): share at layers 1, 2, 5, 10, 20, 50 within +-0.05 of the arc-cosine "
-            "recursion (0, .32, .68, .85, .94, .99); centred net (pre-activations centred, as by BN) below 0.05 at "
-            "every layer. DavidNet at init: "
+            "recursion (0, .32, .68, .85, .94, .99); centred net (pre-activations centred, as by BN; share measured "
+            "before centring) flat at 1/pi +-0.05 at every layer >= 2. DavidNet at init: "
             "shares reported side by side, no threshold"),
     Finding("F6", "batch-norm", "LR stress test",
             "With an exponentially growing lr (lr0 2^(epoch/2)) the net without BN fails far earlier than the "

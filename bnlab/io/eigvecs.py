@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import BnlabError
-from .torchfile import atomic_torch_save
+from .torchfile import atomic_torch_save, load_torch_file
 
 FORMAT = "bnlab-eigvecs"
 VERSION = 1
@@ -48,15 +48,19 @@ def write_eigvecs(path: str | os.PathLike, eigenvalues: torch.Tensor, eigenvecto
     return atomic_torch_save(payload, Path(path))
 
 
+def eigvecs_file(path: str | os.PathLike) -> Path:
+    """The file `read_eigvecs(path)` reads: `path`, or the eigvecs.pt in it when it is a folder."""
+    p = Path(path)
+    return p / FILENAME if p.is_dir() else p
+
+
 def read_eigvecs(path: str | os.PathLike) -> Eigvecs:
     """Read `path` (an eigvecs.pt, or a `bnlab hessian` output folder holding one)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / FILENAME
+    p = eigvecs_file(path)
     if not p.is_file():
         raise BnlabError(f"no {FILENAME} at {path}; run `bnlab hessian CKPT --out DIR` first")
     try:
-        d = torch.load(p, map_location="cpu", weights_only=True)
+        d = load_torch_file(p)
     except Exception as e:
         raise BnlabError(f"{p} is not an eigvecs.pt written by bnlab hessian ({type(e).__name__})") from None
     if not isinstance(d, dict) or d.get("format", FORMAT) != FORMAT:

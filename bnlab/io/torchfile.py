@@ -1,9 +1,12 @@
-"""torch files written atomically: the one torch.save every bnlab writer goes through."""
+"""torch files: the one torch.save every bnlab writer goes through (atomic) and the one torch.load every
+reader goes through (`load_torch_file`: tensors and plain containers only, never code)."""
 from __future__ import annotations
 
 import errno
 import os
+import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +46,16 @@ def write_error(path: Path, e: BaseException) -> BnlabError:
     else:
         why = " ".join(str(e).split())[:200] + " (is the disk full?)"
     return BnlabError(f"cannot write {path}: {why}")
+
+
+def load_torch_file(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> Any:
+    """torch.load with weights_only=True: a file that asks to build other objects (and so to run code)
+    raises pickle.UnpicklingError (one line) instead. Every torch.load of the repository is this one (a test
+    checks)."""
+    with warnings.catch_warnings():  # torch warns about legacy/foreign formats: callers' errors say it all
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError:
+            raise pickle.UnpicklingError(f"{path} holds objects beyond tensors and plain containers; refused "
+                                         "unread (loading them could run code)") from None

@@ -75,6 +75,9 @@ def run_collapse(opts: CollapseOptions, *, device: str | torch.device = "cpu") -
     record = {"depth": opts.depth, "width": opts.width, "n_inputs": opts.n_inputs, "seed": opts.seed,
               "device": str(device), "hist_layers": list(opts.layers),
               "theory_correlation": runs["plain"]["theory"], "theory_share": runs["plain"]["theory_share"],
-              "share_plain": runs["plain"]["shares"], "share_centred": runs["centred"]["shares"]}
+              "share_plain": runs["plain"]["shares"], "share_centred": runs["centred"]["shares"],
+              # max/median of the inputs' pre-activation norms per layer (see fcnet)
+              "norm_spread_plain": runs["plain"]["norm_spread"],
+              "norm_spread_centred": runs["centred"]["norm_spread"]}
     values = {name: {str(k): v for k, v in r["values"].items()} for name, r in runs.items()}
     return CollapseResult(record, values)

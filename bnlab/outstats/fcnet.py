@@ -42,12 +42,16 @@ def fc_collapse(depth: int = 50, width: int = 2048, n_inputs: int = 1000, *, cen
         raise BnlabError("the FC net needs depth >= 1, width >= 1 and at least 2 inputs")
     g = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(n_inputs, width, generator=g, device=device, dtype=dtype)
-    shares, values = [], {}
+    shares, norm_spread, values = [], [], {}
     for layer in range(1, depth + 1):
         w = torch.randn(width, width, generator=g, device=device, dtype=dtype) * math.sqrt(2.0 / width)
         h = x @ w.T
         m = h.double().mean(dim=0)
         shares.append(float((m ** 2).sum() / (h.double() ** 2).mean(dim=0).sum()))
+        # Without variance normalisation each input's norm random-walks multiplicatively with depth; once a few
+        # inputs dominate, a channel's values over the inputs are heavy-tailed and its mean share falls.
+        norms = h.double().norm(dim=1)
+        norm_spread.append(float(norms.max() / norms.median()))
         if layer in hist_layers:
             values[layer] = h[:, :hist_channels].T.float().cpu()
         if centre:
@@ -55,6 +59,6 @@ def fc_collapse(depth: int = 50, width: int = 2048, n_inputs: int = 1000, *, cen
         x = torch.relu(h)
     theory = arccos_recursion(depth)
     return {"depth": depth, "width": width, "n_inputs": n_inputs, "centre": centre, "shares": shares,
-            "theory": theory,
+            "norm_spread": norm_spread, "theory": theory,
             # c_l + (1 - c_l)/n: distinct input pairs at correlation c_l, plus the diagonal
             "theory_share": [c + (1 - c) / n_inputs for c in theory], "values": values}

@@ -29,7 +29,7 @@ from ..errors import BnlabError
 from ..findings.record import FindingRecord
 from ..findings.spec import IDS, in_group
 from ..io.jsonfile import read_json, write_json
-from ..rundir import claim_out_dir
+from ..rundir import claim_out_dir, output_path
 from ..runtime import worker_pool
 from .cache import STAGE_FILE, STAGE_FORMAT, data_fingerprint, finished, stage_dir, stage_keys
 from .evaluate import evaluate
@@ -161,9 +161,9 @@ def run_reproduce(opts: ReproduceOptions, out: str | Path, *, force: bool = Fals
     t_start = time.perf_counter()
     opts.validate()
     dev = resolve_device(opts.device)
+    out = output_path(out)
     context = _context(opts, dev)
     data_folder = context.pop("data_folder", None)
-    out = Path(out)
     resume = out.is_dir() and _is_reproduction(out) and not force
     plan = build_plan(opts.scale)
     wanted = opts.findings
@@ -173,9 +173,10 @@ def run_reproduce(opts: ReproduceOptions, out: str | Path, *, force: bool = Fals
     keys = stage_keys(plan, list(plan), context)
     jobs = opts.jobs or (1 if dev.type == "cuda" else max(1, (os.cpu_count() or 1) // opts.threads))
     log = _Log(None if quiet else (stream or sys.stderr))
+    inputs = [] if opts.scale == "smoke" else [("data folder", p) for p in cifar.input_paths(opts.data_dir)]
     if resume:
         read_manifest(out)  # a damaged or newer manifest is refused before the folder is touched
-    with claim_out_dir(out, force=force, resume=resume):
+    with claim_out_dir(out, force=force, resume=resume, inputs=inputs):
         manifest = read_manifest(out) if resume else {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
                                                        "runs": []}
         manifest["runs"].append({"started": _now(), "scale": opts.scale, "findings": list(wanted),

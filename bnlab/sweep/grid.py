@@ -20,12 +20,20 @@ Grid file format (``grid.json``, JSON object)::
       "threads": 1,
      "points": [{"index": 0, "name": "lr=0.1_weight_decay=0.0005", "overrides": {"lr": 0.1, ...}}, ...]}
 
+Point folder names: ``key=value`` pairs joined by ``_``; floats as ``%g`` when that is exact, else their
+shortest exact form (``0.1234561``); other values percent-encoded outside ``[A-Za-z0-9=_-.+,:]``, so a
+name is always one path component (``data_dir=a/../b`` -> ``data_dir=a%2F..%2Fb``). An axis listing a
+value twice, or points whose names would be equal (also up to case) or longer than 255 bytes, are
+refused before anything is written.
+
 "points" is derived from "axes" (and rewritten identically); a cluster job array runs one point per
 task with ``bnlab sweep --grid-file OUT/grid.json --out OUT --point $TASK_ID --no-summary`` and a last
 ``bnlab sweep --grid-file OUT/grid.json --out OUT --summary-only`` writes the summary.
 
 Resume: a point whose status.json says finished or diverged is skipped; a point with a last.pt
-(crashed or interrupted) is resumed from it; anything else is started afresh.
+(crashed or interrupted) is resumed from it, one with only its config.json (killed before its first
+epoch) restarts in place; a new or empty folder is trained into. Nothing is ever emptied: a point
+folder holding files but no run, a symbolic link or a file is refused (that point fails, with why).
 
 Threads: every point trains with the grid's fixed ``threads`` torch threads (default 1), recorded
 in grid.json, whatever ``--jobs`` is: CPU kernels reduce in an order that depends on the thread
@@ -37,6 +45,7 @@ import dataclasses
 import itertools
 import os
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,13 +120,41 @@ def parse_grid(spec: str) -> list[tuple[str, list[Any]]]:
         if not vals:
             raise BnlabError(f"grid key {key} has no values")
         axes.append((key, vals))
+    check_axes(axes)
     if not axes:
         raise BnlabError("empty grid spec; expected e.g. \"lr=0.1,0.2 wd=5e-4\"")
     return axes
 
 
+# Characters a point's folder name keeps as they are; any other (path separators, spaces, '%', ...) is
+# percent-encoded, so a name is always one path component and two different values never share one.
+_NAME_SAFE = "=_-.+,:"
+NAME_MAX = 255  # bytes of one path component on common file systems
+
+
 def _fmt(v: Any) -> str:
-    return format(v, "g") if isinstance(v, float) else str(v)
+    """A value as it appears in a point's folder name: short ('0.1', '5e-05') and lossless."""
+    if isinstance(v, float):
+        short = format(v, "g")
+        return short if float(short) == v else repr(v)  # '%g' keeps 6 digits: 0.1234561 and 0.1234562 differ
+    if isinstance(v, (tuple, list)):
+        return ":".join(_fmt(x) for x in v)  # as the grid spec writes a tuple
+    return urllib.parse.quote(str(v), safe=_NAME_SAFE)
+
+
+def point_name(overrides: dict[str, Any]) -> str:
+    """The folder name of a point: ``key=value`` pairs joined by '_', one safe path component."""
+    return "_".join(f"{k}={_fmt(v)}" for k, v in overrides.items())
+
+
+def check_axes(axes: list[tuple[str, list[Any]]]) -> None:
+    """Refuse an axis that lists one value twice: two points would be one run (and share a folder)."""
+    for key, values in axes:
+        seen: list[Any] = []
+        for v in values:
+            if any(type(v) is type(w) and v == w for w in seen):
+                raise BnlabError(f"grid key {key} lists the value {_fmt(v)} twice; give each value once")
+            seen.append(v)
 
 
 @dataclass
@@ -137,7 +174,9 @@ class Grid:
     def validate(self) -> list[Point]:
         """Every point's config checked (one line on the first bad one); returns the points."""
         check.integer("--threads", self.threads, 1, check.MAX_WORKERS)
+        check_axes(self.axes)
         points = self.points()
+        self.check_names(points)
         for p in points:
             try:
                 cfg = self.config(p)
@@ -151,8 +190,21 @@ class Grid:
         out = []
         for i, combo in enumerate(itertools.product(*(v for _, v in self.axes))):
             ov = dict(zip(keys, combo))
-            out.append(Point(i, "_".join(f"{k}={_fmt(v)}" for k, v in ov.items()), ov))
+            out.append(Point(i, point_name(ov), ov))
         return out
+
+    def check_names(self, points: list[Point]) -> None:
+        """Every point gets a folder of its own: refuse names too long or equal (also up to case, which
+        case-insensitive file systems do not tell apart) before anything is written."""
+        seen: dict[str, Point] = {}
+        for p in points:
+            if len(p.name.encode()) > NAME_MAX:
+                raise BnlabError(f"grid point {p.index}'s folder name is {len(p.name.encode())} bytes (at most "
+                                 f"{NAME_MAX}); use shorter values or fewer axes")
+            other = seen.setdefault(p.name.casefold(), p)
+            if other is not p:
+                raise BnlabError(f"grid points {other.index} and {p.index} would share the folder points/{p.name}; "
+                                 "give values that differ")
 
     def config(self, point: Point) -> TrainConfig:
         clash = set(self.base) & set(point.overrides)

@@ -27,10 +27,11 @@ import torch
 
 from .. import validate as check
 from ..config import TrainConfig
+from ..data.dataset import data_inputs
 from ..errors import BnlabError
 from ..io.jsonfile import read_json, write_json
 from ..progress import Progress
-from ..rundir import LOCK_NAME, check_out_dir
+from ..rundir import LOCK_NAME, check_out_dir, output_path
 from ..runtime import worker_pool
 from ..train import train
 from .grid import Grid, Point, read_grid_file
@@ -45,7 +46,26 @@ GRID_FILE = "grid.json"
 
 
 def point_dir(out: Path, point: Point) -> Path:
+    if not point.name or point.name in (".", "..") or os.sep in point.name or (os.altsep or os.sep) in point.name:
+        raise BnlabError(f"grid point {point.index}: {point.name!r} is not a folder name")  # names come from grid.py
     return out / "points" / point.name
+
+
+def foreign_point_dir(run_dir: Path) -> str | None:
+    """Why `run_dir` is not a point folder this sweep may train into (None: it is new, empty or holds a run).
+
+    Points are trained without emptying anything (new or empty folders) or resumed (a folder with the
+    run's config.json), so a folder with files but no run, a symbolic link or a file is refused.
+    """
+    if run_dir.is_symlink():
+        return "is a symbolic link"
+    if not run_dir.exists():
+        return None
+    if not run_dir.is_dir():
+        return "is not a directory"
+    if not (run_dir / "config.json").is_file() and any(c.name != LOCK_NAME for c in run_dir.iterdir()):
+        return "holds files but no training run (config.json)"
+    return None
 
 
 def point_state(run_dir: Path) -> str:
@@ -85,7 +105,11 @@ def prepare_sweep_dir(grid: Grid, out: Path) -> list[Point]:
     OUT must be new, empty, or a sweep of the same grid (rerunning resumes it).
     """
     points = grid.validate()
-    check_out_dir(out, force=True)  # a path that is a file, a dangling link, an unwritable folder
+    # a path that is a file, a dangling link, an unwritable folder; data that lives in the sweep's folder
+    check_out_dir(out, inputs=[x for p in points for x in data_inputs(grid.config(p).data)], keep=True)
+    if (out / "points").is_symlink() or ((out / "points").exists() and not (out / "points").is_dir()):
+        raise BnlabError(f"{out / 'points'} is not a folder of this sweep (a symbolic link or a file); "
+                         "choose another --out")
     path = out / GRID_FILE
     if path.exists():
         old = read_grid_file(path)
@@ -123,6 +147,9 @@ def _run_point(config_dict: dict[str, Any], rd: Path, device: str, retries: int,
     config = TrainConfig.from_dict(config_dict)
     last_error = ""
     for _attempt in range(retries + 1):
+        foreign = foreign_point_dir(rd)
+        if foreign:  # never emptied: a sweep deletes nothing it did not write
+            return "error", f"{rd} {foreign}; move it away to train this point"
         state = point_state(rd)
         if state in DONE:
             return state, "done"
@@ -131,10 +158,10 @@ def _run_point(config_dict: dict[str, Any], rd: Path, device: str, retries: int,
             if old != config:
                 return "error", f"{rd} holds a run with a different config"
         try:
-            if state == "resumable":
+            if state == "resumable" or (rd / "config.json").is_file():  # no last.pt yet: restarts, same config
                 res = train(None, rd, device=device, resume=True, quiet=quiet)
             else:
-                res = train(config, rd, device=device, force=True, quiet=quiet)
+                res = train(config, rd, device=device, quiet=quiet)
             return res.status, "ran"
         except Exception as e:  # a crashed point is retried (resumed from last.pt when there is one)
             text = " ".join(str(e).split())[:300]  # one line (torch's write errors span several)
@@ -156,7 +183,7 @@ def run_sweep(grid: Grid, out: str | os.PathLike, *, jobs: int = 1, device: str 
 
     worker: share the folder with other workers (see module docs) instead of owning it.
     """
-    out = Path(out)
+    out = output_path(out)
     check.integer("--jobs", jobs, 1, check.MAX_WORKERS)
     points = grid.validate()
     if only is not None:  # refused before the sweep folder exists
@@ -176,7 +203,8 @@ def run_sweep(grid: Grid, out: str | os.PathLike, *, jobs: int = 1, device: str 
 
 def _run_points(grid: Grid, out: Path, points: list[Point], jobs: int, device: str, retries: int,
                 quiet: bool) -> SweepOutcome:
-    skipped = [p.index for p in points if point_state(point_dir(out, p)) in DONE]
+    skipped = [p.index for p in points  # a foreign folder's finished run is not this sweep's: refused below
+               if not foreign_point_dir(point_dir(out, p)) and point_state(point_dir(out, p)) in DONE]
     todo = [p for p in points if p.index not in skipped]
     outcome = SweepOutcome(ran={}, skipped=skipped, failed={}, claimed=[])
     if not todo:

@@ -87,6 +87,17 @@ def _group_key(x: float) -> str:
     return format(float(f"{x:.6g}"), "g")
 
 
+def angle_spread(angles: list[float]) -> float | None:
+    """max/min of a group's angles: 1 when all are equal (all zero included: a run whose lr ended at 0),
+    None when the ratio is undefined (fewer than two, a zero beside a nonzero angle, a non-finite one)."""
+    if len(angles) < 2 or not all(math.isfinite(a) for a in angles):
+        return None
+    lo, hi = min(angles), max(angles)
+    if lo == hi:
+        return 1.0
+    return float(hi / lo) if lo > 0 else None
+
+
 def group_rows(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     """Points with equal `key` (lr_wd or lr_wd_eff): how alike are their angles, norms and accuracies?"""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -99,7 +110,7 @@ def group_rows(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
         nrm = [r["norm_gmean"] for r in rs if r.get("norm_gmean") is not None]
         out.append({key: float(k), "points": [r["name"] for r in rs], "n": len(rs),
                     "angle_mean": float(np.mean(ang)) if ang else None,
-                    "angle_spread": float(max(ang) / min(ang)) if len(ang) > 1 else None,
+                    "angle_spread": angle_spread(ang),
                     "angle_pred": rs[0].get("angle_pred"),
                     "test_acc_min": min(acc) if acc else None, "test_acc_max": max(acc) if acc else None,
                     "norm_gmean_range": [min(nrm), max(nrm)] if nrm else None})

@@ -40,7 +40,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     procs = launch([sys.executable, str(WORKER), str(out)], world=2)
     for r, p in enumerate(procs):
         assert p.returncode == 0, f"rank {r} failed:\n{p.stderr[-4000:]}"
-    return out, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return out, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
 def close(a: torch.Tensor, b: torch.Tensor, rel: float) -> bool:

@@ -3,6 +3,7 @@ metrics and hand-made records at the thresholds' edges."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 
@@ -12,10 +13,10 @@ from bnlab.outstats.collapse import CollapseOptions, run_collapse
 from bnlab.outstats.fcnet import arccos_recursion
 
 
-def _collapse(plain_offset: float = 0.0, centred: float = 0.01) -> dict:
+def _collapse(plain_offset: float = 0.0, centred: float = 1 / math.pi, layer1: float = 0.0) -> dict:
     theory = [c + (1 - c) / 1000 for c in arccos_recursion(50)]
     return {"depth": 50, "theory_share": theory, "share_plain": [t + plain_offset for t in theory],
-            "share_centred": [centred] * 50}
+            "share_centred": [layer1] + [centred] * 49}
 
 
 def test_arccos_recursion_is_the_findings_curve() -> None:
@@ -23,18 +24,40 @@ def test_arccos_recursion_is_the_findings_curve() -> None:
     assert [round(c[n - 1], 2) for n in (1, 2, 5, 10, 20, 50)] == [0.0, 0.32, 0.68, 0.85, 0.94, 0.99]
 
 
-@pytest.mark.parametrize("offset,centred,verdict", [(0.0, 0.01, "PASS"), (0.0499, 0.01, "PASS"),
-                                                    (0.0501, 0.01, "FAIL"), (0.0, 0.05, "FAIL"), (0.0, 0.32, "FAIL")])
+@pytest.mark.parametrize("offset,centred,verdict", [
+    (0.0, 1 / math.pi, "PASS"), (0.0499, 1 / math.pi, "PASS"), (0.0501, 1 / math.pi, "FAIL"),
+    (0.0, 1 / math.pi + 0.0499, "PASS"), (0.0, 1 / math.pi - 0.0499, "PASS"),
+    (0.0, 1 / math.pi + 0.0501, "FAIL"), (0.0, 1 / math.pi - 0.0501, "FAIL"),
+    (0.0, 0.01, "FAIL"),  # the share after centring (0 by construction) is not the quantity measured
+])
 def test_f5_threshold_edges(offset: float, centred: float, verdict: str) -> None:
     assert bnf.f5_collapse(_collapse(offset, centred)).verdict == verdict
+
+
+def test_f5_centred_clause_starts_at_layer_2() -> None:
+    # layer 1 sees the raw Gaussian inputs (share ~0); only the growth from layer 2 on would be a collapse
+    assert bnf.f5_collapse(_collapse(layer1=0.0)).verdict == "PASS"
+    f = bnf.f5_collapse(_collapse(layer1=0.9))
+    assert f.verdict == "PASS" and f.values["centred_worst_deviation"] == pytest.approx(0.0, abs=1e-12)
+    rec = _collapse()
+    rec["share_centred"][29] = 0.6  # a collapse at layer 30
+    f = bnf.f5_collapse(rec)
+    assert f.verdict == "FAIL" and "at layer 30" in f.reason
 
 
 def test_f5_on_bnlab_collapse() -> None:
     rec = run_collapse(CollapseOptions(depth=50, width=1024, n_inputs=300)).record
     f = bnf.f5_collapse(rec, {"bn": {"logits": 0.8}, "no_bn": {"logits": 0.9}})
     assert max(f.values["deviation"].values()) < 0.05  # the plain net follows the recursion
-    # the centred net is flat at ~1/pi after layer 1: no collapse, but not below 0.05
-    assert 0.25 < f.values["centred_max"] < 0.4 and f.verdict == "FAIL"
+    centred = rec["share_centred"]
+    # flat at ~1/pi over the first 25 layers after the first: the correlation collapse is prevented ...
+    assert all(abs(c - 1 / math.pi) < 0.05 for c in centred[1:25])
+    # ... but at width 1024 the inputs' norms spread apart and the share falls in the deepest layers (measured:
+    # below 0.1 at layer 50, norm max/median > 10), which the note names
+    assert centred[-1] < 0.15 and rec["norm_spread_centred"][-1] > 10 > rec["norm_spread_centred"][1]
+    assert f.verdict == "FAIL" and f.values["centred_worst_deviation"] == pytest.approx(
+        max(abs(c - 1 / math.pi) for c in centred[1:]))
+    assert "leaves the band from layer" in f.notes[1]
     assert "logits 0.90 vs 0.80" in f.notes[-1]
 
 
