@@ -1,6 +1,10 @@
 """The one style of every bnlab figure: seaborn whitegrid theme, colour-blind palette, and a save
 that writes each figure as PNG and PDF and says so ("wrote PATH", one line per file).
 
+Output paths, the same in every script: `-o/--out DIR` is a folder (created when missing) that gets
+each figure as STEM.png and STEM.pdf; a script that draws one figure also takes `-o FILE.png` (or .pdf,
+or a name without suffix) and writes FILE.png and FILE.pdf. `--out figs/` is always the folder figs.
+
 The plot scripts import this module as `figstyle` (Python puts figures/ on the path when a script
 in it runs; tests add it themselves).
 """
@@ -22,6 +26,8 @@ from matplotlib.figure import Figure  # noqa: E402
 PALETTE = "colorblind"
 FORMATS = ("png", "pdf")
 DPI = 150
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+NORMS = {"bn": "BN", "bn_fixed_affine": "BN", "ghost": "ghost BN", "frozen": "frozen BN", "none": "no BN"}
 
 
 def apply() -> None:
@@ -66,10 +72,93 @@ def plain_log_ticks(ax: Axes, axis: str = "y") -> None:
     target.set_major_formatter(fmt)
     # label minor ticks too when the axis spans few decades (else it shows one or two numbers)
     lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
-    if lo > 0 and hi / lo < 100:
-        subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0) if hi / lo < 10 else (1.0, 2.0, 5.0)
+    if lo > 0 and hi / lo < 100.5:  # (100.5: log_axis's limits may span exactly two decades)
+        subs = _log_subs(lo, hi, axis)
         target.set_minor_locator(LogLocator(subs=subs))
         target.set_minor_formatter(fmt)
+
+
+def _log_subs(lo: float, hi: float, axis: str) -> tuple[float, ...]:
+    """Labelled ticks per decade: dense on a short y axis; on x (wider labels) 1-2-5 so that none touch."""
+    return (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0) if hi / lo < 10 and axis == "y" else (1.0, 2.0, 5.0)
+
+
+def log_axis(ax: Axes, axis: str = "y") -> None:
+    """A log axis with plain tick labels whose limits end on labelled ticks, so that no point sits above
+    the last number or below the first (call after plotting)."""
+    import numpy as np
+
+    ax.set_xscale("log") if axis == "x" else ax.set_yscale("log")
+    get, put = (ax.get_xlim, ax.set_xlim) if axis == "x" else (ax.get_ylim, ax.set_ylim)
+    # the data (of every panel sharing this axis), not the padded view; a little room so no marker sits on the edge
+    shared = (ax.get_shared_x_axes() if axis == "x" else ax.get_shared_y_axes()).get_siblings(ax)
+    spans = [a.dataLim.intervalx if axis == "x" else a.dataLim.intervaly for a in shared]
+    lo, hi = min(v[0] for v in spans) / 1.02, max(v[1] for v in spans) * 1.02
+    if not (lo > 0 and np.isfinite(hi)):
+        lo, hi = get()
+    if not (lo > 0 and hi > lo):
+        return
+    subs = _log_subs(lo, hi, axis) if hi / lo < 100 else (1.0,)
+    decades = range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
+    ticks = sorted(s * 10.0 ** d for d in decades for s in subs)
+    below = max(t for t in ticks if t <= lo * (1 + 1e-9))
+    above = min(t for t in ticks if t >= hi * (1 - 1e-9))
+    put(below, above)
+    plain_log_ticks(ax, axis)
+
+
+def integer_ticks(ax: Axes, axis: str = "x") -> None:
+    """Only whole numbers as ticks (ranks, layers, epochs): never 1.5 or 2.5."""
+    from matplotlib.ticker import MaxNLocator
+
+    (ax.xaxis if axis == "x" else ax.yaxis).set_major_locator(MaxNLocator(integer=True))
+
+
+def model_label(settings: Mapping[str, object]) -> str:
+    """What a result was computed on, from its record's settings: "simple w2, frozen BN" (the model
+    description, not the folder name)."""
+    model = settings.get("model")
+    if not isinstance(model, Mapping):
+        return str(settings.get("variant") or "?")
+    arch = {"davidnet": "DavidNet", "simple": "simple net"}.get(str(model.get("model")), str(model.get("model")))
+    norm = NORMS.get(str(model.get("norm")), str(model.get("norm")))
+    if model.get("norm") == "ghost" and model.get("ghost_splits"):
+        norm = f"ghost BN ({model['ghost_splits']} splits)"
+    return f"{arch} w{model.get('width')}, {norm}"
+
+
+def unique_labels(labels: Sequence[str], fallbacks: Sequence[str]) -> list[str]:
+    """`labels`, with the fallback (e.g. the folder name) appended where two labels would be equal."""
+    counts = {lab: labels.count(lab) for lab in labels}
+    return [f"{lab} ({fb})" if counts[lab] > 1 else lab for lab, fb in zip(labels, fallbacks)]
+
+
+def class_names(settings: Mapping[str, object], n: int) -> list[str]:
+    """Names of the classes 0..n-1: CIFAR-10's for CIFAR-10 data, else "class k"."""
+    if str(settings.get("dataset")) == "cifar10" and n == len(CIFAR10_CLASSES):
+        return list(CIFAR10_CLASSES)
+    return [f"class {k}" for k in range(n)]
+
+
+def out_file(prog: str, out: Path | None, stem: str, default_dir: Path) -> Path:
+    """Where a one-figure script writes: `out` a folder (existing, trailing slash or no suffix) -> out/stem;
+    out/NAME.png or .pdf -> that name; None -> default_dir/stem. The suffix is replaced by each format."""
+    if out is None:
+        return default_dir / stem
+    text = str(out)
+    if out.is_dir() or text.endswith(("/", "\\")) or not out.suffix:
+        return out / stem
+    if out.suffix.lower() not in (f".{fmt}" for fmt in FORMATS):
+        raise fail(prog, f"--out {out}: give a folder or a .png/.pdf name (both formats are written)")
+    return out.with_suffix("")
+
+
+def out_dir(prog: str, out: Path) -> Path:
+    """Where a several-figure script writes: `out` is a folder; a .png/.pdf name is refused (one name
+    cannot hold several figures)."""
+    if out.suffix.lower() in (f".{fmt}" for fmt in FORMATS) and not out.is_dir():
+        raise fail(prog, f"--out {out}: this script writes several figures; give a folder")
+    return out
 
 
 def rotate_xticks(ax: Axes, degrees: float = 40) -> None:
@@ -114,7 +203,7 @@ def save(fig: Figure, path: str | Path, formats: Sequence[str] = FORMATS) -> lis
     path.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt in formats:
-        target = path.with_suffix(f".{fmt}")
+        target = path.with_name(f"{path.stem if path.suffix in ('.png', '.pdf') else path.name}.{fmt}")
         fig.savefig(target, dpi=DPI, bbox_inches="tight")
         print(f"wrote {target}")
         written.append(target)

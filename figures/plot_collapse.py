@@ -70,15 +70,16 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("dir", type=Path, help="a `bnlab collapse` output directory")
-    ap.add_argument("--out", type=Path, required=True, help="folder for the figures")
+    ap.add_argument("-o", "--out", type=Path, required=True, help="folder for the figures")
     args = ap.parse_args(argv)
+    out = figstyle.out_dir(PROG, args.out)
     rec, values = load(args.dir)
-    figstyle.save(share_figure(rec), args.out / "collapse_share.png")
+    figstyle.save(share_figure(rec), out / "collapse_share")
     fig = kde_figure(rec, values)
     if fig is None:
         print("skipped collapse_kde: the output saved no layer's values (--hist-layers)")
     else:
-        figstyle.save(fig, args.out / "collapse_kde.png")
+        figstyle.save(fig, out / "collapse_kde")
 
 
 if __name__ == "__main__":

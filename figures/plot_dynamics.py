@@ -4,11 +4,12 @@
     python figures/plot_dynamics.py DIR [--out FIGDIR]
 
 Each figure is written as PNG and PDF (into DIR unless --out is given):
-- dynamics_norms: ‖w‖ of each layer the theory applies to (solid), and the equilibrium norm the
-  theory predicts from the recent lr history (dashed, same colour);
-- dynamics_angles: the smoothed angle each update turns a layer's weights by, and the prediction the
-  analysis compares it with: the equilibrium angle (black) for a constant lr; under an lr schedule the
-  lagged prediction of each layer (dashed, same colour), as in the ratio figure;
+- dynamics_norms: one panel per layer the theory applies to: its ‖w‖ (solid) and the equilibrium norm
+  the theory predicts from the recent lr history (dashed);
+- dynamics_angles: one panel per layer, on one shared axis: the smoothed angle each update turns the
+  layer's weights by, and the prediction the analysis compares it with: the equilibrium angle for a
+  constant lr, the layer's lagged prediction under an lr schedule (as in the ratio figure). Steps where
+  the lr is below 1% of its peak (the end of a schedule, where the prediction falls to 0) are left out;
 - dynamics_ratio: measured / predicted angle per layer over the final window, with a band of the
   analysis' equilibrium tolerance (±15% by default) around agreement.
 Layers marked "(~)" are only approximately scale-invariant (BN-preceded convs whose BN eps matters).
@@ -17,17 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import figstyle
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 PROG = "plot_dynamics"
 BAND = 0.15  # the ratio figure's band around the prediction when the summary records no eq_tol
+LR_FLOOR = 0.01  # steps at an lr below this fraction of the peak are not drawn (the prediction -> 0 with lr)
 
 
 def load(src: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -49,52 +51,78 @@ def _theory_layers(layers: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
     return names, {p: f"{p} (~)" if p in approx else p for p in names}
 
 
+def _layer_grid(n: int, *, sharey: bool) -> tuple[Figure, list]:
+    """One small panel per layer (4 a row): a layer's measured line and its prediction share a panel,
+    so no two layers' colours or predictions can be confused."""
+    ncols = min(4, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(3.3 * ncols + 0.4, 2.5 * nrows + 1.3), layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=sharey)
+    for j in range(n, nrows * ncols):
+        grid[j // ncols][j % ncols].set_axis_off()
+    return fig, [grid[i // ncols][i % ncols] for i in range(n)]
+
+
+def _label_grid(axes: list, ylabel: str) -> None:
+    ncols = min(4, len(axes))
+    for i, ax in enumerate(axes):
+        ax.set_xlabel("step" if i + ncols >= len(axes) else "")
+        ax.set_ylabel(ylabel if i % ncols == 0 else "")
+        ax.title.set_fontsize(9)
+        ax.xaxis.set_tick_params(labelbottom=True)
+
+
+def _moving(series: pd.DataFrame) -> pd.DataFrame:
+    """The rows where the lr is not ~0: at the end of a schedule the predictions fall to 0 with the lr (and
+    off a log axis), which says nothing about the layers."""
+    lr = series["lr"].astype(float)
+    return series[lr > LR_FLOOR * lr.max()] if "lr" in series and lr.max() > 0 else series
+
+
 def norms_figure(series: pd.DataFrame, layers: pd.DataFrame) -> Figure:
     figstyle.apply()
     params, display = _theory_layers(layers)
-    colors = figstyle.color_map(display[p] for p in params)
-    fig = Figure(figsize=(9, 4.8), layout="constrained")
-    ax = fig.subplots()
-    for p in params:
+    color = figstyle.colors(1)[0]
+    fig, axes = _layer_grid(len(params), sharey=False)
+    for ax, p in zip(axes, params):
         g = series[series["param"] == p]
-        c = colors[display[p]]
-        ax.plot(g["step"], g["w_norm"], color=c, lw=1.4, label=display[p])
-        ax.plot(g["step"], g["norm_lagged"], color=c, lw=1.2, ls="--")
-    ax.set(yscale="log", xlabel="step", ylabel="‖w‖",
-           title="Weight norms of scale-invariant layers and their predicted equilibrium")
-    figstyle.plain_log_ticks(ax)
-    layer_legend = ax.legend(title="layer", loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
-    ax.add_artist(layer_legend)  # a second legend below it keys the line styles
-    ax.legend([Line2D([], [], color="black", lw=1.4), Line2D([], [], color="black", lw=1.2, ls="--")],
-              ["measured", "lagged equilibrium prediction"], title="line", loc="lower left",
-              bbox_to_anchor=(1.02, 0), frameon=False)
+        ax.plot(g["step"], g["w_norm"], color=color, lw=1.5, label="measured")
+        ax.plot(g["step"], g["norm_lagged"], color="black", lw=1.2, ls="--", label="lagged equilibrium prediction")
+        ax.set_title(display[p])
+        ax.set_yscale("log")
+        figstyle.plain_log_ticks(ax)
+    _label_grid(axes, "‖w‖")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
+    fig.suptitle("Weight norms of the scale-invariant layers and their predicted equilibrium")
     return fig
 
 
 def angles_figure(series: pd.DataFrame, layers: pd.DataFrame, summary: dict | None = None) -> Figure:
     figstyle.apply()
     params, display = _theory_layers(layers)
-    colors = figstyle.color_map(display[p] for p in params)
+    color = figstyle.colors(1)[0]
     inv = series[series["param"].isin(params)]
-    fig = Figure(figsize=(9, 4.8), layout="constrained")
-    ax = fig.subplots()
-    for p in params:
-        g = inv[inv["param"] == p]
-        ax.plot(g["step"], g["angle_smooth"], color=colors[display[p]], lw=1.2, label=display[p])
-    if (summary or {}).get("compare_to") == "lagged":
-        # under an lr schedule the analysis compares with each layer's lagged prediction (as the ratio
-        # figure does); it depends on the layer's norm and gradient scale, so one dashed line per layer
-        for p in params:
-            g = inv[inv["param"] == p]
-            ax.plot(g["step"], g["angle_ref"], color=colors[display[p]], lw=1.0, ls="--")
-        ax.plot([], [], color="black", lw=1.0, ls="--", label="lagged prediction (dashed, layer colour)")
-    else:  # constant lr: the same equilibrium for every layer
-        eq = inv.groupby("step")["angle_eq"].first()
-        ax.plot(eq.index, eq.to_numpy(), color="black", lw=2.2, label="predicted equilibrium")
-    ax.set(yscale="log", xlabel="step", ylabel="angle per step (rad, smoothed RMS)",
-           title="Angular update per step vs the equilibrium the theory predicts")
-    figstyle.plain_log_ticks(ax)
-    figstyle.legend_outside(ax, title="layer")
+    shown = _moving(inv)
+    lagged = (summary or {}).get("compare_to") == "lagged"
+    # under an lr schedule the analysis compares with each layer's lagged prediction (as the ratio figure
+    # does); at constant lr the equilibrium is the same for every layer
+    ref, ref_label = ("angle_ref", "lagged prediction") if lagged else ("angle_eq", "predicted equilibrium")
+    fig, axes = _layer_grid(len(params), sharey=True)
+    for ax, p in zip(axes, params):
+        g = shown[shown["param"] == p]
+        ax.plot(g["step"], g["angle_smooth"], color=color, lw=1.4, label="measured (smoothed RMS)")
+        ax.plot(g["step"], g[ref], color="black", lw=1.6 if not lagged else 1.2, ls="-" if not lagged else "--",
+                label=ref_label)
+        ax.set_title(display[p])
+    axes[0].set_yscale("log")  # shared by every panel
+    figstyle.plain_log_ticks(axes[0])
+    _label_grid(axes, "angle per step (rad)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
+    dropped = len(inv) - len(shown)
+    fig.suptitle("Angular update per step vs the equilibrium the theory predicts"
+                 + (f"\n(steps where the lr is below {LR_FLOOR:.0%} of its peak left out)" if dropped else ""))
     return fig
 
 
@@ -125,15 +153,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("analysis_dir", type=Path, help="a `bnlab dynamics` output directory")
-    ap.add_argument("--out", type=Path, default=None, help="folder for the figures (default: analysis_dir)")
+    ap.add_argument("-o", "--out", type=Path, default=None, help="folder for the figures (default: analysis_dir)")
     args = ap.parse_args(argv)
-    out = args.out or args.analysis_dir
+    out = figstyle.out_dir(PROG, args.out or args.analysis_dir)
     series, layers, summary = load(args.analysis_dir)
     if not layers["ratio"].notna().any():
         raise figstyle.fail(PROG, f"{args.analysis_dir}: no layer the theory applies to (no BN-preceded layer?)")
-    figstyle.save(norms_figure(series, layers), out / "dynamics_norms.png")
-    figstyle.save(angles_figure(series, layers, summary), out / "dynamics_angles.png")
-    figstyle.save(ratio_figure(layers, summary), out / "dynamics_ratio.png")
+    figstyle.save(norms_figure(series, layers), out / "dynamics_norms")
+    figstyle.save(angles_figure(series, layers, summary), out / "dynamics_angles")
+    figstyle.save(ratio_figure(layers, summary), out / "dynamics_ratio")
 
 
 if __name__ == "__main__":

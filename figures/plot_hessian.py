@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Draw `bnlab hessian` results: the top eigenvalues of several checkpoints, and their densities.
 
-    python figures/plot_hessian.py RUN_A/hessian.json RUN_B/hessian.json --labels BN,frozen -o figs/hessian.png
+    python figures/plot_hessian.py RUN_A/hessian.json RUN_B/hessian.json [-o figs/]
 
-Writes hessian.png and hessian.pdf. Left: the top-k eigenvalues against their rank, one colour per
-file (hollow markers: pairs that did not converge to --tol). Right, for files computed with
---density: the SLQ spectral density with a ±2 standard-error band, in the same colours. The BN mode
-and loss units of each file are part of its legend entry: eigenvalues in different modes or units
-do not compare.
+Writes hessian.png and hessian.pdf (-o: a folder, or FILE.png; default the current folder). Each file is
+named by the model its record describes ("simple net w8, frozen BN"; --labels overrides). Left: the top-k
+eigenvalues against their rank, one colour per file (hollow markers: pairs that did not converge to --tol).
+Right, for files computed with --density: the SLQ spectral density with a ±2 standard-error band, in the
+same colours. The BN mode and loss units of each file are part of its legend entry: eigenvalues in
+different modes or units do not compare.
 """
 from __future__ import annotations
 
@@ -27,6 +28,12 @@ def label_of(rec: dict, name: str) -> str:
     s = rec["settings"]
     return f"{name} ({s['bn_mode']} BN, {s['loss_scale']} loss)" if s.get("bn_mode") not in (None, "none") \
         else f"{name} ({s['loss_scale']} loss)"
+
+
+def default_names(records: list[dict], files: list[Path]) -> list[str]:
+    """The model each record describes, with the file's folder added where two would read the same."""
+    return figstyle.unique_labels([figstyle.model_label(r.get("settings", {})) for r in records],
+                                  [f.parent.name for f in files])
 
 
 def figure(records: list[dict], names: list[str]) -> Figure:
@@ -56,8 +63,7 @@ def figure(records: list[dict], names: list[str]) -> Figure:
             any_unconverged = True
             ax.plot(rank[~conv], lam[~conv], "o", mfc="white", mec=colors[lab], ms=6)
     if all_positive:
-        ax.set_yscale("log")
-        figstyle.plain_log_ticks(ax)
+        figstyle.log_axis(ax)
     else:
         ax.set_yscale("symlog", linthresh=1e-3)
     ax.set_xticks(np.arange(1, k_max + 1, max(1, k_max // 10)))
@@ -86,18 +92,20 @@ def figure(records: list[dict], names: list[str]) -> Figure:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="+", type=Path, help="hessian.json files written by `bnlab hessian`")
-    ap.add_argument("--labels", default=None, help="comma-separated names (default: parent folder names)")
-    ap.add_argument("-o", "--out", type=Path, default=Path("hessian.png"),
-                    help="output path; .png and .pdf are written (default hessian.png)")
+    ap.add_argument("--labels", default=None,
+                    help="comma-separated names (default: the model each record describes)")
+    ap.add_argument("-o", "--out", type=Path, default=None,
+                    help="a folder, or FILE.png; .png and .pdf are written (default ./hessian.png)")
     args = ap.parse_args(argv)
-    names = args.labels.split(",") if args.labels else [f.parent.name for f in args.files]
-    if len(names) != len(args.files):
+    target = figstyle.out_file(PROG, args.out, "hessian", Path("."))
+    if args.labels and len(args.labels.split(",")) != len(args.files):
         raise figstyle.fail(PROG, "--labels needs one name per file")
     try:
         records = [json.loads(f.read_text()) for f in args.files]
     except (OSError, ValueError) as e:
         raise figstyle.fail(PROG, f"cannot read a hessian.json ({e})") from None
-    figstyle.save(figure(records, names), args.out)
+    names = args.labels.split(",") if args.labels else default_names(records, args.files)
+    figstyle.save(figure(records, names), target)
 
 
 if __name__ == "__main__":

@@ -91,10 +91,13 @@ def angle_figure(df: pd.DataFrame) -> Figure | None:
         nesterov = nes and mu > 0
         ax.plot(x, theory.equilibrium_angle(x, 1.0, mu, nesterov), color="black", ls=ls, lw=1.2,
                 label=f"theory, momentum {mu:g}{', Nesterov' if nesterov else ''}")
-    ax.set(xscale="log", yscale="log", xlabel="lr · wd", ylabel="equilibrium angle per step (rad)",
+    for _, r in have.iterrows():  # each point says which run it is
+        ax.annotate(f"lr {r['lr_label']}\nwd {r['wd_label']}", (r["lr_wd"], r["angle"]), xytext=(6, -3),
+                    textcoords="offset points", fontsize=7, va="top")
+    ax.set(xlabel="lr · wd", ylabel="equilibrium angle per step (rad)",
            title="Measured equilibrium angle (mean over scale-invariant layers) vs theory")
-    figstyle.plain_log_ticks(ax, "x")
-    figstyle.plain_log_ticks(ax, "y")
+    figstyle.log_axis(ax, "x")
+    figstyle.log_axis(ax, "y")
     handles, labels = ax.get_legend_handles_labels()
     # seaborn's legend has subtitle rows "lr_label"/"wd_label": give them readable names
     labels = [{"lr_label": "learning rate", "wd_label": "weight decay"}.get(t, t) for t in labels]
@@ -106,16 +109,16 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("sweep_dir", type=Path, help="a `bnlab sweep` output directory (summary.json)")
-    ap.add_argument("--out", type=Path, default=None, help="folder for the figures (default: sweep_dir)")
+    ap.add_argument("-o", "--out", type=Path, default=None, help="folder for the figures (default: sweep_dir)")
     args = ap.parse_args(argv)
-    out = args.out or args.sweep_dir
+    out = figstyle.out_dir(PROG, args.out or args.sweep_dir)
     df = load(args.sweep_dir)
-    figstyle.save(heatmap_figure(df), out / "sweep_heatmap.png")
+    figstyle.save(heatmap_figure(df), out / "sweep_heatmap")
     fig = angle_figure(df)
     if fig is None:
         print("skipped sweep_angle: no point has scale-invariant layers to measure")
     else:
-        figstyle.save(fig, out / "sweep_angle.png")
+        figstyle.save(fig, out / "sweep_angle")
 
 
 if __name__ == "__main__":

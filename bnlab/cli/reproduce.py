@@ -32,7 +32,8 @@ from .common import OutPath, device_option, force_option, quiet_option
 def command(targets: tuple[str, ...], scale: str, data_dir: str | None, out: str, jobs: int | None, threads: int,
             no_figures: bool, force: bool, device: str, quiet: bool) -> None:
     """Run what TARGETS need (all | weight-decay | batch-norm | finding ids such as F2 F9; default all) and
-    write OUT/report.md, report.html and report.json: one row per finding, PASS/FAIL against fixed thresholds.
+    write OUT/report.md, report.html and report.json: one row per finding, PASS/FAIL against fixed thresholds
+    (UNDECIDED where the scale is too small to test the claim).
 
     Interrupted or partial runs continue where they stopped when rerun with the same --out.
     """
@@ -42,5 +43,5 @@ def command(targets: tuple[str, ...], scale: str, data_dir: str | None, out: str
     result = run_reproduce(opts, out, force=force, quiet=quiet)
     width = max(len(f.id) for f in result.findings)
     for f in result.findings:
-        click.echo(f"{f.id:<{width}}  {f.verdict:<7}  {f.title}: {f.measured}")
+        click.echo(f"{f.id:<{width}}  {f.verdict:<9}  {f.title}: {f.measured}")
     click.echo(f"wrote {Path(out) / 'report.md'}, report.html, report.json")

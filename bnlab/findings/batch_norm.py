@@ -61,8 +61,9 @@ def f5_collapse(collapse: dict[str, Any], init_shares: dict[str, dict[str, float
     centred_worst = max(centred_dev, default=float("nan"))
     worst_layer = centred_dev.index(centred_worst) + F5_CENTRED_FROM if flat else None
     centred_max = max(centred, default=float("nan"))
-    checks = [(f"depth {depth} covers layers {', '.join(map(str, F5_LAYERS))}", layers == list(F5_LAYERS)),
-              (f"plain share within +-{F5_TOL:g} of the arc-cosine prediction (worst {fmt(worst, '.3f')})",
+    needs = [(f"a net of depth >= {max(F5_LAYERS)} (layers {', '.join(map(str, F5_LAYERS))}; ran depth {depth})",
+              layers == list(F5_LAYERS))]
+    checks = [(f"plain share within +-{F5_TOL:g} of the arc-cosine prediction (worst {fmt(worst, '.3f')})",
                bool(layers) and worst <= F5_TOL),
               (f"centred share flat at 1/pi +-{F5_CENTRED_TOL:g} at every layer >= {F5_CENTRED_FROM} (worst "
                f"{fmt(centred_worst, '.3f')} off, at layer {worst_layer})",
@@ -89,7 +90,7 @@ def f5_collapse(collapse: dict[str, Any], init_shares: dict[str, dict[str, float
             f"{k} {init_shares['no_bn'][k]:.2f} vs {init_shares['bn'][k]:.2f}" for k in common))
     values = {"layers": layers, "plain": plain, "theory": theory, "deviation": dev, "centred": centred,
               "centred_max": centred_max, "centred_worst_deviation": centred_worst, "davidnet_init": init_shares}
-    return decide(BY_ID["F5"], checks, measured, values, notes=notes)
+    return decide(BY_ID["F5"], checks, measured, values, notes=notes, needs=needs)
 
 
 def failure_point(metrics: Sequence[dict[str, Any]], status: dict[str, Any]) -> dict[str, Any]:
@@ -198,16 +199,18 @@ def f9_sharpness(eig: dict[str, Sequence[float]]) -> FindingRecord:
     gaps = {k: fr[k - 1] / fr[k] for k in F9_GAP_K if k < len(fr) and fr[k] > 0}
     k_best = max(gaps, key=gaps.get) if gaps else None
     gap = gaps.get(k_best, float("nan")) if k_best else float("nan")
+    needs = [(f"frozen top-{max(F9_GAP_K) + 1} eigenvalues (have {len(fr)})", len(fr) > max(F9_GAP_K))]
     checks = [(f"lambda1 frozen/BN {fmt(ratio, '.1f')} >= {F9_RATIO:g}", finite(ratio) and ratio >= F9_RATIO),
-              (f"frozen top-{max(F9_GAP_K) + 1} known", len(fr) > max(F9_GAP_K)),
-              (f"frozen gap {fmt(gap, '.2f')} >= {F9_GAP:g} at some k in 8..11", finite(gap) and gap >= F9_GAP)]
+              (f"frozen gap {fmt(gap, '.2f') if finite(gap) else '(not measured)'} >= {F9_GAP:g} at some k in 8..11",
+               finite(gap) and gap >= F9_GAP)]
     extra = f", no BN {eig['no_bn'][0]:.4g}" if eig.get("no_bn") else ""
+    gap_text = (f"frozen largest gap lambda{k_best}/lambda{k_best + 1} = {fmt(gap, '.2f')}" if k_best else
+                f"frozen gap at k in {min(F9_GAP_K)}..{max(F9_GAP_K)}: not measured (top-{len(fr)} only)")
     measured = (f"lambda1 BN {fmt(bn[0] if bn else None, '.4g')}, frozen {fmt(fr[0] if fr else None, '.4g')}{extra} "
-                f"({fmt(ratio, '.1f')}x); frozen largest gap lambda{k_best}/lambda{(k_best or 0) + 1} = "
-                f"{fmt(gap, '.2f')}")
+                f"({fmt(ratio, '.1f')}x); {gap_text}")
     values = {"eigenvalues": {m: list(v) for m, v in eig.items()}, "ratio": ratio, "gaps": gaps, "gap_k": k_best,
               "gap": gap}
-    return decide(BY_ID["F9"], checks, measured, values)
+    return decide(BY_ID["F9"], checks, measured, values, needs=needs)
 
 
 def f10_overlap(frozen: dict[str, Any]) -> FindingRecord:
@@ -220,8 +223,8 @@ def f10_overlap(frozen: dict[str, Any]) -> FindingRecord:
     rnd = float(np.mean(span["random_overlap_full"]))
     expect = span["random_overlap_expected"]
     factor = max(rnd / expect, expect / rnd) if rnd > 0 and expect > 0 else float("inf")
-    checks = [(f"{len(means)} >= {F10_TOP} eigenvectors", len(means) >= F10_TOP),
-              (f"median overlap, means span {med_m:.2f} >= {F10_MEANS:g}", med_m >= F10_MEANS),
+    needs = [(f"{F10_TOP} eigenvectors (have {len(means)})", len(means) >= F10_TOP)]
+    checks = [(f"median overlap, means span {med_m:.2f} >= {F10_MEANS:g}", med_m >= F10_MEANS),
               (f"full span {med_f:.2f} >= {F10_FULL:g}", med_f >= F10_FULL),
               (f"random overlap {rnd:.2g} within {F10_RANDOM_FACTOR:g}x of dim/P {expect:.2g}",
                factor <= F10_RANDOM_FACTOR)]
@@ -230,7 +233,7 @@ def f10_overlap(frozen: dict[str, Any]) -> FindingRecord:
     values = {"overlap_means": means, "overlap_full": full, "median_means": med_m, "median_full": med_f,
               "random_overlap": rnd, "random_expected": expect, "means_dim": span["means_dim"],
               "full_dim": span["full_dim"]}
-    return decide(BY_ID["F10"], checks, measured, values)
+    return decide(BY_ID["F10"], checks, measured, values, needs=needs)
 
 
 def f11_projection(outstats: dict[str, dict[str, Any]]) -> FindingRecord:

@@ -10,8 +10,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-PASS, FAIL, NOT_RUN = "PASS", "FAIL", "NOT RUN"
-VERDICTS = (PASS, FAIL, NOT_RUN)
+PASS, FAIL, UNDECIDED, NOT_RUN = "PASS", "FAIL", "UNDECIDED", "NOT RUN"
+VERDICTS = (PASS, FAIL, UNDECIDED, NOT_RUN)
+UNDECIDABLE = "not decidable at this scale"  # how an UNDECIDED reason starts
 GROUPS = ("weight-decay", "batch-norm")
 
 
@@ -51,12 +52,25 @@ class FindingRecord:
 
 
 def decide(spec: Finding, checks: list[tuple[str, bool]], measured: str, values: dict[str, Any],
-           *, notes: list[str] | None = None) -> FindingRecord:
-    """PASS when every (description, ok) check holds; the reason names the failing ones."""
+           *, notes: list[str] | None = None, needs: list[tuple[str, bool]] | None = None) -> FindingRecord:
+    """PASS when every (description, ok) check holds; the reason names the failing ones.
+
+    `needs` are what the claim asks of the setting (steps, relaxation times, eigenpairs, depth): when one is
+    not met the run cannot test the claim either way, so the verdict is UNDECIDED (not FAIL), and the reason
+    names the unmet needs and then how the checks came out at this scale.
+    """
+    needs = list(needs or [])
+    short = [what for what, ok in needs if not ok]
     failed = [what for what, ok in checks if not ok]
-    verdict = PASS if not failed else FAIL
-    reason = ("all checks hold: " + "; ".join(what for what, _ in checks)) if not failed else (
-        "not met: " + "; ".join(failed))
+    if short:
+        verdict = UNDECIDED
+        outcome = "; ".join(f"{what} ({'holds' if ok else 'not met'})" for what, ok in checks)
+        reason = f"{UNDECIDABLE}: needs {'; '.join(short)}" + (f". At this scale: {outcome}" if checks else "")
+    elif failed:
+        verdict, reason = FAIL, "not met: " + "; ".join(failed)
+    else:
+        verdict = PASS
+        reason = "all checks hold: " + "; ".join(what for what, _ in [*needs, *checks])
     return FindingRecord(id=spec.id, title=spec.title, claim=spec.claim, source=spec.source,
                          source_number=spec.source_number, threshold=spec.threshold, verdict=verdict,
                          measured=measured, reason=reason, values=values, notes=list(notes or []))

@@ -48,8 +48,8 @@ def f12_edge_of_stability(series: dict[str, Any]) -> FindingRecord:
                   for c in sorted(series["checkpoints"], key=lambda c: c["step"]) if c.get("eigenvalues")]
     unconverged = [c["epoch"] for c in phase if not bool(c.get("converged", [True])[0])]
     lo, hi = (min(ratios), max(ratios)) if ratios else (float("nan"), float("nan"))
-    checks = [("checkpoints in the constant-lr phase", len(ratios) >= 2),
-              ("lambda1 converged at each of them", not unconverged),
+    needs = [(f"2 or more checkpoints in the constant-lr phase (have {len(ratios)})", len(ratios) >= 2)]
+    checks = [("lambda1 converged at each of them", not unconverged),
               (f"eta lambda1 / threshold {fmt(lo, '.2f')}..{fmt(hi, '.2f')} within {F12_LOW:g}-{F12_HIGH:g}",
                bool(ratios) and lo >= F12_LOW and hi <= F12_HIGH)]
     measured = (f"eta lambda1 = {fmt(lo * threshold, '.3g')}..{fmt(hi * threshold, '.3g')} at {len(ratios)} "
@@ -59,4 +59,4 @@ def f12_edge_of_stability(series: dict[str, Any]) -> FindingRecord:
     values = {"threshold": threshold, "momentum": mu, "nesterov": series.get("nesterov"),
               "phase_ratios": ratios, "ratio_min": lo, "ratio_max": hi, "checkpoints": all_ratios,
               "unconverged_epochs": unconverged, "hvps_total": series.get("hvps_total")}
-    return decide(BY_ID["F12"], checks, measured, values)
+    return decide(BY_ID["F12"], checks, measured, values, needs=needs)

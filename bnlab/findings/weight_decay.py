@@ -25,6 +25,7 @@ F4_ANGLE_SPREAD = 1.10
 F4_EXPONENT = 0.25
 F4_EXPONENT_TOL = 0.05
 F4B_DIRECTION_TOL = 1e-6
+F4B_STEPS = 200
 
 
 def f1_scale_invariance(channel_params: Sequence[str], channel_median_cos: Sequence[float],
@@ -81,10 +82,12 @@ def f2_equilibrium(summary: dict[str, Any], bn_preceded: Sequence[str], lr_sched
     last = max((r["last_step"] for r in rows), default=0)
     relax = next((r["relaxation_steps"] for r in rows if finite(r.get("relaxation_steps"))), None)
     times = last / relax if finite(relax) and relax > 0 else float("nan")
-    checks = [
-        (f"run long enough: {fmt(times, '.1f')} >= {F2_RELAX_TIMES:g} relaxation times",
+    needs = [
+        (f"a run of >= {F2_RELAX_TIMES:g} relaxation times (ran {fmt(times, '.1f')})",
          finite(times) and times >= F2_RELAX_TIMES),
         (f"constant lr (schedule {lr_schedule})", lr_schedule == "const"),
+    ]
+    checks = [
         ("every BN-preceded conv logged and detected scale-invariant", bool(rows) and not missing and not no_theory),
         (f"every ratio within 1 +- {F2_BAND:g}",
          bool(ok_ratios) and not no_theory and all(abs(v - 1) <= F2_BAND for v in ok_ratios)),
@@ -96,7 +99,7 @@ def f2_equilibrium(summary: dict[str, Any], bn_preceded: Sequence[str], lr_sched
     values = {"ratios": ratios, "angle_pred": pred, "relaxation_steps": relax, "last_step": last,
               "relaxation_times": times, "missing": missing, "without_theory": no_theory,
               "invariance": {r["param"]: r.get("invariance") for r in rows}}
-    return decide(BY_ID["F2"], checks, measured, values)
+    return decide(BY_ID["F2"], checks, measured, values, needs=needs)
 
 
 def f3_lars_like(summary: dict[str, Any], bn_preceded: Sequence[str]) -> FindingRecord:
@@ -148,12 +151,13 @@ def f4b_exponential_lr(sim: dict[str, Any]) -> FindingRecord:
     diff = sim.get("max_direction_diff")
     control = sim.get("control_max_direction_diff")
     checks = [(f"max direction difference {fmt(diff, '.1e')} <= {F4B_DIRECTION_TOL:g}",
-               finite(diff) and diff <= F4B_DIRECTION_TOL),
-              (f"float64, mu = 0, {sim.get('steps')} steps", sim.get("dtype") == "float64"
-               and sim.get("momentum") == 0 and (sim.get("steps") or 0) >= 200)]
+               finite(diff) and diff <= F4B_DIRECTION_TOL)]
+    needs = [(f"float64, mu = 0, >= {F4B_STEPS} steps (ran {sim.get('dtype')}, mu = {sim.get('momentum')}, "
+              f"{sim.get('steps')} steps)", sim.get("dtype") == "float64" and sim.get("momentum") == 0
+              and (sim.get("steps") or 0) >= F4B_STEPS)]
     measured = (f"max ‖u_wd - u_exp‖ {fmt(diff, '.1e')} over {sim.get('steps')} steps "
                 f"(control, constant lr without decay: {fmt(control, '.2g')}); lr grew "
                 f"{fmt(sim.get('lr_growth'), '.3g')}x")
     notes = ["The control (same start, constant lr, no weight decay) shows the test can tell the runs apart."]
-    return decide(BY_ID["F4b"], checks, measured, dict(sim), notes=notes)
+    return decide(BY_ID["F4b"], checks, measured, dict(sim), notes=notes, needs=needs)
 

@@ -9,14 +9,23 @@ import html
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from ..findings.record import VERDICTS
 from ..io.jsonfile import write_json
 
 FIGURES_DIR = "figures"
 FIGURE_SCRIPT = Path(__file__).resolve().parents[2] / "figures" / "plot_findings.py"
 TITLE = "Reproduction of *How to train your ResNet*, parts 6 (weight decay) and 7 (batch norm)"
+SMOKE_WARNING = ("Scale smoke: these verdicts mean nothing. Smoke runs tiny nets on synthetic images for a few "
+                 "steps to check that every stage and the report work; decide the findings at --scale cpu or full.")
+SOURCES = ("Source codes: P = Page's posts (How to train your ResNet, parts 6 and 7) and their notebook; "
+           "L = the literature the posts rest on (paper named); A = analysis: derivable or exactly simulable.")
+VERDICT_LEGEND = ("Verdicts: PASS, every check holds; FAIL, a check does not; UNDECIDED, the setting is too small "
+                  "to test the claim (too few steps, eigenpairs or layers; the reason says which); NOT RUN, not "
+                  "requested or a stage it needs failed.")
 
 
 def draw_figures(out: Path, timeout: float = 900) -> str | None:
@@ -39,6 +48,8 @@ def write_report(result: Any, out: Path) -> list[Path]:
     record = result.record
     paths = [write_json(out / "report.json", record)]
     problem = draw_figures(out) if result.draw_figures else "figures not drawn (--no-figures)"
+    if getattr(result, "started", None) is not None:  # "took" spans the figures too, as the closing stderr line
+        record["provenance"]["wall_time_total"] = time.perf_counter() - result.started
     for rec, frec in zip(result.findings, record["findings"]):
         fig = Path(FIGURES_DIR) / f"{rec.id}.png"
         rec.figure = frec["figure"] = str(fig) if (out / fig).is_file() else None
@@ -66,13 +77,16 @@ def _header(record: dict[str, Any]) -> list[str]:
     p = record["provenance"]
     v = p["versions"]
     s = record["summary"]
+    warning = [f"**{SMOKE_WARNING}**", ""] if record["scale"] == "smoke" else []
     return [
+        *warning,
         f"Scale **{record['scale']}**; requested: {', '.join(record['requested'])}. "
-        f"Verdicts: {s.get('PASS', 0)} PASS, {s.get('FAIL', 0)} FAIL, {s.get('NOT RUN', 0)} NOT RUN.",
+        f"Verdicts: {', '.join(f'{s.get(k, 0)} {k}' for k in VERDICTS)}.",
         "",
         f"bnlab {v['bnlab']}, torch {v['torch']}, numpy {v['numpy']}, scipy {v['scipy']}, Python {v['python']}; "
         f"device {p['device']} ({p['device_name']}), {p['cpu_count']} CPU cores, {p['jobs']} worker(s); "
-        f"created {p['created']}; this invocation took {hms(p['wall_time_total'])} (stages run now: "
+        f"created {p['created']}; this invocation took {hms(p['wall_time_total'])} (start to figures drawn; "
+        f"stages run now: "
         f"{hms(p['wall_time_stages_run'])} of worker time; all stages of the report, reused ones included: "
         f"{hms(p['wall_time_stages_all'])}).",
         "",
@@ -82,7 +96,7 @@ def _header(record: dict[str, Any]) -> list[str]:
 
 
 def markdown(record: dict[str, Any]) -> str:
-    lines = [f"# {TITLE}", "", *_header(record), "", "## Verdicts", "",
+    lines = [f"# {TITLE}", "", *_header(record), "", "## Verdicts", "", SOURCES, "", VERDICT_LEGEND, "",
              "| id | claim | source | source's number | measured | threshold | verdict |",
              "|---|---|---|---|---|---|---|"]
     for f in record["findings"]:
@@ -118,7 +132,9 @@ def markdown(record: dict[str, Any]) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:0.86em}td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top}
 th{background:#f2f2f2}.PASS{background:#d9f2d9;font-weight:bold}.FAIL{background:#f8d7d7;font-weight:bold}
-.NOTRUN{background:#eee;font-weight:bold}img{max-width:100%;border:1px solid #ddd}code{background:#f5f5f5}
+.NOTRUN{background:#eee;font-weight:bold}
+.UNDECIDED{background:#fcefc7;font-weight:bold}.warning{background:#fcefc7;padding:0.6em;font-weight:bold}
+img{max-width:100%;border:1px solid #ddd}code{background:#f5f5f5}
 h2{border-bottom:1px solid #ddd;padding-bottom:3px}"""
 
 
@@ -133,8 +149,12 @@ def to_html(record: dict[str, Any], out: Path) -> str:
     e = html.escape
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(TITLE.replace('*', ''))}</title>"
              f"<style>{_CSS}</style></head><body><h1>{e(TITLE.replace('*', ''))}</h1>"]
-    parts += [f"<p>{e(line).replace('**', '')}</p>" for line in _header(record) if line]
-    parts.append("<h2>Verdicts</h2><table><tr><th>id</th><th>claim</th><th>source</th><th>source's number</th>"
+    for line in _header(record):
+        if line:
+            cls = " class='warning'" if line.strip("*") == SMOKE_WARNING else ""
+            parts.append(f"<p{cls}>{e(line).replace('**', '')}</p>")
+    parts.append(f"<h2>Verdicts</h2><p>{e(SOURCES)}</p><p>{e(VERDICT_LEGEND)}</p>")
+    parts.append("<table><tr><th>id</th><th>claim</th><th>source</th><th>source's number</th>"
                  "<th>measured</th><th>threshold</th><th>verdict</th></tr>")
     for f in record["findings"]:
         parts.append(f"<tr><td><a href='#{e(f['id'])}'>{e(f['id'])}</a></td><td>{e(f['title'])}</td>"

@@ -26,7 +26,7 @@ from .. import validate as check
 from ..data import cifar
 from ..device import resolve_device
 from ..errors import BnlabError
-from ..findings.record import FindingRecord
+from ..findings.record import VERDICTS, FindingRecord
 from ..findings.spec import IDS, in_group
 from ..io.jsonfile import read_json, write_json
 from ..rundir import claim_out_dir, output_path
@@ -111,6 +111,8 @@ class ReproduceResult:
     record: dict[str, Any]  # what report.json holds
     findings: list[FindingRecord]
     draw_figures: bool = True
+    started: float | None = None  # time.perf_counter() when the invocation began: the report's "took" ends
+    # after the figures are drawn, and the closing stderr line prints that same span
 
     def write(self, out: str | Path) -> list[Path]:
         """report.json, the figures (DIR/figures/*.png), report.md and the self-contained report.html."""
@@ -195,14 +197,14 @@ def run_reproduce(opts: ReproduceOptions, out: str | Path, *, force: bool = Fals
         records = [_evaluate(fid, outs, plan, opts, outcomes, keys, out) for fid in IDS]
         record = _report_record(opts, wanted, records, outcomes, plan, keys, out, dev, jobs, context, data_folder,
                                 time.perf_counter() - t_start)
-        result = ReproduceResult(record, records, draw_figures=opts.figures)
+        result = ReproduceResult(record, records, draw_figures=opts.figures, started=t_start)
         result.write(out)
         manifest["runs"][-1].update(finished=_now(), wall_time=time.perf_counter() - t_start,
                                     verdicts={r.id: r.verdict for r in records})
         write_json(out / MANIFEST, manifest)
     failed = [o for o in outcomes.values() if o.status == "failed"]
     log.line(f"report: {out / 'report.md'} ({', '.join(f'{k} {v}' for k, v in record['summary'].items() if v)}); "
-             f"{_hms(time.perf_counter() - t_start)} in all")
+             f"took {_hms(record['provenance']['wall_time_total'])}")
     if failed:
         raise BnlabError(f"{len(failed)} stage(s) failed ({'; '.join(f'{o.name}: {o.error}' for o in failed)}); "
                          "the report marks what they feed as NOT RUN; rerun the same command to retry them")
@@ -445,7 +447,7 @@ def _report_record(opts: ReproduceOptions, wanted: tuple[str, ...], records: lis
                    outcomes: dict[str, StageOutcome], plan: dict[str, Stage], keys: dict[str, str], out: Path,
                    dev: torch.device, jobs: int, context: dict[str, Any], data_folder: Path | None,
                    wall: float) -> dict[str, Any]:
-    summary = {v: sum(r.verdict == v for r in records) for v in ("PASS", "FAIL", "NOT RUN")}
+    summary = {v: sum(r.verdict == v for r in records) for v in VERDICTS}
     stages = []
     for n, o in outcomes.items():
         stages.append({"name": n, "kind": o.kind, "key": o.key, "folder": o.folder, "status": o.status,

@@ -33,7 +33,9 @@ sys.path.insert(0, str(ROOT / "figures"))  # the scripts import their shared sty
 import figstyle  # noqa: E402
 import plot_collapse  # noqa: E402
 import plot_dynamics  # noqa: E402
+import plot_findings  # noqa: E402
 import plot_hessian  # noqa: E402
+import plot_hessian_series  # noqa: E402
 import plot_outstats  # noqa: E402
 import plot_sweep  # noqa: E402
 
@@ -106,9 +108,26 @@ def outstats_dirs(ckpts: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="module")
 def dynamics_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("dynamics")
-    bnlab("train", "--variant", "bn", *TINY, "--lr", "0.2", "--wd", "5e-3", "--out", root / "run")
+    bnlab("train", "--variant", "bn", *TINY, "--lr", "0.2", "--wd", "5e-3", "--save-every", "1", "--out", root / "run")
     bnlab("dynamics", root / "run", "--out", root / "dyn")
     return root / "dyn"
+
+
+@pytest.fixture(scope="module")
+def series_dir(dynamics_dir: Path) -> Path:
+    """`bnlab hessian RUN_DIR` on the dynamics fixture's run (a checkpoint per epoch): hessian_series.json."""
+    out = dynamics_dir.parent / "series"
+    bnlab("hessian", dynamics_dir.parent / "run", "--top-k", "2", "--tol", "1e-2", "--num-samples", "40",
+          "--batch-size", "20", "--out", out, "-q")
+    return out
+
+
+@pytest.fixture(scope="module")
+def reproduce_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cheapest findings of `bnlab reproduce --scale smoke` (F4b: float64 simulations; F5: collapse at init)."""
+    out = tmp_path_factory.mktemp("repro") / "r"
+    bnlab("reproduce", "F4b", "F5", "--scale", "smoke", "--no-figures", "--out", out, "-q")
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +191,15 @@ def test_outstats_figures(outstats_dirs: dict[str, Path], tmp_path: Path, capsys
     assert legend_texts(fig.legends[0]) == [w for _, w in plot_outstats.PERTURB]
     assert visible_axes(fig)[0].get_ylim() == (0, 1)
 
+    assert [t.get_text() for t in visible_axes(fig)[0].get_xticklabels()][:2] == ["class 0", "class 1"]
+    assert figstyle.class_names({"dataset": "cifar10"}, 10)[:2] == ["airplane", "automobile"]
+
     fig = plot_outstats.overlaps_figure(runs)
     assert "random direction" in legend_texts(fig.legends[0])
+    for ax, m in zip(visible_axes(fig), MODELS):  # the random line lies inside a log axis, well above its bottom
+        lo, hi = ax.get_ylim()
+        rnd = runs[m]["span"]["random_overlap_expected"]
+        assert ax.get_yscale() == "log" and lo < rnd / 2 and hi >= 1
 
     fig = plot_outstats.projected_figure(runs)
     axes = visible_axes(fig)
@@ -194,8 +220,9 @@ def test_outstats_figures(outstats_dirs: dict[str, Path], tmp_path: Path, capsys
         assert [t.get_text() for t in axes[0].get_xticklabels()] == ["1", "2"]  # width 2: two channels
 
     plot_outstats.main([str(outstats_dirs[m]) for m in MODELS] + ["--out", str(tmp_path / "fig")])
+    # each input is named by the model its record describes, not by its folder
     check_saved(capsys, tmp_path / "fig", {"layer_grad_norms", "perturbation", "overlaps", "projected_eigs",
-                                          "kde_bn", "kde_no_bn"})
+                                          "kde_simple_net_w2_BN", "kde_simple_net_w2_no_BN"})
 
 
 def test_dynamics_figures(dynamics_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -204,26 +231,28 @@ def test_dynamics_figures(dynamics_dir: Path, tmp_path: Path, capsys: pytest.Cap
     assert params == list(layers.loc[layers["ratio"].notna(), "param"])
     theory_layers = [display[p] for p in params]  # "(~)" marks approximately invariant layers
 
+    # one panel per layer (its measured line and its prediction only), one legend for the line styles
     fig = plot_dynamics.norms_figure(series, layers)
-    (ax,) = visible_axes(fig)
-    assert (ax.get_xlabel(), ax.get_ylabel()) == ("step", "‖w‖") and ax.get_title()
-    solid = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
-    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
-    assert len(solid) == len(dashed) == len(theory_layers)
-    for s, d in zip(solid, dashed):  # each prediction in its layer's colour, none grey
-        assert to_rgb(s.get_color()) == to_rgb(d.get_color())
-        r, g, b = to_rgb(d.get_color())
-        assert max(r, g, b) - min(r, g, b) > 0.05
-    assert len({to_rgb(s.get_color()) for s in solid}) == len(solid)
-    legends = [a for a in ax.get_children() if isinstance(a, matplotlib.legend.Legend)]
-    texts = [t for leg in legends for t in legend_texts(leg)]
-    assert set(theory_layers) <= set(texts) and {"measured", "lagged equilibrium prediction"} <= set(texts)
-    assert all(outside_right(fig, leg, ax) for leg in legends)
+    axes = visible_axes(fig)
+    assert [ax.get_title() for ax in axes] == theory_layers and fig.get_suptitle()
+    assert axes[0].get_ylabel() == "‖w‖" and axes[-1].get_xlabel() == "step"
+    for ax in axes:
+        assert [ln.get_linestyle() for ln in ax.get_lines()] == ["-", "--"] and ax.get_legend() is None
+    assert len(fig.legends) == 1 and legend_texts(fig.legends[0]) == ["measured", "lagged equilibrium prediction"]
 
     fig = plot_dynamics.angles_figure(series, layers)
-    (ax,) = visible_axes(fig)
-    assert ax.get_xlabel() == "step" and "angle" in ax.get_ylabel() and ax.get_title()
-    assert "predicted equilibrium" in legend_texts(ax.get_legend())
+    axes = visible_axes(fig)
+    assert [ax.get_title() for ax in axes] == theory_layers and len(fig.legends) == 1
+    assert all(len(ax.get_lines()) == 2 for ax in axes)
+    assert "angle" in axes[0].get_ylabel() and axes[0].get_shared_y_axes().joined(axes[0], axes[-1])
+    assert "predicted equilibrium" in legend_texts(fig.legends[0])
+    # at the end of a schedule (lr -> 0) the prediction falls to 0: those steps are not drawn
+    last = series["step"].max()
+    ended = series.assign(lr=np.where(series["step"] >= last - 1, 0.0, series["lr"]))
+    fig = plot_dynamics.angles_figure(ended, layers, {"compare_to": "lagged"})
+    for ax in visible_axes(fig):
+        assert all(max(ln.get_xdata()) < last - 1 for ln in ax.get_lines())
+    assert "left out" in fig.get_suptitle() and "lagged prediction" in legend_texts(fig.legends[0])
 
     fig = plot_dynamics.ratio_figure(layers, summary)
     (ax,) = visible_axes(fig)
@@ -315,7 +344,11 @@ def test_collapse_command_and_figures(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_scripts_report_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cases = ((plot_hessian, [str(tmp_path / "none.json")]), (plot_outstats, [str(tmp_path), "--out", str(tmp_path)]),
              (plot_dynamics, [str(tmp_path)]), (plot_sweep, [str(tmp_path)]),
-             (plot_collapse, [str(tmp_path), "--out", str(tmp_path)]))
+             (plot_collapse, [str(tmp_path), "--out", str(tmp_path)]), (plot_hessian_series, [str(tmp_path)]),
+             (plot_findings, [str(tmp_path)]),
+             # a script that writes several figures cannot write them to one file name
+             (plot_dynamics, [str(tmp_path), "-o", str(tmp_path / "x.png")]),
+             (plot_hessian, [str(tmp_path / "none.json"), "-o", str(tmp_path / "x.svg")]))
     for module, argv in cases:
         with pytest.raises(SystemExit) as e:
             module.main(argv)
@@ -323,3 +356,77 @@ def test_scripts_report_bad_input_in_one_line(tmp_path: Path, capsys: pytest.Cap
         err = capsys.readouterr().err
         assert err.startswith(f"{module.PROG}: error: ") and err.count("\n") == 1, err
     assert not list(tmp_path.iterdir())
+
+
+def _wrote(capsys: pytest.CaptureFixture) -> list[Path]:
+    lines = capsys.readouterr().out.splitlines()
+    assert all(line.startswith(("wrote ", "skipped ")) for line in lines), lines
+    return [Path(line.removeprefix("wrote ")) for line in lines if line.startswith("wrote ")]
+
+
+def test_every_script_writes_exactly_the_files_it_reports(
+        hessian_dirs: dict[str, Path], outstats_dirs: dict[str, Path], dynamics_dir: Path, sweep_dir: Path,
+        series_dir: Path, reproduce_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    collapse = tmp_path / "collapse"
+    bnlab("collapse", "--depth", "4", "--width", "64", "--inputs", "40", "--hist-layers", "1,4", "--out", collapse)
+    capsys.readouterr()
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # nothing may land in the current folder unless asked
+    hess = [str(hessian_dirs[m] / "hessian.json") for m in MODELS]
+    runs = [  # (script, argv, the folder it must write into, the stems it must write)
+        (plot_hessian, [*hess, "--out", "figs/"], cwd / "figs", {"hessian"}),
+        (plot_hessian, [*hess, "-o", str(tmp_path / "h" / "eig.png")], tmp_path / "h", {"eig"}),
+        (plot_hessian_series, [str(series_dir), "--out", str(tmp_path / "s") + "/"], tmp_path / "s",
+         {"hessian_series"}),
+        (plot_hessian_series, [str(series_dir / "hessian_series.json")], series_dir, {"hessian_series"}),
+        (plot_outstats, [*(str(outstats_dirs[m]) for m in MODELS), "-o", str(tmp_path / "o")], tmp_path / "o",
+         {"layer_grad_norms", "perturbation", "overlaps", "projected_eigs", "kde_simple_net_w2_BN",
+          "kde_simple_net_w2_no_BN"}),
+        (plot_dynamics, [str(dynamics_dir), "--out", str(tmp_path / "d")], tmp_path / "d",
+         {"dynamics_norms", "dynamics_angles", "dynamics_ratio"}),
+        (plot_sweep, [str(sweep_dir), "-o", str(tmp_path / "w")], tmp_path / "w", {"sweep_heatmap", "sweep_angle"}),
+        (plot_collapse, [str(collapse), "--out", str(tmp_path / "c")], tmp_path / "c",
+         {"collapse_share", "collapse_kde"}),
+        (plot_findings, [str(reproduce_dir), "-o", str(tmp_path / "f")], tmp_path / "f", {"F4b", "F5"}),
+        (plot_findings, [str(reproduce_dir)], reproduce_dir / "figures", {"F4b", "F5"}),
+    ]
+    for module, argv, folder, stems in runs:
+        before = {p for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else set()
+        module.main(argv)
+        reported = _wrote(capsys)
+        written = {p for p in folder.rglob("*") if p.is_file()} - before
+        assert len(reported) == len(set(reported)), (module.PROG, reported)  # one line per file
+        assert {p.resolve() for p in reported} == {p.resolve() for p in written}, (module.PROG, reported, written)
+        assert {p.name for p in written} == {f"{s}.{ext}" for s in stems for ext in ("png", "pdf")}, module.PROG
+        assert all(p.stat().st_size > 1000 for p in written)
+    assert not any(p.is_file() for p in cwd.iterdir())  # e.g. no ./figs.png beside figs/
+
+
+def test_hessian_series_keeps_lr_zero_and_uses_the_recorded_lambda1(series_dir: Path) -> None:
+    series = plot_hessian_series.load(series_dir)
+    cps = sorted(series["checkpoints"], key=lambda c: c["step"])
+    assert len(cps) >= 2
+    series["checkpoints"][-1]["lr"] = 0.0  # the end of a schedule: eta*lambda1 = 0, lambda1 is still recorded
+    series["checkpoints"][-1]["eta_lambda1"] = 0.0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero on the way
+        fig = plot_hessian_series.figure(series)
+    eig_ax, ratio_ax, _ = visible_axes(fig)
+    lam1 = next(ln for ln in eig_ax.get_lines() if ln.get_label() == "λ1")
+    scale = series["settings"]["scale_factor"]
+    assert list(lam1.get_xdata()) == [c["step"] for c in cps]  # every checkpoint, lr = 0 included
+    assert np.allclose(lam1.get_ydata(), [c["eigenvalues"][0] / scale for c in cps])
+    ratio = next(ln for ln in ratio_ax.get_lines() if ln.get_label() == "η·λ1 / threshold")
+    assert list(ratio.get_xdata()) == [c["step"] for c in cps[:-1]]  # no ratio where eta = 0 ...
+    assert "η = 0 (no ratio)" in legend_texts(ratio_ax.get_legend())  # ... and the figure says so
+    for ax in (eig_ax, ratio_ax):  # every point inside the axis, between labelled ticks
+        lo, hi = ax.get_ylim()
+        ys = np.concatenate([ln.get_ydata() for ln in ax.get_lines()  # the data, not the reference lines
+                             if len(ln.get_ydata()) and not ln.get_label().startswith("_")])
+        assert lo <= ys.min() and ys.max() <= hi
+        ticks = [*ax.yaxis.get_majorticklocs(), *ax.yaxis.get_minorticklocs()]
+        assert any(np.isclose(t, lo) for t in ticks) and any(np.isclose(t, hi) for t in ticks), (lo, hi, ticks)

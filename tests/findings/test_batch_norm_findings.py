@@ -45,6 +45,13 @@ def test_f5_centred_clause_starts_at_layer_2() -> None:
     assert f.verdict == "FAIL" and "at layer 30" in f.reason
 
 
+def test_f5_undecided_when_the_net_is_shallower_than_the_layers_checked() -> None:
+    c = _collapse()
+    c = {k: v[:10] if isinstance(v, list) else v for k, v in c.items()} | {"depth": 10}
+    rec = bnf.f5_collapse(c)
+    assert rec.verdict == "UNDECIDED" and "depth >= 50" in rec.reason and "(holds)" in rec.reason
+
+
 def test_f5_on_bnlab_collapse() -> None:
     rec = run_collapse(CollapseOptions(depth=50, width=1024, n_inputs=300)).record
     f = bnf.f5_collapse(rec, {"bn": {"logits": 0.8}, "no_bn": {"logits": 0.9}})
@@ -154,10 +161,18 @@ def test_f9_gap_on_synthetic_spectra() -> None:
     assert bnf.f9_sharpness({"bn": bn, "frozen": _spectrum(11, gap=1.8001)}).verdict == "PASS"
     assert bnf.f9_sharpness({"bn": bn, "frozen": _spectrum(11, gap=1.79)}).verdict == "FAIL"
     assert bnf.f9_sharpness({"bn": bn, "frozen": _spectrum(9, top=499.0)}).verdict == "FAIL"  # ratio < 5
-    assert bnf.f9_sharpness({"bn": bn, "frozen": _spectrum(9, n=9)}).verdict == "FAIL"  # lambda_10 unknown
+    rec = bnf.f9_sharpness({"bn": bn, "frozen": _spectrum(9, n=9)})  # lambda_10.. unknown: gap k = 10, 11 untested
+    assert rec.verdict == "UNDECIDED" and "frozen top-12 eigenvalues (have 9)" in rec.reason
+    rec = bnf.f9_sharpness({"bn": bn, "frozen": _spectrum(3, n=5)})  # no k in 8..11 measurable at all
+    assert rec.verdict == "UNDECIDED" and rec.values["gap_k"] is None and "gap (not measured)" in rec.reason
+    assert "None" not in rec.measured and rec.measured.endswith("frozen gap at k in 8..11: not measured (top-5 only)")
 
 
 def test_f10_overlaps() -> None:
+    few = _outstats(1, 0.2, 0.7, 0.1, overlaps=(0.6, 0.9))
+    few["eigen"] = {k: v[:5] if isinstance(v, list) else v for k, v in few["eigen"].items()}
+    rec = bnf.f10_overlap(few)
+    assert rec.verdict == "UNDECIDED" and "9 eigenvectors (have 5)" in rec.reason
     assert bnf.f10_overlap(_outstats(1, 0.2, 0.7, 0.1, overlaps=(0.6, 0.9))).verdict == "PASS"
     assert bnf.f10_overlap(_outstats(1, 0.2, 0.7, 0.1, overlaps=(0.59, 0.9))).verdict == "FAIL"
     assert bnf.f10_overlap(_outstats(1, 0.2, 0.7, 0.1, overlaps=(0.6, 0.89))).verdict == "FAIL"
@@ -197,5 +212,7 @@ def test_f12_edge_of_stability() -> None:
     # warm-up then a constant phase: only the constant phase counts (the warm-up checkpoint at 0.05 is left out)
     rec = f12_edge_of_stability(_series([0.05, 0.9, 1.0, 1.1, 1.0], lrs=[0.05, 0.1, 0.1, 0.1, 0.1]))
     assert rec.verdict == "PASS" and len(rec.values["phase_ratios"]) >= 2
+    rec = f12_edge_of_stability(_series([1.0]))  # one checkpoint: no phase to compare
+    assert rec.verdict == "UNDECIDED" and "(have 1)" in rec.reason
     with pytest.raises(ValueError):
         f12_edge_of_stability({"format": "something else"})
