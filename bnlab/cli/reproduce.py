@@ -20,11 +20,10 @@ from .common import OutPath, device_option, force_option, quiet_option
 @click.option("--out", "-o", "out", type=OutPath(), required=True,
               help="Reproduction folder: a new or empty one, or one of an earlier `bnlab reproduce` (continued: "
                    "finished stages are reused).")
+@click.option("--threads", type=int, default=1, show_default=True, help="Torch threads of every stage, fixed "
+              "whatever --jobs is and part of each stage's key, so a stage's result does not depend on --jobs.")
 @click.option("--jobs", "-j", type=int, default=None,
               help="Stages run at once, in worker processes (default: the CPU cores / --threads; 1 on a GPU).")
-@click.option("--threads", type=int, default=1, show_default=True,
-              help="Torch threads of every stage, fixed whatever --jobs is and part of each stage's key, so a "
-                   "stage's result does not depend on --jobs.")
 @click.option("--no-figures", is_flag=True, help="Write the report without drawing figures.")
 @force_option
 @device_option
