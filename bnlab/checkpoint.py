@@ -101,11 +101,21 @@ def _malformed(payload: dict[str, Any]) -> str | None:
 def model_from_payload(payload: dict[str, Any], path: Path) -> tuple[nn.Module, TrainConfig]:
     config = TrainConfig.from_dict(payload["config"])
     model = build_model(config.model)
+    load_weights(model, payload["model"], path)
+    return model, config
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """model.load_state_dict(weights), refusing (one line) weights of another shape or dtype."""
+    expected = model.state_dict()
+    for name, t in weights.items():  # load_state_dict would cast silently (int64 weights truncate)
+        if name in expected and t.dtype != expected[name].dtype:
+            raise BnlabError(f"{path}: weight {name} is {str(t.dtype).replace('torch.', '')}, the model's is "
+                             f"{str(expected[name].dtype).replace('torch.', '')} (hand-edited or foreign file?)")
     try:
-        model.load_state_dict(payload["model"])
+        model.load_state_dict(weights)
     except RuntimeError as e:
         raise BnlabError(f"{path}: weights do not fit the recorded model ({str(e).splitlines()[0]})") from None
-    return model, config
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,14 @@ VARIANTS = {"bn": ("bn", "bn_fixed_affine"), "no_bn": ("none",), "frozen_bn": ("
 # Chosen from CIFAR-10 lr scans (README, "Presets").
 PRESET_LR = {"bn": 0.4, "bn_fixed_affine": 0.4, "ghost": 0.4, "none": 0.05, "frozen": 0.05}
 DATASETS = ("cifar10", "synthetic")
+CIFAR_SIZES = (50000, 10000)  # training and test images of the official release
+MAX_SYNTHETIC = 1_000_000  # images of the synthetic task (held in memory as uint8)
+MAX_EPOCHS = 100_000
 SCHEDULES = ("piecewise", "exp", "const")
+# The largest lr a schedule may name (--lr, and --lr times the largest --lr-mults). A diverging lr is a
+# result (status "diverged"; tests drive runs into divergence with lr up to 1e12); one near 1e308 is a
+# typo whose updates overflow even float64 before divergence can be detected, so it is refused up front.
+MAX_LR = 1e30
 
 
 @dataclass(frozen=True)
@@ -46,14 +54,31 @@ class DataSpec:
     def validate(self) -> None:
         if self.dataset not in DATASETS:
             raise BnlabError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        for name in ("subset", "test_subset"):
+        check.integer("--cutout", self.cutout, 0, 32)
+        check.integer("synthetic_train", self.synthetic_train, 10, MAX_SYNTHETIC)
+        check.integer("synthetic_test", self.synthetic_test, 10, MAX_SYNTHETIC)
+        for name, whole in zip(("subset", "test_subset"), self.full_sizes()):
             n = check.optional_integer(f"--{name.replace('_', '-')}", getattr(self, name))
             if n is not None and (n < 10 or n % 10):
                 raise BnlabError(f"--{name.replace('_', '-')} must be a positive multiple of 10 "
                                  f"(class-balanced), got {n}")
-        check.integer("--cutout", self.cutout, 0, 32)
-        check.integer("synthetic_train", self.synthetic_train, 10)
-        check.integer("synthetic_test", self.synthetic_test, 10)
+            if n is not None and n > whole:
+                raise BnlabError(f"--{name.replace('_', '-')} {n} is larger than the {self.dataset} "
+                                 f"{'training' if name == 'subset' else 'test'} set ({whole} images)")
+
+    def full_sizes(self) -> tuple[int, int]:
+        """(training, test) images of the whole dataset (an upper bound for a CIFAR-10 folder)."""
+        return CIFAR_SIZES if self.dataset == "cifar10" else (self.synthetic_train, self.synthetic_test)
+
+    def train_size(self) -> int:
+        """Training images a run sees at most (the subset, else the whole set)."""
+        return self.subset or self.full_sizes()[0]
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """Refuse a batch larger than the training set can be (known before the data are loaded)."""
+        if batch_size > self.train_size():
+            raise BnlabError(f"--batch-size {batch_size} is larger than the training set ({self.train_size()} "
+                             "images)")
 
 
 @dataclass(frozen=True)
@@ -95,24 +120,30 @@ class TrainConfig:
                              f"but norm {self.model.norm!r} was asked for; drop one of the two")
         self.model.validate()
         self.data.validate()
-        check.integer("--epochs", self.epochs, 1)
-        check.integer("--batch-size", self.batch_size, 1)
-        check.integer("--seed", self.seed, 0)
+        check.integer("--epochs", self.epochs, 1, MAX_EPOCHS)
+        check.integer("--batch-size", self.batch_size, 1, MAX_SYNTHETIC)  # no dataset here holds more images
+        check.seed("--seed", self.seed)
         if self.model.norm == "ghost" and self.batch_size % self.model.ghost_splits:
             raise BnlabError(f"ghost BN with {self.model.ghost_splits} splits needs a batch size divisible "
                              f"by it, got {self.batch_size}")
         if self.lr_schedule not in SCHEDULES:
             raise BnlabError(f"unknown lr schedule {self.lr_schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        check.positive("--lr", self.lr)
+        check.in_range("--lr", self.lr, 0.0, MAX_LR, low_open=True)
         if self.lr_knots is not None:
             check.all_finite("--lr-knots", self.lr_knots)
         if self.lr_mults is not None:
             check.all_finite("--lr-mults", self.lr_mults, minimum=0.0)
         knots, mults = self.knots()
+        if mults and self.lr * max(mults) > MAX_LR:
+            raise BnlabError(f"--lr-mults {','.join(f'{m:g}' for m in mults)} with --lr {self.lr:g} peak at lr "
+                             f"{self.lr * max(mults):g}; the largest lr allowed is {MAX_LR:g}")
         if len(knots) != len(mults) or len(knots) < 2:
             raise BnlabError("--lr-knots and --lr-mults need the same number (>= 2) of values")
         if any(b <= a for a, b in zip(knots, knots[1:])):
             raise BnlabError(f"--lr-knots must increase strictly, got {list(knots)}")
+        if self.lr_schedule == "exp" and math.log2(self.lr) + self.epochs / 2 > 1000:  # 2^1024 overflows
+            raise BnlabError(f"--lr-schedule exp doubles the lr every 2 epochs: {self.epochs} epochs overflow it; "
+                             "use fewer epochs")
         if self.lr_schedule == "piecewise" and max(mults) == 0:
             raise BnlabError("--lr-mults are all zero: the lr would be 0 throughout")
         check.in_range("--momentum", self.momentum, 0.0, 1.0, high_open=True)

@@ -62,7 +62,7 @@ class EvalSpec:
                 raise BnlabError(f"--num-samples must be a positive multiple of 10 (class-balanced), "
                                  f"got {self.num_samples}")
         check.integer("--batch-size", self.batch_size, 1)
-        check.integer("--eval-seed", self.eval_seed, 0)
+        check.seed("--eval-seed", self.eval_seed)
         if self.bn_mode is not None:
             check.choice("--bn-mode", self.bn_mode, BN_MODES)
         if self.dtype is not None:
@@ -174,6 +174,10 @@ def build_context(ckpt: Checkpoint | str | os.PathLike, spec: EvalSpec | None = 
     if not isinstance(ckpt, Checkpoint):
         ckpt = load_checkpoint(ckpt, dev)
     model = ckpt.model
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:  # derivatives of a non-finite model are meaningless; say so before any work
+        raise BnlabError(f"{ckpt.path} has non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                         "nothing to analyse")
     want = getattr(torch, spec.dtype) if spec.dtype else next(model.parameters()).dtype
     p0 = next(model.parameters())
     if p0.device != dev or p0.dtype != want:

@@ -83,6 +83,7 @@ def freeze_checkpoint(path: str | Path, out: str | Path, *, data_dir: str | None
     data = load_data(spec, device, seed=ckpt.config.seed)
     bs = batch_size or ckpt.config.batch_size
     batches = refresh_bn_statistics(ckpt.model, data, bs)
+    bs = min(bs, len(data.train_y))  # a batch larger than the training set is one batch of all of it
     frozen, config = frozen_copy(ckpt.model, ckpt)
     test_loss, test_acc = evaluate(frozen, data, config, torch.device(device))
     summary = {"frozen_from": str(Path(path).resolve()), "frozen_from_sha256": file_hash(path),

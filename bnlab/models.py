@@ -28,6 +28,12 @@ MODELS = ("davidnet", "simple")
 ACTS = ("relu", "celu", "softplus")
 DEFAULT_ACT_PARAM = {"relu": None, "celu": 0.3, "softplus": 10.0}
 DEFAULT_CLASSIFIER_SCALE = {"davidnet": 0.125, "simple": 0.125 / math.sqrt(6)}
+# 16x the published width: DavidNet's parameters grow as width^2 (6.57M at 64, 1.7G at 1024), so a
+# larger width is a typo that would otherwise only fail in a huge allocation.
+MAX_WIDTH = 1024
+# Celu's alpha / softplus's beta: the posts use 0.3 and 10; far outside this range the activation
+# overflows or degenerates (beta*x = inf), which would only show as a failure mid-training.
+ACT_PARAM_RANGE = (1e-3, 1e3)
 
 
 @dataclass(frozen=True)
@@ -49,15 +55,15 @@ class ModelSpec:
             raise BnlabError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if self.act not in ACTS:
             raise BnlabError(f"unknown activation {self.act!r}; choose one of {', '.join(ACTS)}")
-        check.integer("--width", self.width, 1)
-        check.integer("--ghost-splits", self.ghost_splits, 1)
+        check.integer("--width", self.width, 1, MAX_WIDTH)
+        check.integer("--ghost-splits", self.ghost_splits, 1, 1 << 16)
         check.integer("num_classes", self.num_classes, 2)
         if self.act == "relu" and self.act_param is not None:
             raise BnlabError("relu takes no --act-param (it is celu's alpha / softplus's beta)")
         if self.act_param is not None:
-            check.positive("--act-param", self.act_param)
+            check.in_range("--act-param", self.act_param, *ACT_PARAM_RANGE)
         if self.classifier_scale is not None:
-            check.positive("--classifier-scale", self.classifier_scale)
+            check.in_range("--classifier-scale", self.classifier_scale, 0.0, 1e3, low_open=True)
         make_norm(self.norm, 1, affine=self.affine, ghost_splits=self.ghost_splits)  # validates norm
 
 

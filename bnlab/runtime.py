@@ -9,12 +9,17 @@ peak, which a training or analysis process reaches anyway. Set BNLAB_MALLOC_TUNI
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import ctypes
 import ctypes.util
+import multiprocessing as mp
 import os
 import platform
+import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -58,13 +63,26 @@ def runtime_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def exit_with_parent(poll_seconds: float = 1.0) -> None:
-    """In a worker process: exit as soon as the process that started it is gone.
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
-    A daemon thread polls the parent pid; when the parent dies (killed, crashed) the worker is
-    re-parented and exits at once, instead of training on for minutes as an orphan.
+
+def exit_with_parent(parent: int | None = None, poll_seconds: float = 1.0) -> None:
+    """In a worker process: exit as soon as the process that started it (pid `parent`) is gone.
+
+    On Linux the kernel kills the worker when its parent dies (PR_SET_PDEATHSIG). Everywhere, a
+    daemon thread polls the parent pid. `parent` must be the pid the parent passed in: a worker
+    whose parent died while it was still starting (importing torch takes seconds) has already been
+    re-parented, so its own getppid() would name the wrong process and it would train on as an orphan.
     """
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
+    if platform.system() == "Linux":
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the polling thread still works
+    if os.getppid() != parent:  # died before the death signal was armed
+        os._exit(1)
 
     def watch() -> None:
         while True:
@@ -73,3 +91,47 @@ def exit_with_parent(poll_seconds: float = 1.0) -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="bnlab-exit-with-parent", daemon=True).start()
+
+
+def _init_worker(parent: int, setup: Callable[[], None] | None) -> None:
+    exit_with_parent(parent)
+    tune_allocator()
+    if setup is not None:
+        setup()
+
+
+@contextmanager
+def worker_pool(jobs: int, setup: Callable[[], None] | None = None) -> Iterator[cf.ProcessPoolExecutor]:
+    """A pool of `jobs` spawned worker processes (no forked copies of torch's thread pools) that never
+    outlive this process: they die with it however it dies (see `exit_with_parent`), a SIGTERM to it
+    kills them before it exits (status 143), and leaving the block by an exception kills them too.
+    `setup` (a top-level function) runs in each worker after it is tied to this process."""
+    pool = cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                  initargs=(os.getpid(), setup))
+
+    def on_term(signum: int, frame: Any) -> None:
+        _kill_workers(pool)
+        raise SystemExit(128 + signum)
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield pool
+    except BaseException:
+        _kill_workers(pool)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    else:
+        pool.shutdown(wait=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _kill_workers(pool: cf.ProcessPoolExecutor) -> None:
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):  # no public handle on them
+        try:
+            proc.kill()
+        except (OSError, ValueError):
+            pass

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ddp, distributed
-from .checkpoint import read_checkpoint, remove_stale_temp_files, save_checkpoint
+from .checkpoint import load_weights, read_checkpoint, remove_stale_temp_files, save_checkpoint
 from .config import TrainConfig
 from .data import Data, eval_batches, load_data, train_batches
 from .data.dataset import data_inputs
@@ -318,7 +318,55 @@ def _resume_point(out: Path) -> tuple[TrainConfig, dict[str, Any] | None]:
         if key not in payload:
             raise BnlabError(f"{last} is not a training checkpoint (no {key!r}: written by `bnlab freeze`?); "
                              "nothing to resume")
-    return TrainConfig.from_dict(payload["config"]), payload
+    config = TrainConfig.from_dict(payload["config"])
+    bad = _uncommittable(payload, config)
+    if bad:
+        raise BnlabError(f"{last} is not a consistent training checkpoint ({bad}; hand-edited?); "
+                         "start the run again with --force")
+    return config, payload
+
+
+def _uncommittable(payload: dict[str, Any], config: TrainConfig) -> str | None:
+    """What makes a last.pt's training state impossible for its own config, or None."""
+    epoch, step, status, metrics = payload["epoch"], payload["step"], payload.get("status"), payload["metrics"]
+    if not 0 <= epoch <= config.epochs:
+        return f"epoch {epoch} of a {config.epochs}-epoch run"
+    if step < 0:
+        return f"step {step}"
+    if status not in ("running", "finished", "diverged"):
+        return f"status {status!r}"
+    if (status == "finished") != (epoch == config.epochs) and status != "diverged":
+        return f"status {status} at epoch {epoch} of {config.epochs}"
+    if len(metrics) not in (epoch, epoch + 1) or (len(metrics) == epoch + 1 and status != "diverged"):
+        return f"{len(metrics)} metric rows for {epoch} epochs"
+    for row in metrics:
+        if set(row) != set(METRIC_COLUMNS) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      for v in row.values()):
+            return f"a metric row without exactly the columns {', '.join(METRIC_COLUMNS)} as numbers"
+    rng = payload["rng"].get("torch")
+    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.dim() != 1:
+        return "no torch generator state in rng"
+    opt = payload["optimizer"]
+    if not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
+        return "an optimizer state without state and param_groups"
+    return None
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any], rng: torch.Tensor, where: Path) -> None:
+    """Restore the optimizer and generator of a resumed run; a state that does not fit is one line."""
+    try:
+        opt.load_state_dict(state)
+        for group in opt.param_groups:
+            for p in group["params"]:
+                buf = opt.state.get(p, {}).get("momentum_buffer")
+                if buf is not None and (buf.shape != p.shape or buf.dtype != p.dtype):
+                    raise ValueError(f"a momentum buffer of shape {tuple(buf.shape)} for a parameter of shape "
+                                     f"{tuple(p.shape)}")
+        torch.set_rng_state(rng)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise BnlabError(f"{where / 'last.pt'}: its optimizer or generator state does not fit this run ({first}); "
+                         "start the run again with --force") from None
 
 
 def _open_run(config: TrainConfig, out: Path, dev: torch.device, data: Data, steps_per_epoch: int,
@@ -330,9 +378,8 @@ def _open_run(config: TrainConfig, out: Path, dev: torch.device, data: Data, ste
     run = _Run(config, out, dev, data, model, opt, steps_per_epoch, quiet, runtime=runtime_info(dev),
                forward=model, rank=distributed.rank(), world=world)
     if payload is not None:
-        model.load_state_dict(payload["model"])
-        opt.load_state_dict(payload["optimizer"])
-        torch.set_rng_state(payload["rng"]["torch"])
+        load_weights(model, payload["model"], out / "last.pt")
+        _load_optimizer(opt, payload["optimizer"], payload["rng"]["torch"], out)
         run.epoch, run.step, run.metrics = payload["epoch"], payload["step"], list(payload["metrics"])
         run.committed_epoch, run.committed_step = run.epoch, run.step
     record = ddp.describe(config, world, payload.get("runtime") if payload is not None else None, run.epoch)

@@ -11,6 +11,14 @@ from typing import Any
 
 from .errors import BnlabError
 
+# One domain for every seed: what numpy's legacy seeding accepts (torch's manual_seed takes all of
+# it too), so a seed that passes here is valid for every generator bnlab seeds with it.
+SEED_MAX = 2**32 - 1
+# Upper bounds of counts that only measure effort (threads, workers, probes, Lanczos steps): far above
+# any useful value, low enough that an absurd one is a typo refused up front, not hours of work
+# or an overflow deep inside torch.
+MAX_WORKERS = 1024
+
 
 def _num(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -56,6 +64,11 @@ def integer(name: str, value: Any, minimum: int | None = None, maximum: int | No
     if maximum is not None and value > maximum:
         raise BnlabError(f"{name} must be at most {maximum}, got {value}")
     return value
+
+
+def seed(name: str, value: Any) -> int:
+    """A seed: an integer in 0..SEED_MAX."""
+    return integer(name, value, 0, SEED_MAX)
 
 
 def optional_integer(name: str, value: Any, minimum: int | None = None) -> int | None:

@@ -20,13 +20,15 @@ from .common import OutPath, device_option, force_option, quiet_option
 @click.option("--out", "-o", "out", type=OutPath(), required=True,
               help="Reproduction folder: a new or empty one, or one of an earlier `bnlab reproduce` (continued: "
                    "finished stages are reused).")
+@click.option("--threads", type=int, default=1, show_default=True, help="Torch threads of every stage, fixed "
+              "whatever --jobs is and part of each stage's key, so a stage's result does not depend on --jobs.")
 @click.option("--jobs", "-j", type=int, default=None,
-              help="Stages run at once, in worker processes (default: one per CPU core; 1 on a GPU).")
+              help="Stages run at once, in worker processes (default: the CPU cores / --threads; 1 on a GPU).")
 @click.option("--no-figures", is_flag=True, help="Write the report without drawing figures.")
 @force_option
 @device_option
 @quiet_option
-def command(targets: tuple[str, ...], scale: str, data_dir: str | None, out: str, jobs: int | None,
+def command(targets: tuple[str, ...], scale: str, data_dir: str | None, out: str, jobs: int | None, threads: int,
             no_figures: bool, force: bool, device: str, quiet: bool) -> None:
     """Run what TARGETS need (all | weight-decay | batch-norm | finding ids such as F2 F9; default all) and
     write OUT/report.md, report.html and report.json: one row per finding, PASS/FAIL against fixed thresholds
@@ -35,7 +37,7 @@ def command(targets: tuple[str, ...], scale: str, data_dir: str | None, out: str
     Interrupted or partial runs continue where they stopped when rerun with the same --out.
     """
     opts = ReproduceOptions(targets=targets or ("all",), scale=scale, data_dir=data_dir, device=device, jobs=jobs,
-                            figures=not no_figures)
+                            threads=threads, figures=not no_figures)
     opts.validate()
     result = run_reproduce(opts, out, force=force, quiet=quiet)
     width = max(len(f.id) for f in result.findings)

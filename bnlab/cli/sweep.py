@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from .. import validate as check
 from ..errors import BnlabError
 from ..sweep import (
     Grid,
@@ -72,8 +73,8 @@ def command(sweep_dir: str | None, grid_spec: str | None, grid_file: str | None,
         raise click.UsageError("name the sweep directory (DIR or --out DIR)")
     if retries < 0:
         raise BnlabError(f"--retries must be non-negative, got {retries}")
-    if jobs is not None and jobs < 1:
-        raise BnlabError(f"--jobs must be at least 1, got {jobs}")
+    if jobs is not None:
+        check.integer("--jobs", jobs, 1, check.MAX_WORKERS)
     grid = _grid(out, grid_spec, grid_file, variant, extra, threads, train_options)
     if plan_only:
         for p in prepare_sweep_dir(grid, out):

@@ -21,6 +21,7 @@ from ..io.eigvecs import FILENAME as EIGVECS_FILE
 from ..io.eigvecs import read_eigvecs, write_eigvecs
 from ..io.folder import result_folder
 from ..io.jsonfile import write_json
+from ..io.result import write_files
 from ..progress import Progress
 from .density import slq_density
 from .hvp import HVP_METHODS
@@ -32,6 +33,9 @@ from .trace import hutchpp_trace
 DEFAULT_TOL = 1e-4  # relative residual ‖Hv − λv‖ ≤ tol·|λ|: eigenvalues to ~tol² relative
 CACHE_GRAPHS = ("auto", "on", "off")
 RECORD_FILE = "hessian.json"
+# No option may ask for more Hessian-vector products than this (weeks of work for the smallest net):
+# a larger count is a typo, refused before any work.
+MAX_HVPS = 10**7
 
 
 @dataclass(frozen=True)
@@ -61,17 +65,21 @@ class HessianOptions:
 
     def validate(self) -> None:
         self.eval.validate()
-        check.integer("--top-k", self.top_k, 0)
+        check.integer("--top-k", self.top_k, 0, MAX_HVPS)
         check.choice("--which", self.which, WHICH)
         check.in_range("--tol", self.tol, 0.0, 1.0, low_open=True, high_open=True)
         check.choice("--eigensolver", self.eigensolver, EIG_METHODS)
-        if self.ncv is not None and check.integer("--ncv", self.ncv, 2) <= self.top_k:
+        if self.ncv is not None and check.integer("--ncv", self.ncv, 2, MAX_HVPS) <= self.top_k:
             raise BnlabError(f"--ncv must be larger than --top-k ({self.top_k}), got {self.ncv}")
-        check.optional_integer("--max-hvps", self.max_hvps, 1)
-        check.integer("--density-probes", self.density_probes, 1)
-        check.integer("--density-steps", self.density_steps, 2)
-        check.integer("--trace-matvecs", self.trace_matvecs, 3)
-        check.integer("--seed", self.seed, 0)
+        if self.max_hvps is not None:
+            check.integer("--max-hvps", self.max_hvps, 1, MAX_HVPS)
+        check.integer("--density-probes", self.density_probes, 1, MAX_HVPS)
+        check.integer("--density-steps", self.density_steps, 2, MAX_HVPS)
+        check.integer("--trace-matvecs", self.trace_matvecs, 3, MAX_HVPS)
+        if self.density and self.density_probes * self.density_steps > MAX_HVPS:
+            raise BnlabError(f"--density-probes {self.density_probes} x --density-steps {self.density_steps} "
+                             f"HVPs exceed {MAX_HVPS}")
+        check.seed("--seed", self.seed)
         check.choice("--loss-scale", self.loss_scale, LOSS_SCALES)
         check.choice("--hvp-method", self.hvp_method, HVP_METHODS)
         check.choice("--cache-graphs", self.cache_graphs, CACHE_GRAPHS)
@@ -96,12 +104,12 @@ class HessianResult:
 
     def write(self, out: str | Path) -> list[Path]:
         """hessian.json and (with eigenpairs) eigvecs.pt into the folder `out`."""
-        out = result_folder(out)
-        paths = [write_json(out / RECORD_FILE, self.record, indent=1)]
-        if self.eigen is not None:
-            paths.append(write_eigvecs(out / EIGVECS_FILE, self.eigen.eigenvalues, self.eigen.eigenvectors,
-                                       self.param_names, self.shapes, self.record["settings"]))
-        return paths
+        out, eig = result_folder(out), self.eigen
+        # The record last: a failed write (full disk) never leaves a hessian.json without its eigvecs.pt.
+        writers = [] if eig is None else [lambda: write_eigvecs(out / EIGVECS_FILE, eig.eigenvalues,
+                                                                 eig.eigenvectors, self.param_names, self.shapes,
+                                                                 self.record["settings"])]
+        return write_files([*writers, lambda: write_json(out / RECORD_FILE, self.record, indent=1)])
 
 
 def make_operator(ctx: AnalysisContext, opts: HessianOptions, *, quiet: bool = True) -> Any:

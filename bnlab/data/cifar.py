@@ -135,6 +135,7 @@ _SAFE_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("__builtin__", "bytes"), ("builtins", "bytes"),  # an empty array's buffer: b""
 }
 
 
@@ -157,8 +158,7 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if not isinstance(d, dict):
             raise BnlabError(f"{path} is not a CIFAR-10 batch (holds a {type(d).__name__}, not a dict); {HOW_TO}")
         d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
-        x = np.asarray(d["data"], dtype=np.uint8)
-        y = np.asarray(d["labels"], dtype=np.int64)
+        x, y = np.asarray(d["data"]), np.asarray(d["labels"])
     except FileNotFoundError:
         raise BnlabError(f"missing CIFAR-10 file {path}; {HOW_TO}") from None
     except BnlabError:
@@ -169,9 +169,29 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise BnlabError(f"cannot read CIFAR-10 file {path} (UnpicklingError: {e}); {HOW_TO}") from None
     except Exception as e:  # corrupt pickle of any kind
         raise BnlabError(f"cannot read CIFAR-10 file {path} ({type(e).__name__}: {e}); {HOW_TO}") from None
-    if x.ndim != 2 or x.shape[1] != 3072 or len(y) != len(x) or (len(y) and (y.min() < 0 or y.max() > 9)):
-        raise BnlabError(f"{path} is not a CIFAR-10 batch (data {x.shape}, {len(y)} labels); {HOW_TO}")
-    return x.reshape(-1, 3, 32, 32), y
+    bad = _malformed_batch(x, y)
+    if bad:
+        raise BnlabError(f"{path} is not a CIFAR-10 batch ({bad}); {HOW_TO}")
+    return x.astype(np.uint8).reshape(-1, 3, 32, 32), y.astype(np.int64)
+
+
+def _malformed_batch(x: np.ndarray, y: np.ndarray) -> str | None:
+    """Why (data, labels) are not an official batch's uint8 (N, 3072) images and N labels 0..9, or None.
+    Nothing is cast first: casting would wrap 300 to 44, truncate 3.7 to 3 and read floats as pixels."""
+    if x.ndim != 2 or x.shape[1] != 3072:
+        return f"data of shape {x.shape}, expected (N, 3072)"
+    if len(x) == 0:
+        return "no images: an empty batch"
+    if x.dtype != np.uint8 and not (np.issubdtype(x.dtype, np.integer) and x.min() >= 0 and x.max() <= 255):
+        return (f"data of dtype {x.dtype} with values from {x.min()} to {x.max()}, expected uint8 pixels 0..255"
+                if np.issubdtype(x.dtype, np.number) else f"data of dtype {x.dtype}, expected uint8 pixels")
+    if y.ndim != 1 or len(y) != len(x):
+        return f"labels of shape {y.shape} for {len(x)} images, expected ({len(x)},)"
+    if not np.issubdtype(y.dtype, np.integer):
+        return f"labels of dtype {y.dtype}, expected integers 0..9"
+    if y.min() < 0 or y.max() > 9:
+        return f"labels from {y.min()} to {y.max()}, expected 0..9"
+    return None
 
 
 def read_folder(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

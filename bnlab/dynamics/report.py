@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.jsonfile import write_json
+from ..io.result import write_files
 from .analysis import LAGGED, Report
 
 LAYER_COLUMNS = ("param", "numel", "scale_invariant", "invariance", "median_abs_cos", "checkpoint_abs_cos",
@@ -33,13 +34,19 @@ def write_report(report: Report, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"summary": out / "dynamics_summary.json", "layers": out / "dynamics_layers.csv",
              "series": out / "dynamics_series.csv"}
-    write_json(paths["summary"], report.summary())
     rows = [asdict(r) for r in report.layers]
-    write_columns(paths["layers"], {c: np.array([_csv(r[c]) for r in rows], dtype=object) for c in LAYER_COLUMNS})
-    write_columns(paths["series"], report.series)
+    tables = {"layers": {c: np.array([_csv(r[c]) for r in rows], dtype=object) for c in LAYER_COLUMNS},
+              "series": report.series}
     if report.channels is not None:
         paths["channels"] = out / "dynamics_channels_summary.csv"
-        write_columns(paths["channels"], report.channels)
+        tables["channels"] = report.channels
+
+    def table(name: str) -> Path:
+        write_columns(paths[name], tables[name])
+        return paths[name]
+
+    # The summary (the record) last: a write that fails half-way leaves no result that looks complete.
+    write_files([*(lambda n=n: table(n) for n in tables), lambda: write_json(paths["summary"], report.summary())])
     return paths
 
 

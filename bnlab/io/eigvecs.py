@@ -12,6 +12,7 @@ the format marker existed (same keys, no "format") are still read.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,5 +76,35 @@ def read_eigvecs(path: str | os.PathLike) -> Eigvecs:
     if not isinstance(vecs, torch.Tensor) or vecs.dim() != 2 or not isinstance(vals, torch.Tensor) \
             or vals.shape != (vecs.shape[0],):
         raise BnlabError(f"{p} holds no (k,) eigenvalues with (k, dim) eigenvectors")
-    return Eigvecs(vals.to(torch.float64), vecs.to(torch.float64), names, shapes,
-                   dict(d.get("settings") or {}), p)
+    vals, vecs = vals.to(torch.float64), vecs.to(torch.float64)
+    bad = _not_orthonormal(vals, vecs, shapes)
+    if bad:
+        raise BnlabError(f"{p} does not hold orthonormal eigenvectors ({bad}); rerun `bnlab hessian`")
+    settings = d.get("settings")
+    return Eigvecs(vals, vecs, names, shapes, dict(settings) if isinstance(settings, dict) else {}, p)
+
+
+# Rows are stored in float32 (orthonormal to ~1e-7): anything far beyond that is a damaged or edited file.
+ORTHONORMAL_TOL = 1e-3
+
+
+def _not_orthonormal(vals: torch.Tensor, vecs: torch.Tensor, shapes: list[list[int]]) -> str | None:
+    """What is wrong with a (k,) / (k, dim) eigenpair block, or None."""
+    try:
+        dim = sum(math.prod(int(n) for n in s) for s in shapes)
+    except (TypeError, ValueError):
+        return "its shapes are not lists of integers"
+    if vecs.shape[1] != dim:
+        return f"vectors of dimension {vecs.shape[1]} for parameters of {dim} entries"
+    if not (torch.isfinite(vals).all() and torch.isfinite(vecs).all()):
+        return "non-finite entries"
+    gram = vecs @ vecs.T
+    norms = gram.diagonal().sqrt()
+    if (norms - 1).abs().max() > ORTHONORMAL_TOL:
+        i = int((norms - 1).abs().argmax())
+        return f"row {i} has norm {float(norms[i]):.3g}"
+    off = (gram - torch.eye(len(gram), dtype=gram.dtype)).abs()
+    if off.max() > ORTHONORMAL_TOL:
+        i, j = divmod(int(off.argmax()), len(gram))
+        return f"rows {i} and {j} overlap by {float(gram[i, j]):.3g}"
+    return None

@@ -7,6 +7,7 @@ paths and dataclasses become their plain JSON equivalents.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BnlabError
+from .torchfile import write_error
 
 
 def to_jsonable(x: Any) -> Any:
@@ -56,6 +58,10 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Pat
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):  # others (a missing folder, ...) as before
+            raise write_error(path, e) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -2,6 +2,7 @@
 reader goes through (`load_torch_file`: tensors and plain containers only, never code)."""
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import tempfile
@@ -18,17 +19,33 @@ def atomic_torch_save(obj: Any, path: Path) -> Path:
     """torch.save to a temp file beside `path`, fsync, rename: readers never see half a file."""
     if path.is_dir():
         raise BnlabError(f"{path} is a directory; name a file to write")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write (full disk) as RuntimeError
+        raise write_error(path, e) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def write_error(path: Path, e: BaseException) -> BnlabError:
+    """One line for a write that failed (full disk, quota, permissions); nothing was left at `path`."""
+    if isinstance(e, OSError):
+        why = e.strerror or str(e)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            why += "; free some space and rerun"
+    else:
+        why = " ".join(str(e).split())[:200] + " (is the disk full?)"
+    return BnlabError(f"cannot write {path}: {why}")
 
 
 def load_torch_file(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> Any:

@@ -16,11 +16,16 @@ from .. import validate as check
 from ..errors import BnlabError
 from ..io.folder import result_folder
 from ..io.jsonfile import write_json
+from ..io.result import write_files
 from ..io.torchfile import atomic_torch_save
 from .fcnet import fc_collapse
 
 RECORD_FILE = "collapse.json"
 VALUES_FILE = "collapse_values.pt"
+# Each layer holds a width x width weight and the n_inputs x width activations (float32): bounded so
+# that an absurd --width or --inputs is refused up front instead of failing in the allocation.
+MAX_LAYER_FLOATS = 1 << 30  # 4 GiB
+MAX_DEPTH = 10_000
 
 
 @dataclass(frozen=True)
@@ -33,11 +38,15 @@ class CollapseOptions:
     seed: int = 0
 
     def validate(self) -> None:
-        check.integer("--depth", self.depth, 1)
+        check.integer("--depth", self.depth, 1, MAX_DEPTH)
         check.integer("--width", self.width, 1)
         check.integer("--inputs", self.n_inputs, 2)
+        floats = self.width * (self.width + self.n_inputs)
+        if floats > MAX_LAYER_FLOATS:
+            raise BnlabError(f"--width {self.width} with --inputs {self.n_inputs} needs {floats * 4 / 2**30:.3g} "
+                             f"GiB per layer (width x (width + inputs) floats); at most {MAX_LAYER_FLOATS >> 28:g} GiB")
         check.integer("--hist-channels", self.hist_channels, 1)
-        check.integer("--seed", self.seed, 0)
+        check.seed("--seed", self.seed)
         for layer in self.hist_layers:
             check.integer("--hist-layers", layer, 1)
         if self.hist_channels > self.width:
@@ -55,7 +64,8 @@ class CollapseResult:
 
     def write(self, out: str | Path) -> list[Path]:
         out = result_folder(out)
-        return [write_json(out / RECORD_FILE, self.record, indent=1), atomic_torch_save(self.values, out / VALUES_FILE)]
+        return write_files([lambda: atomic_torch_save(self.values, out / VALUES_FILE),
+                            lambda: write_json(out / RECORD_FILE, self.record, indent=1)])
 
 
 def run_collapse(opts: CollapseOptions, *, device: str | torch.device = "cpu") -> CollapseResult:

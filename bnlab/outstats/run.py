@@ -14,13 +14,14 @@ import torch
 from .. import validate as check
 from ..bnmode import resolve_bn_mode
 from ..context import AnalysisContext, EvalSpec
-from ..curvature.hessian import DEFAULT_TOL, solve_with_progress
+from ..curvature.hessian import DEFAULT_TOL, MAX_HVPS, solve_with_progress
 from ..curvature.linop import ProjectedOperator
 from ..curvature.operator import LOSS_SCALES
 from ..errors import BnlabError
 from ..io.eigvecs import Eigvecs, read_eigvecs
 from ..io.folder import result_folder
 from ..io.jsonfile import write_json
+from ..io.result import write_files
 from ..io.torchfile import atomic_torch_save
 from ..models import build_model
 from .activations import activation_stats, default_layers
@@ -59,10 +60,12 @@ class OutstatsOptions:
         check_stats(self.stats)
         check.choice("--moments", self.moments, MOMENTS)
         check.in_range("--delta", self.delta, 0.0, 1.0, low_open=True)
-        check.integer("--num-eigs", self.num_eigs, 0)
+        check.integer("--num-eigs", self.num_eigs, 0, MAX_HVPS)
+        if not self.module.strip():
+            raise BnlabError("--module must name the output to take statistics of (logits, logits_raw or a module)")
         check.choice("--loss-scale", self.loss_scale, LOSS_SCALES)
         check.in_range("--tol", self.tol, 0.0, 1.0, low_open=True, high_open=True)
-        check.integer("--seed", self.seed, 0)
+        check.seed("--seed", self.seed)
         if self.channels is not None:
             for c in self.channels:
                 check.integer("--channels", c, 0)
@@ -82,13 +85,17 @@ class OutstatsResult:
 
     def write(self, out: str | Path) -> list[Path]:
         out = result_folder(out)
-        return [write_json(out / SUMMARY_FILE, self.summary), atomic_torch_save(self.tensors, out / TENSORS_FILE)]
+        return write_files([lambda: atomic_torch_save(self.tensors, out / TENSORS_FILE),
+                            lambda: write_json(out / SUMMARY_FILE, self.summary)])
 
 
 def check_eigvecs_match(ev: Eigvecs, op_settings: dict[str, Any], param_names: list[str], source: str) -> None:
     """Eigenvectors from `bnlab hessian` must belong to this checkpoint and parameter layout."""
     theirs, ours = ev.settings.get("checkpoint_sha256"), op_settings.get("checkpoint_sha256")
-    if theirs and ours and theirs != ours:
+    if not theirs:  # without it nothing shows that they belong to this checkpoint
+        raise BnlabError(f"the eigenvectors in {source} record no checkpoint_sha256 (not written by `bnlab "
+                         "hessian`, or edited); rerun `bnlab hessian` on this checkpoint")
+    if ours and theirs != ours:
         raise BnlabError(f"the eigenvectors in {source} were computed for another checkpoint "
                          f"({ev.settings.get('checkpoint', '?')}); rerun `bnlab hessian` on this one")
     if list(ev.param_names) != list(param_names):
@@ -119,6 +126,15 @@ def check_inputs(ctx: AnalysisContext, opts: OutstatsOptions) -> Eigvecs | None:
     """Everything that can be refused before the computation; returns the eigenvectors to use."""
     opts.validate()
     Target(opts.module, opts.channels).check(ctx.model)
+    if opts.histograms and opts.hist_layers:
+        modules = {n for n, _ in ctx.model.named_modules() if n}
+        missing = [n for n in opts.hist_layers if n not in modules and n != "logits"]
+        if missing:
+            raise BnlabError(f"--hist-layers: no module(s) {', '.join(missing)} in this model; use logits or "
+                             f"names such as {', '.join(default_layers(ctx.model))}")
+    dim = sum(p.numel() for p in trainable_parameters(ctx.model)[1])
+    if opts.num_eigs > dim:
+        raise BnlabError(f"--num-eigs {opts.num_eigs} is larger than the Hessian's dimension ({dim} parameters)")
     if opts.eigvecs is None:
         return None
     ev = read_eigvecs(opts.eigvecs)

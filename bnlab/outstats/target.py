@@ -26,7 +26,7 @@ class Target:
     channels: tuple[int, ...] | None = None  # None: every channel
 
     def check(self, model: nn.Module) -> None:
-        if self.module not in LOGITS and self.module not in dict(model.named_modules()):
+        if self.module not in LOGITS and (not self.module or self.module not in dict(model.named_modules())):
             names = ", ".join(n for n, _ in model.named_children())
             raise BnlabError(f"no module {self.module!r} in this model; use logits or a module name "
                              f"such as {names} (dotted names reach inner modules)")

@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import BnlabError
 from ..io.jsonfile import read_json, to_jsonable
 from .plan import Stage
+from .stages import OUT
 
 STAGE_FILE = "stage.json"
 STAGE_FORMAT = "bnlab-reproduce-stage"
@@ -70,11 +71,26 @@ def stage_dir(root: Path, name: str, key: str) -> Path:
 
 
 def finished(folder: Path, key: str) -> dict[str, Any] | None:
-    """The stage record of a finished stage in `folder`, or None (never started, or killed before its end)."""
+    """The stage record of a finished stage in `folder`, or None (never started, killed before its end, or
+    its outputs deleted or changed since: then it is redone)."""
     try:
         rec = read_json(folder / STAGE_FILE, "stage record")
     except BnlabError:
         return None
     if not isinstance(rec, dict) or rec.get("format") != STAGE_FORMAT or rec.get("key") != key:
         return None
+    out = folder / OUT
+    files = rec.get("files")
+    if not out.is_dir() or (files is not None and not _files_intact(out, files)):
+        return None
     return rec
+
+
+def _files_intact(out: Path, files: Any) -> bool:
+    if not isinstance(files, dict):
+        return False
+    for name, size in files.items():
+        p = out / str(name)
+        if not p.is_file() or p.stat().st_size != size:
+            return False
+    return True

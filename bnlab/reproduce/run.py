@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as dt
-import multiprocessing as mp
 import os
 import platform
 import sys
@@ -32,6 +31,7 @@ from ..findings.spec import IDS, in_group
 from ..io.folder import result_folder
 from ..io.jsonfile import read_json, write_json
 from ..rundir import claim_out_dir, output_path
+from ..runtime import worker_pool
 from .cache import STAGE_FILE, STAGE_FORMAT, data_fingerprint, finished, stage_dir, stage_keys
 from .evaluate import evaluate
 from .plan import FINDING_STAGES, SCALES, SETTINGS, Stage, build_plan, needed_stages, with_deps
@@ -41,6 +41,7 @@ from .stages import OUT, check_stage, run_stage
 
 MANIFEST = "reproduce.json"
 MANIFEST_FORMAT = "bnlab-reproduce"
+MANIFEST_VERSION = 1
 REPORT_FORMAT = "bnlab-reproduce-report"
 TARGET_GROUPS = ("all", "weight-decay", "batch-norm")
 
@@ -71,13 +72,18 @@ class ReproduceOptions:
     scale: str = "cpu"
     data_dir: str | None = None  # CIFAR-10 folder/tarball; None: as training finds it ($BNLAB_DATA, download)
     device: str = "auto"
-    jobs: int | None = None  # None: 1 on CUDA, else one per CPU core
+    jobs: int | None = None  # None: 1 on CUDA, else the CPU cores / threads
     figures: bool = True
+    # Torch threads of every stage, whatever `jobs` is: CPU kernels reduce in an order that depends on
+    # the thread count, so a fixed count (part of every stage key) makes a stage's result independent of -j.
+    threads: int = 1
 
     def validate(self) -> None:
         check.choice("--scale", self.scale, SCALES)
         resolve_targets(self.targets)
-        check.optional_integer("--jobs", self.jobs, 1)
+        if self.jobs is not None:
+            check.integer("--jobs", self.jobs, 1, check.MAX_WORKERS)
+        check.integer("--threads", self.threads, 1, check.MAX_WORKERS)
         if self.data_dir is not None and self.scale != "smoke":
             cifar.locate(self.data_dir)  # a named folder or tarball is checked, never downloaded
 
@@ -115,10 +121,12 @@ class ReproduceResult:
 
 
 def _context(opts: ReproduceOptions, dev: torch.device) -> dict[str, Any]:
+    """What outside a stage's settings changes its result (part of every key): data, device type, threads."""
     if opts.scale == "smoke":
-        return {"data": "synthetic", "device_type": dev.type}
+        return {"data": "synthetic", "device_type": dev.type, "threads": opts.threads}
     folder = cifar.locate(opts.data_dir)
-    return {"data": data_fingerprint(folder), "device_type": dev.type, "data_folder": str(folder)}
+    return {"data": data_fingerprint(folder), "device_type": dev.type, "threads": opts.threads,
+            "data_folder": str(folder)}
 
 
 def _is_reproduction(out: Path) -> bool:
@@ -126,6 +134,24 @@ def _is_reproduction(out: Path) -> bool:
         return read_json(out / MANIFEST, "reproduction manifest").get("format") == MANIFEST_FORMAT
     except (BnlabError, AttributeError):
         return False
+
+
+def read_manifest(out: Path) -> dict[str, Any]:
+    """The reproduce.json of a reproduction folder, refused (one line) unless of the documented shape."""
+    path = out / MANIFEST
+    m = read_json(path, "reproduction manifest")
+    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
+        raise BnlabError(f"{path} is not a bnlab reproduction manifest")
+    version = m.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BnlabError(f"{path} has no valid \"version\" (got {version!r}); restore it or use --force")
+    if version > MANIFEST_VERSION:
+        raise BnlabError(f"{path} was written by a newer bnlab (version {version}); upgrade bnlab")
+    runs = m.get("runs")
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise BnlabError(f"{path} is damaged (\"runs\" must be a list of run records, got "
+                         f"{type(runs).__name__}); restore it or rerun with --force")
+    return m
 
 
 def run_reproduce(opts: ReproduceOptions, out: str | Path, *, force: bool = False, quiet: bool = False,
@@ -148,16 +174,19 @@ def run_reproduce(opts: ReproduceOptions, out: str | Path, *, force: bool = Fals
     for n in names:  # everything a stage's command would refuse is refused now, before OUT is touched
         check_stage(plan[n].kind, plan[n].settings)
     keys = stage_keys(plan, list(plan), context)
-    jobs = opts.jobs or (1 if dev.type == "cuda" else max(1, os.cpu_count() or 1))
+    jobs = opts.jobs or (1 if dev.type == "cuda" else max(1, (os.cpu_count() or 1) // opts.threads))
     log = _Log(None if quiet else (stream or sys.stderr))
     inputs = [] if opts.scale == "smoke" else [("data folder", p) for p in cifar.input_paths(opts.data_dir)]
+    if resume:
+        read_manifest(out)  # a damaged or newer manifest is refused before the folder is touched
     with claim_out_dir(out, force=force, resume=resume, inputs=inputs):
-        manifest = read_json(out / MANIFEST) if resume else {"format": MANIFEST_FORMAT, "version": 1, "runs": []}
+        manifest = read_manifest(out) if resume else {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
+                                                       "runs": []}
         manifest["runs"].append({"started": _now(), "scale": opts.scale, "findings": list(wanted),
-                                 "argv": sys.argv, "device": str(dev), "jobs": jobs})
+                                 "argv": sys.argv, "device": str(dev), "jobs": jobs, "threads": opts.threads})
         write_json(out / MANIFEST, manifest)
         env = {"data_dir": str(data_folder) if data_folder else None, "device": str(dev), "quiet": quiet or jobs > 1,
-               "threads": None if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)}
+               "threads": opts.threads}
         outcomes = _run_stages(plan, names, keys, out, env, jobs, log)
         outs = {n: out / o.folder / OUT for n, o in outcomes.items() if o.status in ("cached", "ran")}
         # Findings not asked for are still reported when this folder already holds their stages.
@@ -286,7 +315,7 @@ def _run_stages(plan: dict[str, Stage], names: list[str], keys: dict[str, str], 
                 "format": STAGE_FORMAT, "name": n, "kind": o.kind, "key": o.key, "settings": o.settings,
                 "deps": {role: {"name": d, "key": outcomes[d].key} for role, d in o.deps.items()},
                 "wall_time": o.wall_time, "threads": result.get("threads"), "finished": _now(),
-                "outputs": o.outputs, "versions": versions()})
+                "outputs": o.outputs, "files": result.get("files"), "versions": versions()})
             eta.finished(n, o.wall_time)
             log.line(f"[{done_count}/{len(names)}] done    {n} in {_hms(o.wall_time)} | about "
                      f"{_hms(eta.remaining())} left")
@@ -317,7 +346,7 @@ def _run_stages(plan: dict[str, Stage], names: list[str], keys: dict[str, str], 
             except (BnlabError, RuntimeError, ValueError, OSError) as e:
                 finish(n, None, _one_line(e))
         return outcomes
-    with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+    with worker_pool(jobs) as pool:
         running: dict[cf.Future, str] = {}
         while pending or running:
             pending.sort(key=lambda n: -priority[n])
@@ -350,13 +379,6 @@ def _skip(outcomes: dict[str, StageOutcome], plan: dict[str, Stage], n: str, log
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return f"{type(e).__name__}: {text[:300]}" if not isinstance(e, BnlabError) else text[:300]
-
-
-def _worker_init() -> None:
-    from ..runtime import exit_with_parent, tune_allocator
-
-    exit_with_parent()
-    tune_allocator()
 
 
 class _Eta:
@@ -441,7 +463,7 @@ def _report_record(opts: ReproduceOptions, wanted: tuple[str, ...], records: lis
         "provenance": {
             "created": _now(), "versions": versions(), "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
-            "cpu_count": os.cpu_count(), "jobs": jobs,
+            "cpu_count": os.cpu_count(), "jobs": jobs, "threads": opts.threads,
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "data": {"folder": str(data_folder) if data_folder else None, "fingerprint": context["data"]},
             "seeds": "every run and analysis uses seed 0 (training, data subsets, evaluation sets, probes)",

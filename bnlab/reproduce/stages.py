@@ -47,12 +47,24 @@ def run_stage(kind: str, settings: dict[str, Any], folder: str, inputs: dict[str
 
     inputs: role -> the `out` folder of the stage it names. env: data_dir, device, threads, quiet.
     """
-    if env.get("threads"):
+    before = torch.get_num_threads()
+    if env.get("threads"):  # fixed per stage (part of its key), so its result does not depend on -j
         torch.set_num_threads(int(env["threads"]))
-    t0 = time.perf_counter()
-    out = Path(folder) / OUT
-    outputs = _RUNNERS[kind](settings, out, {k: Path(v) for k, v in inputs.items()}, env)
-    return {"outputs": outputs, "wall_time": time.perf_counter() - t0, "threads": torch.get_num_threads()}
+    try:
+        t0 = time.perf_counter()
+        out = Path(folder) / OUT
+        outputs = _RUNNERS[kind](settings, out, {k: Path(v) for k, v in inputs.items()}, env)
+        return {"outputs": outputs, "wall_time": time.perf_counter() - t0, "threads": torch.get_num_threads(),
+                "files": output_files(out)}
+    finally:
+        torch.set_num_threads(before)
+
+
+def output_files(out: Path) -> dict[str, int]:
+    """Every file a stage wrote (relative path -> size; lock and temp files left out), for its record:
+    a cached stage whose files were deleted or changed since is redone."""
+    return {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
 
 
 def _train(settings: dict[str, Any], out: Path, inputs: dict[str, Path], env: dict[str, Any]) -> dict[str, Any]:

@@ -173,13 +173,14 @@ class Grid:
 
     def validate(self) -> list[Point]:
         """Every point's config checked (one line on the first bad one); returns the points."""
-        check.integer("--threads", self.threads, 1)
+        check.integer("--threads", self.threads, 1, check.MAX_WORKERS)
         check_axes(self.axes)
         points = self.points()
         self.check_names(points)
         for p in points:
             try:
-                self.config(p)
+                cfg = self.config(p)
+                cfg.data.check_batch_size(cfg.batch_size)  # here, not in training: before the folder exists
             except BnlabError as e:
                 raise BnlabError(f"grid point {p.name}: {e}") from None
         return points

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import errno
-import multiprocessing as mp
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,13 +25,14 @@ from typing import Any
 
 import torch
 
+from .. import validate as check
 from ..config import TrainConfig
 from ..data.dataset import data_inputs
 from ..errors import BnlabError
 from ..io.jsonfile import read_json, write_json
 from ..progress import Progress
 from ..rundir import LOCK_NAME, check_out_dir, output_path
-from ..runtime import exit_with_parent
+from ..runtime import worker_pool
 from ..train import train
 from .grid import Grid, Point, read_grid_file
 
@@ -164,12 +164,9 @@ def _run_point(config_dict: dict[str, Any], rd: Path, device: str, retries: int,
                 res = train(config, rd, device=device, quiet=quiet)
             return res.status, "ran"
         except Exception as e:  # a crashed point is retried (resumed from last.pt when there is one)
-            last_error = f"{type(e).__name__}: {e}"
+            text = " ".join(str(e).split())[:300]  # one line (torch's write errors span several)
+            last_error = text if isinstance(e, BnlabError) else f"{type(e).__name__}: {text}"
     return "crashed", last_error
-
-
-def _worker_init() -> None:
-    exit_with_parent()
 
 
 @dataclass
@@ -187,11 +184,14 @@ def run_sweep(grid: Grid, out: str | os.PathLike, *, jobs: int = 1, device: str 
     worker: share the folder with other workers (see module docs) instead of owning it.
     """
     out = output_path(out)
-    points = prepare_sweep_dir(grid, out)
-    if only is not None:
+    check.integer("--jobs", jobs, 1, check.MAX_WORKERS)
+    points = grid.validate()
+    if only is not None:  # refused before the sweep folder exists
         bad = [i for i in only if not 0 <= i < len(points)]
         if bad:
             raise BnlabError(f"--point {bad[0]} out of range: the grid has {len(points)} points (0..{len(points) - 1})")
+    points = prepare_sweep_dir(grid, out)
+    if only is not None:
         points = [points[i] for i in only]
     with _flock(out / LOCK_NAME, shared=worker) as ok:
         if not ok:
@@ -227,8 +227,7 @@ def _run_points(grid: Grid, out: Path, points: list[Point], jobs: int, device: s
         for p, a in zip(todo, args):
             record(p, *run_point(*a))
     else:
-        # spawn: no forked copies of torch's thread pools; workers exit if this process dies
-        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+        with worker_pool(jobs) as pool:  # workers die with this process (bnlab.runtime)
             futures = {pool.submit(run_point, *a): p for p, a in zip(todo, args)}
             for fut in cf.as_completed(futures):
                 try:
