@@ -23,7 +23,7 @@ from bnlab.cli import main
 from bnlab.config import PRESET_LR, VARIANTS, make_config
 from bnlab.models import MODELS
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"  # the commands at the posts' sizes
 CIFAR = os.environ.get("BNLAB_TEST_CIFAR")
 
 SYNTHETIC = ["--dataset", "synthetic", "--subset", "1000", "--test-subset", "500", "--width", "8",
@@ -35,11 +35,11 @@ REAL_RECIPE_ACC = 0.4  # the batch-norm post's recipes, 10 epochs: 0.56 (BN) whe
 
 
 def readme_train_commands() -> list[list[str]]:
-    """The `bnlab train` commands of the README that train a model from scratch to an accuracy.
+    """The `bnlab train` commands of docs/cli.md that train a model from scratch to an accuracy.
 
-    Left out: --resume (continues a run) and the exponential-lr stress test (its point is the lr at
-    which training breaks)."""
-    text = README.read_text().replace("\\\n", " ")
+    Left out: the tour (its tiny runs are checked by tests/docs/test_tour.py), --resume (continues a run) and the
+    exponential-lr stress test (its point is the lr at which training breaks)."""
+    text = re.sub(r"```bash tour\n.*?```", "", CLI_DOC.read_text(), flags=re.S).replace("\\\n", " ")
     cmds = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
