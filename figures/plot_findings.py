@@ -257,9 +257,27 @@ def fig_f12(f: Finding, out: Path) -> None:
     draw_series(f.json("series_eos", "hessian_series.json"), out, title=f.title())
 
 
+def fig_f13(f: Finding, out: Path) -> None:
+    """The three spectra per model: top eigenvalues of H, G and R, and the class-means term of G."""
+    models = f.values["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(12, 4), sharey=True)
+    for ax, (m, d) in zip(np.atleast_1d(axes), models.items()):
+        for key, label, style in (("hessian", "H", "o-"), ("ggn", "G (Gauss-Newton)", "s--"),
+                                  ("class_means", "G class-means term", "^:"), ("residual", "R = H − G", "x-")):
+            ev = [v for v in d.get(key) or [] if v > 0]  # a log axis: R's top may be negative
+            if ev:
+                ax.plot(np.arange(1, len(ev) + 1), ev, style, label=label)
+        ax.set(yscale="log", xlabel="rank", title=f"{MODELS.get(m, m)}: top-{d['k']} overlap H/G "
+               f"{d.get('overlap', float('nan')):.2f}")
+    np.atleast_1d(axes)[0].set_ylabel("eigenvalue (loss summed over a batch)")
+    np.atleast_1d(axes)[-1].legend(fontsize=7)
+    _save(fig, f, out)
+
+
 FIGURES: dict[str, Callable[[Finding, Path], None]] = {
     "F1": fig_f1, "F2": fig_f2, "F3": fig_f3, "F4": fig_f4, "F4b": fig_f4b, "F5": fig_f5, "F6": fig_f6,
     "F7": fig_f7, "F8": fig_f8, "F9": fig_f9, "F10": fig_f10, "F11": fig_f11, "F12": fig_f12,
+    "F13": fig_f13,
 }
 
 
