@@ -122,12 +122,8 @@ class LowRankOperator(SymmetricOperator):
     def __init__(self, factor: torch.Tensor) -> None:
         if factor.dim() != 2:
             raise BnlabError(f"LowRankOperator needs a (rank, dim) factor, got {tuple(factor.shape)}")
-        self.factor = factor.double()
+        self.factor = factor.detach().double().cpu()  # r x dim, small: kept on the CPU (the base's device)
         self.dim = factor.shape[1]
-
-    @property
-    def device(self) -> torch.device:
-        return self.factor.device
 
     @property
     def rank_bound(self) -> int:
