@@ -7,7 +7,9 @@ For batch b with logits z_b = f_θ(x_b) (n_b × C) and mean loss ℓ_b(z_b):
 
 `GGNOperator` is G = c·Σ_b (n_b/N)·G_b (+ the decay term, when asked: it is exact curvature and
 PSD), computed matrix-free per batch: ``torch.func.jvp`` of the logits (J v), the output Hessian by
-autodiff of `loss_fn` on the logits, then ``torch.func.vjp`` (Jᵀ u). For softmax cross-entropy the
+autodiff of `loss_fn` on the logits, then ``torch.func.vjp`` (Jᵀ u). (The first forward-mode product
+of a process loads torch's scripted decompositions: a one-time cost of seconds, ~25 s on a loaded
+2-core machine.) For softmax cross-entropy the
 output Hessian is block-diagonal over examples, (1/n_b)·(diag(p_i) − p_i p_iᵀ) per example; label
 smoothing does not change it (the smoothed targets enter the loss linearly in z), so G is the same
 with and without it. G is positive semi-definite for a convex loss.
@@ -161,7 +163,18 @@ class ResidualOperator(DataOperator):
         self.hessian = HessianOperator(model, batches, loss_fn=loss_fn, bn_mode=bn_mode, method=method,
                                        cache_graphs=cache_graphs, cache_budget=cache_budget, **parts)
         self.ggn = GGNOperator(model, batches, loss_fn=loss_fn, bn_mode=bn_mode, **parts)
+        self.hessian.quiet = self.quiet
         self.weight_decay_ignored = float(weight_decay)
+
+    @property
+    def quiet(self) -> bool:
+        return self.__dict__.get("_quiet", True)
+
+    @quiet.setter
+    def quiet(self, value: bool) -> None:  # the H part shows the progress of its graph building
+        self._quiet = value
+        if "hessian" in self.__dict__:
+            self.hessian.quiet = value
 
     def _describe_extra(self) -> dict[str, Any]:
         return {**self.hessian._describe_extra(), "weight_decay_cancels": self.weight_decay_ignored}

@@ -251,6 +251,9 @@ def test_ggn_counts_blocks_and_describes_itself() -> None:
     assert G.matmat(torch.zeros(0, G.dim, dtype=torch.float64)).shape == (0, G.dim)
     R = ResidualOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="none", cache_graphs=False)
     assert R.describe()["matrix"] == "residual" and R.describe()["cache_graphs"] is False
+    assert R.quiet and R.hessian.quiet
+    R.quiet = False  # the CLI's progress reaches the Hessian part's graph building
+    assert R.hessian.quiet is False
     assert "Gauss-Newton" in GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="none",
                                          loss_scale="batch-sum").settings["units"]
 
