@@ -114,7 +114,8 @@ class AnalysisContext:
         """The HessianOperator of the training loss on this context's batches, with `.settings`.
 
         weight_decay_term: True adds the run's wd·I (all parameters are decayed, as trained), a float
-        adds that coefficient. The same as `bnlab.curvature.source.curvature_operator(self, "hessian", ...)`.
+        adds that coefficient. A shortcut for `bnlab.curvature.source.curvature_operator(self, "hessian", ...)`,
+        the factory of every curvature matrix (the package itself calls that; nothing imports upward).
         """
         # Imported here: bnlab.curvature builds on this module (its package imports the context).
         from .curvature.source import curvature_operator

@@ -60,5 +60,6 @@ def hessian_operator_from_checkpoint(
     spec = EvalSpec(num_samples=num_samples, batch_size=batch_size, bn_mode=bn_mode, eval_seed=eval_seed,
                     data_dir=data_dir, dtype=str(dtype).replace("torch.", "") if dtype is not None else None)
     ctx = build_context(ckpt, spec, device=device if device is not None else "auto", data=data)
-    return ctx.hessian(params=params, loss_scale=loss_scale, weight_decay_term=weight_decay_term, method=method,
-                       cache_graphs=cache_graphs, block_size=block_size)
+    return curvature_operator(ctx, "hessian", params=params, loss_scale=loss_scale,
+                              weight_decay_term=weight_decay_term, method=method, cache_graphs=cache_graphs,
+                              block_size=block_size)
