@@ -49,7 +49,8 @@ def hessian(ckpt: str | os.PathLike | Checkpoint, *, device: str | torch.device 
             **options: Any) -> HessianResult:
     """Top eigenpairs (and optionally density/trace) of a checkpoint's loss Hessian: `bnlab hessian`.
 
-    Options: top_k, which, tol, eigensolver, ncv, max_hvps, verify, density, density_probes,
+    Options: matrix ("hessian", "ggn": the Gauss-Newton matrix with its class-means term, "residual":
+    H - G), top_k, which, tol, eigensolver, ncv, max_hvps, verify, density, density_probes,
     density_steps, trace, trace_matvecs, seed, warm_start, params, loss_scale, weight_decay_term,
     hvp_method, cache_graphs, plus the evaluation-set options (see module docs).
     """

@@ -114,24 +114,15 @@ class AnalysisContext:
         """The HessianOperator of the training loss on this context's batches, with `.settings`.
 
         weight_decay_term: True adds the run's wd·I (all parameters are decayed, as trained), a float
-        adds that coefficient.
+        adds that coefficient. A shortcut for `bnlab.curvature.source.curvature_operator(self, "hessian", ...)`,
+        the factory of every curvature matrix (the package itself calls that; nothing imports upward).
         """
         # Imported here: bnlab.curvature builds on this module (its package imports the context).
-        from .curvature.operator import HessianOperator
-        from .curvature.params import parse_param_spec
+        from .curvature.source import curvature_operator
 
-        patterns = parse_param_spec(params) if isinstance(params, str) else params
-        wd = float(self.config.weight_decay) if weight_decay_term is True else float(weight_decay_term or 0.0)
-        op = HessianOperator(self.model, self.batches, loss_fn=self.loss_fn, bn_mode=self.bn_mode,
-                             params=patterns, loss_scale=loss_scale, batch_size=self.spec.batch_size,
-                             weight_decay=wd, method=method, cache_graphs=cache_graphs, block_size=block_size)
-        op.settings = {
-            **op.describe(), **self.settings(),
-            "params": list(patterns or ["*"]),
-            "units": ("mean loss over the evaluation set" if loss_scale == "mean"
-                      else f"loss summed over a batch of {op.batch_size} (= {op.batch_size} x mean-loss Hessian)"),
-        }
-        return op
+        return curvature_operator(self, "hessian", params=params, loss_scale=loss_scale,
+                                  weight_decay_term=weight_decay_term, method=method, cache_graphs=cache_graphs,
+                                  block_size=block_size)
 
     def settings(self) -> dict[str, Any]:
         """Everything that defines what this context evaluates, for the record."""

@@ -344,9 +344,30 @@ def fig_f12(f: Finding) -> Figure:
     return series_figure(f.json("series_eos", "hessian_series.json"), title=f.title())
 
 
+def fig_f13(f: Finding) -> Figure:
+    """The three spectra per model: top eigenvalues of H, G and R, and the class-means term of G."""
+    models = f.values["models"]
+    fig, axes = _figure(f, 14, 4.6, len(models))
+    colors = figstyle.colors(4)
+    for ax, (m, d) in zip(axes, models.items()):
+        for (key, label, style), c in zip((("hessian", "H", "o-"), ("ggn", "G (Gauss-Newton)", "s--"),
+                                           ("class_means", "G class-means term", "^:"),
+                                           ("residual", "R = H − G", "x-")), colors):
+            ev = [v for v in d.get(key) or [] if v > 0]  # a log axis: R's top may be negative
+            if ev:
+                ax.plot(np.arange(1, len(ev) + 1), ev, style, color=c, label=label)
+        ax.set(yscale="log", xlabel="rank", title=f"{MODELS.get(m, m)}: top-{d['k']} overlap H/G "
+               f"{d.get('overlap', float('nan')):.2f}")
+        figstyle.integer_ticks(ax)
+    axes[0].set_ylabel("eigenvalue (loss summed over a batch)")
+    figstyle.legend_outside(axes[-1], fontsize=8)
+    return fig
+
+
 FIGURES: dict[str, Callable[[Finding], Figure]] = {
     "F1": fig_f1, "F2": fig_f2, "F3": fig_f3, "F4": fig_f4, "F4b": fig_f4b, "F5": fig_f5, "F6": fig_f6,
     "F7": fig_f7, "F8": fig_f8, "F9": fig_f9, "F10": fig_f10, "F11": fig_f11, "F12": fig_f12,
+    "F13": fig_f13,
 }
 
 

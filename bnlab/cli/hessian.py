@@ -1,5 +1,6 @@
 """`bnlab hessian CKPT`: top eigenpairs (and optionally spectral density and trace) of a checkpoint's
-training-loss Hessian on a fixed evaluation set; writes hessian.json and eigvecs.pt."""
+training-loss Hessian (or its Gauss-Newton part, or the residual) on a fixed evaluation set; writes
+hessian.json and eigvecs.pt."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +10,7 @@ import click
 
 from .. import distributed
 from ..checkpoint import load_checkpoint
+from ..curvature.ggn import MATRICES
 from ..curvature.hessian import CACHE_GRAPHS, HessianOptions, HessianResult, check_inputs, run_hessian
 from ..curvature.hvp import HVP_METHODS
 from ..curvature.lanczos import EIG_METHODS, WHICH
@@ -33,6 +35,9 @@ from .common import (
 
 @click.command("hessian")
 @click.argument("ckpt", type=click.Path())
+@click.option("--matrix", type=click.Choice(MATRICES), default="hessian", show_default=True,
+              help="hessian H; ggn: the Gauss-Newton part G = J^T H_out J (with its class-means term); "
+                   "residual: R = H - G.")
 @click.option("--top-k", type=int, default=20, show_default=True, help="Number of eigenpairs (0: none).")
 @click.option("--which", type=click.Choice(WHICH), default="LA", show_default=True,
               help="LA largest algebraic, SA smallest, LM largest magnitude.")
@@ -67,6 +72,9 @@ from .common import (
 def command(ckpt: str, out: str, force: bool, device: str, quiet: bool, params: str | None, no_verify: bool,
             compare_cold: bool, **options: Any) -> None:
     """Hessian of CKPT's training loss: top eigenpairs by Lanczos, optionally density and trace.
+
+    --matrix ggn / residual: the same for the Gauss-Newton matrix G (recorded with the top eigenvalues
+    of its class-means term) or the residual R = H - G, on the same batches, BN mode and units.
 
     CKPT may be a run directory: then every saved checkpoint (ckpt_epoch_NNN.pt, train with
     --save-every) is analysed in order, each warm-started from the previous one, and
@@ -124,7 +132,8 @@ def _series(run_dir: str, opts: HessianOptions, out: str, force: bool, device: s
 def _echo_summary(ckpt: str, result: HessianResult, opts: HessianOptions, out: Path) -> None:
     r = result.record
     s = r["settings"]
-    click.echo(f"hessian of {ckpt} (bn-mode {s['bn_mode']}, {s['units']}, {s['num_samples']} examples, "
+    matrix = {"hessian": "hessian", "ggn": "Gauss-Newton matrix", "residual": "residual H - G"}[opts.matrix]
+    click.echo(f"{matrix} of {ckpt} (bn-mode {s['bn_mode']}, {s['units']}, {s['num_samples']} examples, "
                f"dim {s['dim']})")
     if result.eigen is not None:
         e = result.eigen
@@ -132,6 +141,9 @@ def _echo_summary(ckpt: str, result: HessianResult, opts: HessianOptions, out: P
         more = " ..." if len(e.eigenvalues) > 10 else ""
         click.echo(f"top-{opts.top_k} {opts.which}: {lam}{more}  [{int(e.converged.sum())}/{opts.top_k} converged, "
                    f"{e.hvp_count} HVPs, {e.wall_time:.1f}s]")
+    if "class_means" in r:
+        cm = ", ".join(f"{v:.4g}" for v in r["class_means"]["eigenvalues"][:10])
+        click.echo(f"class-means term (rank <= {r['class_means']['rank_bound']}): {cm}")
     if "trace" in r:
         click.echo(f"trace: {r['trace']['estimate']:.4g} ± {r['trace']['stderr']:.2g}")
     click.echo(f"wrote {out / 'hessian.json'}" + (" and eigvecs.pt" if result.eigen is not None else ""))

@@ -1,8 +1,10 @@
 """`bnlab hessian` as a function: options → `run_hessian(context, options)` → `HessianResult.write(out)`.
 
-The result holds the record written to ``hessian.json`` (every setting: BN mode, units, evaluation
-set, checkpoint hash; eigenvalues, residuals, convergence; density and trace if asked) and the
-eigenpairs written to ``eigvecs.pt`` (`bnlab.io.eigvecs`).
+The result holds the record written to ``hessian.json`` (every setting: the matrix — the Hessian,
+its Gauss-Newton part or the residual, `bnlab.curvature.ggn` —, BN mode, units, evaluation set,
+checkpoint hash; eigenvalues, residuals, convergence; density and trace if asked; for the
+Gauss-Newton matrix also its class-means term) and the eigenpairs written to ``eigvecs.pt``
+(`bnlab.io.eigvecs`).
 """
 from __future__ import annotations
 
@@ -23,11 +25,13 @@ from ..io.folder import result_folder
 from ..io.jsonfile import write_json
 from ..io.result import write_files
 from ..progress import Progress
+from .base import LOSS_SCALES
 from .density import slq_density
+from .ggn import MATRICES
 from .hvp import HVP_METHODS
 from .lanczos import EIG_METHODS, WHICH, EigenResult, top_eigenpairs
-from .operator import LOSS_SCALES
 from .params import select_parameters
+from .source import curvature_operator
 from .trace import hutchpp_trace
 
 DEFAULT_TOL = 1e-4  # relative residual ‖Hv − λv‖ ≤ tol·|λ|: eigenvalues to ~tol² relative
@@ -43,6 +47,7 @@ class HessianOptions:
     """What `bnlab hessian` computes (the evaluation set is `eval`)."""
 
     eval: EvalSpec = field(default_factory=EvalSpec)
+    matrix: str = "hessian"  # or "ggn" (Gauss-Newton) or "residual" (Hessian - Gauss-Newton)
     top_k: int = 20
     which: str = "LA"
     tol: float = DEFAULT_TOL
@@ -83,6 +88,10 @@ class HessianOptions:
         check.choice("--loss-scale", self.loss_scale, LOSS_SCALES)
         check.choice("--hvp-method", self.hvp_method, HVP_METHODS)
         check.choice("--cache-graphs", self.cache_graphs, CACHE_GRAPHS)
+        check.choice("--matrix", self.matrix, MATRICES)
+        if self.matrix == "ggn" and (self.cache_graphs == "on" or self.hvp_method != "double_backward"):
+            raise BnlabError("--hvp-method and --cache-graphs on are for Hessian products: the Gauss-Newton "
+                             "matrix (--matrix ggn) has its own (jvp, output Hessian, vjp)")
         if self.cache_graphs == "on" and self.hvp_method != "double_backward":
             raise BnlabError("--cache-graphs on needs --hvp-method double_backward")
         if not (self.top_k or self.density or self.trace):
@@ -113,9 +122,10 @@ class HessianResult:
 
 
 def make_operator(ctx: AnalysisContext, opts: HessianOptions, *, quiet: bool = True) -> Any:
-    """The HessianOperator these options describe, on the context's batches."""
-    op = ctx.hessian(params=opts.params, loss_scale=opts.loss_scale, weight_decay_term=opts.weight_decay_term,
-                     method=opts.hvp_method, cache_graphs={"on": True, "off": False}.get(opts.cache_graphs, "auto"))
+    """The curvature operator (opts.matrix) these options describe, on the context's batches."""
+    op = curvature_operator(ctx, opts.matrix, params=opts.params, loss_scale=opts.loss_scale,
+                            weight_decay_term=opts.weight_decay_term, method=opts.hvp_method,
+                            cache_graphs={"on": True, "off": False}.get(opts.cache_graphs, "auto"))
     op.quiet = quiet
     return op
 
@@ -158,7 +168,7 @@ def run_hessian(ctx: AnalysisContext, opts: HessianOptions, *, quiet: bool = Tru
     op = op if op is not None else make_operator(ctx, opts, quiet=quiet)
     ckpt = ctx.checkpoint
     record: dict[str, Any] = {"bnlab_version": __version__, "torch_version": torch.__version__,
-                              "settings": op.settings,
+                              "settings": None,  # filled in at the end (what the first product decided)
                               "checkpoint_meta": {k: v for k, v in ckpt.meta.items()
                                                   if isinstance(v, (int, float, str, bool)) or v is None}}
     result = None
@@ -181,11 +191,29 @@ def run_hessian(ctx: AnalysisContext, opts: HessianOptions, *, quiet: bool = Tru
     if opts.trace:
         record["trace"] = {**hutchpp_trace(op, num_matvecs=opts.trace_matvecs, seed=opts.seed).to_dict(),
                            "dim": op.dim}
+    if opts.matrix == "ggn":
+        record["class_means"] = class_means_record(op, result)
     # Known only after the first product: whether the gradient graphs were cached.
-    op.settings.update(cache_graphs=op.cache_graphs, graph_cache=dict(op.cache_info))
+    record["settings"] = op.settings
     record["hvp_count_total"] = op.hvp_count
     record["wall_time_total"] = time.perf_counter() - t0
     return HessianResult(record, result, list(op.param_names), [list(s) for s in op.layout.shapes])
+
+
+def class_means_record(op: Any, result: EigenResult | None) -> dict[str, Any]:
+    """Papyan's class-means term G_cm of the Gauss-Newton matrix (rank <= C, exact eigenvalues), and how
+    much of each computed eigenvector of G lies in its span."""
+    cm = op.class_means()
+    lam, vecs = cm.eigenpairs()
+    rec: dict[str, Any] = {"definition": "c * sum_c (n_c/N) delta_c delta_c^T, delta_c the class-c mean of column c of "
+                                         "the per-example factors J_i^T A_i (H_out,i = A_i A_i^T)",
+                           "rank_bound": cm.rank_bound, "eigenvalues": lam.tolist()}
+    if result is not None and result.eigenvectors.shape[0]:
+        keep = vecs[lam > lam[0] * 1e-12] if len(lam) and lam[0] > 0 else vecs[:0]
+        q = torch.linalg.qr(keep.T)[0] if keep.shape[0] else keep.T
+        proj = result.eigenvectors.to(q) @ q
+        rec["eigvec_overlap"] = (proj ** 2).sum(1).tolist()  # ‖P_cm v_j‖² for G's eigenvectors v_j
+    return rec
 
 
 def _eigenpairs(op: Any, opts: HessianOptions, v0: torch.Tensor | None, quiet: bool) -> EigenResult:

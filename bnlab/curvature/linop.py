@@ -4,9 +4,11 @@ A `SymmetricOperator` is a symmetric linear map on flat float64 vectors of lengt
 implements `matmat` (H V for the rows of V, shape (m, dim)); `matvec`, `@` and the scipy adapter
 follow from it. Products come back float64 on the device of their input.
 
-`HessianOperator` (a network's loss Hessian), `ProjectedOperator` ((I-P) A (I-P), to remove a
-subspace) and `DenseOperator` (an explicit matrix: ground truth in tests, small problems) are the
-implementations; Lanczos, SLQ density and the trace estimators take any of them.
+The data operators (`bnlab.curvature.base.DataOperator`: the Hessian, the Gauss-Newton matrix, the
+residual) and the combinators here are the implementations: `DenseOperator` (an explicit matrix:
+ground truth in tests, small problems), `LowRankOperator` (Fᵀ F for a few rows F, with exact
+eigenpairs), `SumOperator` (Σ a_i A_i) and `ProjectedOperator` ((I-P) A (I-P), to remove a
+subspace). Lanczos, SLQ density and the trace estimators take any of them.
 """
 from __future__ import annotations
 
@@ -112,3 +114,58 @@ class ProjectedOperator(SymmetricOperator):
         self._check(V)
         V = V.double()
         return self.project_out(self.op.matmat(self.project_out(V)).double().to(V.device))
+
+
+class LowRankOperator(SymmetricOperator):
+    """Fᵀ F for the rows of F (r, dim): rank ≤ r, PSD; its nonzero eigenpairs come exactly from the r × r Gram."""
+
+    def __init__(self, factor: torch.Tensor) -> None:
+        if factor.dim() != 2:
+            raise BnlabError(f"LowRankOperator needs a (rank, dim) factor, got {tuple(factor.shape)}")
+        self.factor = factor.detach().double().cpu()  # r x dim, small: kept on the CPU (the base's device)
+        self.dim = factor.shape[1]
+
+    @property
+    def rank_bound(self) -> int:
+        return self.factor.shape[0]
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        self._check(V)
+        F = self.factor.to(V.device)
+        return (V.double() @ F.T) @ F
+
+    def eigenpairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eigenvalues descending (r,), unit eigenvectors as rows (r, dim)) of Fᵀ F, from F Fᵀ = U Λ Uᵀ."""
+        if self.rank_bound == 0:
+            return torch.zeros(0, dtype=torch.float64), torch.zeros(0, self.dim, dtype=torch.float64)
+        lam, U = torch.linalg.eigh(self.factor @ self.factor.T)
+        lam, U = lam.flip(0).clamp_min(0), U.flip(1)
+        vecs = U.T @ self.factor  # row j = u_jᵀ F, of norm sqrt(λ_j)
+        return lam, vecs / vecs.norm(dim=1, keepdim=True).clamp_min(1e-300)
+
+
+class SumOperator(SymmetricOperator):
+    """Σ_i a_i A_i for operators of one dimension (e.g. H − G = SumOperator([(1, H), (-1, G)]))."""
+
+    def __init__(self, terms: list[tuple[float, SymmetricOperator]]) -> None:
+        if not terms or len({op.dim for _, op in terms}) != 1:
+            raise BnlabError("SumOperator needs at least one term, all of one dimension")
+        self.terms = [(float(a), op) for a, op in terms]
+        self.dim = terms[0][1].dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.terms[0][1].device
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        self._check(V)
+        V = V.double()
+        out = torch.zeros_like(V)
+        for a, op in self.terms:
+            out += a * op.matmat(V).to(V.device)
+        return out
+
+
+def scaled(op: SymmetricOperator, a: float) -> SumOperator:
+    """a · A, as a one-term sum."""
+    return SumOperator([(a, op)])

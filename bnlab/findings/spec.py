@@ -94,6 +94,16 @@ FINDINGS: tuple[Finding, ...] = (
             "L (Cohen et al. 2021), A", "GD: lambda1 -> 2/eta (momentum: 2(1 + mu)/((1 + 2 mu) eta))",
             "over the constant-lr phase (its first quarter left out: sharpening time), eta lambda1 of the "
             "training loss (BN batch mode) within 0.5-2x of the threshold at every checkpoint"),
+    Finding("F13", "batch-norm", "outliers are Gauss-Newton (frozen, no BN)",
+            "On the same weights and batches H = G + R, G = J^T H_out J the Gauss-Newton matrix: for frozen BN "
+            "and no BN the top of H is G's (the same top-C space, a small residual R), G's outliers coming from "
+            "class-mean structure; BN's Hessian has no separated top.",
+            "L (Sagun et al. 2017; Papyan 2019, 2020)",
+            "the outliers of H are G's: C class-means outliers (+ C(C-1) cross-class), the bulk is R and G's rest",
+            "frozen and no BN: squared overlap of the top-k eigenvector spaces of H and G (k = min(10, computed)) "
+            ">= 0.9 and lambda1(R) <= 0.2 lambda1(H); BN: lambda_k / lambda_(k+1) of H < 1.8 at every k in 8..11; "
+            "reported, no threshold: the class-means term's top eigenvalues beside G's, BN's overlap, the frozen "
+            "net's G outliers in the F10 span"),
 )
 
 BY_ID = {f.id: f for f in FINDINGS}

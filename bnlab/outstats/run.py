@@ -17,6 +17,7 @@ from ..context import AnalysisContext, EvalSpec
 from ..curvature.hessian import DEFAULT_TOL, MAX_HVPS, solve_with_progress
 from ..curvature.linop import ProjectedOperator
 from ..curvature.operator import LOSS_SCALES
+from ..curvature.source import curvature_operator
 from ..errors import BnlabError
 from ..io.eigvecs import Eigvecs, read_eigvecs
 from ..io.folder import result_folder
@@ -173,7 +174,7 @@ def run_outstats(ctx: AnalysisContext, opts: OutstatsOptions, *, quiet: bool = T
     basis_means, basis_all = _spans(sg, opts, summary, ctx.dtype)
     op = None
     if opts.project or (ev is None and opts.num_eigs > 0):  # the Hessian only when it is needed
-        op = ctx.hessian(loss_scale=opts.loss_scale)
+        op = curvature_operator(ctx, "hessian", loss_scale=opts.loss_scale)
         op.quiet = quiet
     eig = _eigvecs(ev, op, opts, quiet)
     if eig is not None:

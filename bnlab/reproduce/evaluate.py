@@ -12,9 +12,10 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..findings import batch_norm as bnf
-from ..findings import stability, weight_decay
+from ..findings import gauss_newton, stability, weight_decay
 from ..findings.record import FindingRecord, not_run
 from ..findings.spec import BY_ID
+from ..io.eigvecs import read_eigvecs
 from ..io.jsonfile import read_json
 from ..models import build_model
 from .plan import FINDING_STAGES, Stage
@@ -118,9 +119,31 @@ def _f12(outs: Outs, plan: dict[str, Stage]) -> FindingRecord:
     return stability.f12_edge_of_stability(read_json(outs["series_eos"] / "hessian_series.json"))
 
 
+def _f13(outs: Outs, plan: dict[str, Stage]) -> FindingRecord:
+    import torch
+
+    from ..outstats.run import TENSORS_FILE
+    from ..outstats.subspace import orthonormal_basis, overlaps
+
+    models, vecs = {}, {}
+    for m in bnf.MODELS:
+        h, g = read_eigvecs(outs[f"hessian_{m}"]), read_eigvecs(outs[f"ggn_{m}"])
+        k = min(gauss_newton.F13_CLASSES, h.eigenvectors.shape[0], g.eigenvectors.shape[0])
+        ggn = read_json(outs[f"ggn_{m}"] / "hessian.json")
+        models[m] = {"hessian": h.eigenvalues.tolist(), "ggn": g.eigenvalues.tolist(), "k": k,
+                     "overlap": float(overlaps(h.eigenvectors[:k].T, g.eigenvectors[:k].T).mean()),
+                     "residual": read_json(outs[f"residual_{m}"] / "hessian.json")["eigen"]["eigenvalues"],
+                     "class_means": ggn.get("class_means", {}).get("eigenvalues", [])}
+        vecs[m] = g.eigenvectors[:k]
+    frozen = outs["outstats_frozen"]  # the F10 span: every output-statistic gradient, as outstats kept it
+    grads = torch.load(frozen / TENSORS_FILE, map_location="cpu", weights_only=True)["grads"]
+    basis, _ = orthonormal_basis(grads, read_json(frozen / "outstats.json")["span"]["rtol"])
+    return gauss_newton.f13_gauss_newton(models, overlaps(basis, vecs["frozen"].T).tolist())
+
+
 EVALUATORS: dict[str, Callable[[Outs, dict[str, Stage]], FindingRecord]] = {
     "F1": _f1, "F2": _f2, "F3": _f3, "F4": _f4, "F4b": _f4b, "F5": _f5, "F6": _f6, "F7": _f7, "F8": _f8,
-    "F9": _f9, "F10": _f10, "F11": _f11, "F12": _f12,
+    "F9": _f9, "F10": _f10, "F11": _f11, "F12": _f12, "F13": _f13,
 }
 
 

@@ -80,7 +80,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
                       grid="lr=0.2,0.4 wd=2.5e-3,5e-3"),
         "stress": dict(width=2, batch_size=32, epochs=6, lr=0.05, **_data("smoke", None, None, (256, 100))),
         "bn_post": dict(width=2, epochs=3, batch_size=32, lr_scale=0.25, **_data("smoke", None, None, (320, 100))),
-        "bn_eval": dict(num_samples=40, batch_size=20, top_k=3, frozen_top_k=5, tol=1e-2),
+        "bn_eval": dict(num_samples=40, batch_size=20, top_k=3, frozen_top_k=5, residual_top_k=2, tol=1e-2),
         "collapse": dict(depth=50, width=64, n_inputs=100),
         "init_shares": dict(width=2, num_samples=40, batch_size=20, **_data("smoke", None, None, (256, 100))),
         "exact": dict(width=2, images=64, batch_size=8, pythagoras_steps=10, exp_steps=40),
@@ -100,7 +100,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "stress": dict(width=8, batch_size=128, epochs=25, lr=0.005, **_data("cpu", 5120, 1000, (0, 0))),
         # the post's schedule compressed onto fewer, smaller batches: lr scaled with the batch (128/512)
         "bn_post": dict(width=8, epochs=10, batch_size=128, lr_scale=0.25, **_data("cpu", 5000, 1000, (0, 0))),
-        "bn_eval": dict(num_samples=640, batch_size=256, top_k=12, frozen_top_k=12, tol=1e-3),
+        "bn_eval": dict(num_samples=640, batch_size=256, top_k=12, frozen_top_k=12, residual_top_k=2, tol=1e-3),
         "collapse": dict(depth=50, width=2048, n_inputs=1000),
         "init_shares": dict(width=8, num_samples=640, batch_size=256, **_data("cpu", 3200, 1000, (0, 0))),
         "exact": dict(width=4, images=128, batch_size=16, pythagoras_steps=100, exp_steps=200),
@@ -116,7 +116,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "stress": dict(width=64, batch_size=512, epochs=25, lr=0.005, **_data("full", None, None, (0, 0))),
         "bn_post": dict(width=64, epochs=10, batch_size=512, lr_scale=1.0, **_data("full", None, None, (0, 0))),
         # the post: Hessian over 80 batches of 256, scipy eigsh k = 25
-        "bn_eval": dict(num_samples=20480, batch_size=256, top_k=20, frozen_top_k=20, tol=1e-4),
+        "bn_eval": dict(num_samples=20480, batch_size=256, top_k=20, frozen_top_k=20, residual_top_k=2, tol=1e-4),
         "collapse": dict(depth=50, width=2048, n_inputs=1000),
         "init_shares": dict(width=64, num_samples=1280, batch_size=256, **_data("full", None, None, (0, 0))),
         "exact": dict(width=4, images=128, batch_size=16, pythagoras_steps=100, exp_steps=200),
@@ -194,6 +194,13 @@ def build_plan(scale: str) -> dict[str, Stage]:
                   {role: src, "hessian": f"hessian_{m}"},
                   cost=_hessian_cost("simple", bp["width"], k, ev["num_samples"])
                   + 40 * ev["num_samples"] * _image_cost("simple", bp["width"])))
+        # F13: the Gauss-Newton part and the residual of the same Hessian (same batches, units, tol)
+        add(Stage(f"ggn_{m}", "hessian", {**evs, "top_k": k, "tol": ev["tol"], "loss_scale": "batch-sum",
+                                          "matrix": "ggn"},
+                  {role: src}, cost=_hessian_cost("simple", bp["width"], k, ev["num_samples"])))
+        add(Stage(f"residual_{m}", "hessian", {**evs, "top_k": ev["residual_top_k"], "tol": ev["tol"],
+                                               "loss_scale": "batch-sum", "matrix": "residual"},
+                  {role: src}, cost=2 * _hessian_cost("simple", bp["width"], ev["residual_top_k"], ev["num_samples"])))
     return {st.name: st for st in stages}
 
 
@@ -217,6 +224,8 @@ FINDING_STAGES: dict[str, tuple[str, ...]] = {
     "F10": ("outstats_frozen",),
     "F11": ("outstats_bn", "outstats_frozen", "outstats_no_bn"),
     "F12": ("series_eos",),
+    "F13": tuple(f"{kind}_{m}" for m in ("bn", "frozen", "no_bn") for kind in ("hessian", "ggn", "residual"))
+    + ("outstats_frozen",),
 }
 
 

@@ -238,7 +238,9 @@ def describe(stage: Stage) -> str:
                 f"{s['epochs']} epochs = {s['epochs'] * (n // s['batch_size'])} steps, {sched} {s['lr']:g}, "
                 f"wd {s['weight_decay']:g}, momentum {s['momentum']:g}{' Nesterov' if s['nesterov'] else ''}, {data}")
     if stage.kind in ("hessian", "outstats", "series"):
-        what = {"hessian": f"top-{s.get('top_k')} Hessian eigenpairs", "series": f"top-{s.get('top_k')} Hessian "
+        matrix = {"ggn": "Gauss-Newton", "residual": "residual (Hessian - Gauss-Newton)"}.get(s.get("matrix"),
+                                                                                             "Hessian")
+        what = {"hessian": f"top-{s.get('top_k')} {matrix} eigenpairs", "series": f"top-{s.get('top_k')} Hessian "
                 "eigenpairs of every saved checkpoint (warm-started)", "outstats": "output-statistic gradients, "
                 "perturbations, spans, projected Hessian"}[stage.kind]
         return (f"{what}; {s['num_samples']} training images in fixed batches of {s['batch_size']}"

@@ -133,9 +133,9 @@ def bn_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_ckpt(tmp_path_factory.mktemp("ck"), "bn", label_smoothing=SMOOTH)
 
 
-@functools.cache
-def dense_truth(path: str) -> np.ndarray:
-    """Eigenvalues (ascending) of the block of the Hessian on layer3_extra and the classifier."""
+def _block(path: str) -> tuple:
+    """The net cut below layer3_extra: (tail, [(features, y) per batch], names, shapes, theta) in float64, BN with
+    batch statistics (buffers untouched); the layers below are held fixed, their outputs are data for the block."""
     ck = load_checkpoint(path)
     model = ck.model.double().train()
     for _, m in batch_norm_layers(model):
@@ -147,20 +147,36 @@ def dense_truth(path: str) -> np.ndarray:
     x = (x.double() - mean) / std
     cut = list(dict(model.named_children())).index("layer3_extra")
     head, tail = model[:cut], model[cut:]
-    with torch.no_grad():  # the layers below are held fixed: their outputs are data for the block
+    with torch.no_grad():
         feats = [(head(x[i:i + BS]), y[i:i + BS]) for i in range(0, N, BS)]
     names = [n for n, _ in tail.named_parameters()]
     assert names == ["layer3_extra.conv.weight", "classifier.weight"]
     shapes = [p.shape for p in tail.parameters()]
     theta = torch.cat([p.detach().reshape(-1) for p in tail.parameters()])
+    return tail, feats, names, shapes, theta
+
+
+def _block_logits(tail, names, shapes, flat: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    chunks = torch.split(flat, [math.prod(s) for s in shapes])
+    return functional_call(tail, {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}, (f,))
+
+
+@functools.cache
+def dense_block_hessian(path: str) -> np.ndarray:
+    """The block of the Hessian on layer3_extra and the classifier."""
+    tail, feats, names, shapes, theta = _block(path)
 
     def total(flat: torch.Tensor) -> torch.Tensor:
-        chunks = torch.split(flat, [math.prod(s) for s in shapes])
-        params = {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}
-        return sum(F.cross_entropy(functional_call(tail, params, (f,)), yb, reduction="sum", label_smoothing=SMOOTH)
-                   for f, yb in feats) / N
+        return sum(F.cross_entropy(_block_logits(tail, names, shapes, flat, f), yb, reduction="sum",
+                                   label_smoothing=SMOOTH) for f, yb in feats) / N
 
-    return np.linalg.eigvalsh(jacfwd(grad(total))(theta).numpy())
+    return jacfwd(grad(total))(theta).numpy()
+
+
+@functools.cache
+def dense_truth(path: str) -> np.ndarray:
+    """Eigenvalues (ascending) of the block of the Hessian on layer3_extra and the classifier."""
+    return np.linalg.eigvalsh(dense_block_hessian(path))
 
 
 def hessian_json(tmp_path: Path, ck: Path, name: str, *args: object) -> dict:
@@ -242,3 +258,43 @@ def test_warm_start_and_its_mismatch_error(tmp_path, bn_ckpt):
                                       "--params", TOP, "--top-k", "3", "--warm-start", str(bad),
                                       "--out", str(tmp_path / "x"), "--force", "--quiet"])
         assert r.exit_code == 2 and msg in r.output and r.output.strip().count("\n") == 0, r.output
+
+
+@functools.cache
+def dense_ggn_truth(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) of the Gauss-Newton block G = Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i / N (J by jacrev,
+    in each example's batch), of H − G, and of G's class-means term Σ_c (n_c/N) δ_c δ_cᵀ, on the block above."""
+    from torch.func import jacrev
+
+    tail, feats, names, shapes, theta = _block(path)
+    G = torch.zeros(len(theta), len(theta), dtype=torch.float64)
+    sums = torch.zeros(10, len(theta), dtype=torch.float64)
+    counts = torch.zeros(10, dtype=torch.float64)
+    for f, yb in feats:
+        J = jacrev(lambda flat, f=f: _block_logits(tail, names, shapes, flat, f))(theta).detach()
+        p = torch.softmax(_block_logits(tail, names, shapes, theta, f), 1).detach()
+        for j, c in enumerate(yb.tolist()):
+            G += J[j].T @ (torch.diag(p[j]) - torch.outer(p[j], p[j])) @ J[j] / N
+            sums[c] += J[j].T @ (p[j, c].sqrt() * (F.one_hot(torch.tensor(c), 10).double() - p[j]))
+            counts[c] += 1
+    Gcm = sum(counts[c] / N * torch.outer(sums[c] / counts[c], sums[c] / counts[c]) for c in range(10) if counts[c])
+    eig = np.linalg.eigvalsh
+    return eig(G.numpy()), eig(dense_block_hessian(path) - G.numpy()), eig(Gcm.numpy())
+
+
+def test_matrix_ggn_and_residual_match_dense_truth(tmp_path, bn_ckpt):
+    g, r, cm = (v[::-1] for v in dense_ggn_truth(str(bn_ckpt)))
+    rec = hessian_json(tmp_path, bn_ckpt, "ggn", "--matrix", "ggn", "--top-k", 3, "--tol", 1e-9, "--dtype", "float64")
+    assert rec["settings"]["matrix"] == "ggn" and rec["settings"]["label_smoothing"] == SMOOTH
+    assert "hvp_method" not in rec["settings"]
+    assert rec["eigen"]["eigenvalues"] == pytest.approx(g[:3], rel=1e-7) and rec["eigen"]["all_converged"]
+    assert rec["class_means"]["rank_bound"] == 10
+    assert rec["class_means"]["eigenvalues"][:3] == pytest.approx(cm[:3], rel=1e-7)
+    assert all(0 <= v <= 1 + 1e-9 for v in rec["class_means"]["eigvec_overlap"])
+    res = hessian_json(tmp_path, bn_ckpt, "res", "--matrix", "residual", "--top-k", 2, "--tol", 1e-9,
+                       "--dtype", "float64")
+    assert res["settings"]["matrix"] == "residual" and "class_means" not in res
+    assert res["eigen"]["eigenvalues"] == pytest.approx(r[:2], rel=1e-7)
+    r_bad = run("hessian", bn_ckpt, "--matrix", "ggn", "--hvp-method", "func", "--num-samples", N, "--batch-size", BS,
+                "--out", tmp_path / "bad", "--quiet")
+    assert r_bad.exit_code == 2 and "Gauss-Newton" in r_bad.output and r_bad.output.strip().count("\n") == 0

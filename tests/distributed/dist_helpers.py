@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from bnlab import ddp
 from bnlab.checkpoint import save_checkpoint
 from bnlab.config import TrainConfig, make_config
-from bnlab.curvature import HessianOperator, top_eigenpairs
+from bnlab.curvature import GGNOperator, HessianOperator, ResidualOperator, top_eigenpairs
 from bnlab.data import load_data, train_batches
 from bnlab.models import ModelSpec, build_model
 from bnlab.outstats.gradients import stat_gradients
@@ -172,6 +172,12 @@ def group_products(group: object, sizes: tuple[int, ...] = (8, 8, 8, 8, 3)) -> d
         out[f"cache_graphs_{cache}"] = op.cache_graphs
     out["distributed"] = op.describe().get("distributed")
     out["grad"], out["loss"] = op.gradient(), op.loss()
+    # the Gauss-Newton matrix, the residual and the class-means term over the same shards
+    ggn = GGNOperator(net, batches, loss_fn=LOSS, bn_mode="batch", weight_decay=1e-3, process_group=group)
+    out["ggn"] = ggn.matmat(probe_vectors(ggn.dim))
+    out["class_means"] = ggn.class_means().factor
+    res = ResidualOperator(net, batches, loss_fn=LOSS, bn_mode="batch", weight_decay=1e-3, process_group=group)
+    out["residual"] = res.matmat(probe_vectors(res.dim))
     calls = distributed.COMM.calls
     for moments in ("per-batch", "pooled"):
         sg = stat_gradients(net, batches, stats=("mean", "var"), moments=moments, mode="batch", process_group=group)

@@ -39,7 +39,7 @@ class Bug:
 
 BUGS = (
     Bug("weighting", "every batch of the Hessian weighted 1/(number of batches) instead of n_b/N",
-        "bnlab/curvature/operator.py",
+        "bnlab/curvature/base.py",
         "return [self.scale * n / self.num_samples for n in self.sizes]",
         "return [self.scale / len(self.sizes) for n in self.sizes]",
         ("tests/curvature/test_operator.py",)),

@@ -63,6 +63,10 @@ OLD_CURVATURE = "tests/curvature/test_curvature.py"
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "curvature.operator": (["bnlab/curvature/operator.py"], ["tests/curvature/test_operator.py",
                                                             "tests/distributed/test_subgroups.py"]),
+    "curvature.base": (["bnlab/curvature/base.py"], ["tests/curvature/test_operator.py",
+                                                    "tests/distributed/test_subgroups.py"]),
+    "curvature.ggn": (["bnlab/curvature/ggn.py", "bnlab/curvature/linop.py"], ["tests/curvature/test_ggn.py",
+                                                                              "tests/distributed/test_subgroups.py"]),
     "curvature.hvp": (["bnlab/curvature/hvp.py"], ["tests/curvature/test_operator.py"]),
     "curvature.lanczos": (["bnlab/curvature/lanczos.py"], ["tests/curvature/test_eigensolvers.py"]),
     "curvature.trace": (["bnlab/curvature/trace.py"], ["tests/curvature/test_estimators.py"]),

@@ -81,7 +81,7 @@ def test_data_fingerprint_follows_the_images_not_the_path(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("args,message", [
     (["--scale", "huge"], "huge"),
-    (["F13"], "unknown finding"),
+    (["F99"], "unknown finding"),  # (F13 exists: the Gauss-Newton finding)
     (["--jobs", "0"], "--jobs"),
     (["--scale", "cpu", "--data-dir", "NOWHERE"], "NOWHERE"),
 ])

@@ -1,0 +1,278 @@
+"""GGNOperator, ResidualOperator and the class-means term against dense truth built here.
+
+G is built densely as Σ_b (n_b/N) Σ_i J_iᵀ H_i J_i with J from `torch.func.jacrev` of the logits and
+H_i = (diag(p_i) − p_i p_iᵀ)/n_b written out (the softmax cross-entropy's Hessian in the logits), so
+the operator's autodiff of the loss on the logits is checked against the closed form; H is the
+dense Hessian of `bnlab.curvature.dense` (itself checked against a hand-written loss in
+test_operator.py). Tiny nets: an MLP and a conv net, with and without BN, BN in batch and running
+mode, batches of 6 and 2 (weights n_b/N). Sharded products are checked in tests/distributed.
+"""
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, jacrev
+
+from bnlab.bnmode import bn_mode
+from bnlab.curvature import (
+    GGNOperator,
+    HessianOperator,
+    LowRankOperator,
+    ResidualOperator,
+    SumOperator,
+    dense_hessian,
+    top_eigenpairs,
+)
+from bnlab.curvature.hessian import HessianOptions
+from bnlab.curvature.linop import DenseOperator, scaled
+from bnlab.curvature.params import FlatLayout, select_parameters
+from bnlab.errors import BnlabError
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets (tests/conftest.py)
+
+SIZES = (6, 2)
+C = 3
+CASES = [("mlp", True, "batch"), ("mlp", True, "running"), ("mlp", False, "none"),
+         ("conv", True, "batch"), ("conv", True, "running"), ("conv", False, "none")]
+
+
+def net(kind: str, bn: bool, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    if kind == "mlp":
+        layers = [nn.Linear(5, 4), *([nn.BatchNorm1d(4)] if bn else []), nn.Softplus(), nn.Linear(4, C)]
+    else:
+        layers = [nn.Conv2d(2, 3, 3), *([nn.BatchNorm2d(3)] if bn else []), nn.Softplus(),
+                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, C)]
+    model = nn.Sequential(*layers).double()
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def data(kind: str, sizes: tuple[int, ...] = SIZES, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    n = sum(sizes)
+    x = torch.randn(n, 5, generator=g, dtype=torch.float64) if kind == "mlp" else \
+        torch.randn(n, 2, 4, 4, generator=g, dtype=torch.float64)
+    y = torch.arange(n) % C  # every class in the set
+    out, i = [], 0
+    for s in sizes:
+        out.append((x[i:i + s].clone(), y[i:i + s].clone()))
+        i += s
+    return out
+
+
+def jacobians(model: nn.Module, batches, mode: str) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per batch: (J (n_b, C, dim) by jacrev, softmax probabilities (n_b, C), labels)."""
+    named = select_parameters(model, None)
+    layout = FlatLayout(named)
+    theta = layout.flatten([p.detach() for _, p in named])
+    out = []
+    with bn_mode(model, mode):
+        for x, y in batches:
+            def logits(flat: torch.Tensor, x: torch.Tensor = x) -> torch.Tensor:
+                return functional_call(model, layout.unflatten(flat), (x,), strict=False)
+            J = jacrev(logits)(theta).detach()
+            p = torch.softmax(logits(theta), 1).detach()
+            out.append((J, p, y))
+    return out
+
+
+@functools.cache
+def truth(kind: str, bn: bool, mode: str) -> dict[str, torch.Tensor]:
+    model, batches = net(kind, bn), data(kind)
+    n = sum(SIZES)
+    G = 0.0
+    sums = [0.0] * C
+    for J, p, y in jacobians(model, batches, mode):
+        nb = len(y)
+        for i in range(nb):
+            Hi = (torch.diag(p[i]) - torch.outer(p[i], p[i])) / nb
+            G = G + (nb / n) * J[i].T @ Hi @ J[i]
+            c = int(y[i])
+            a = torch.sqrt(p[i, c]) * (F.one_hot(y[i], C).double() - p[i])  # A_i e_c
+            sums[c] = sums[c] + J[i].T @ a
+    counts = torch.bincount(torch.cat([y for _, y in batches]), minlength=C).double()
+    Gcm = sum((counts[c] / n) * torch.outer(sums[c] / counts[c], sums[c] / counts[c]) for c in range(C))
+    H = dense_hessian(model, batches, F.cross_entropy, mode)
+    return {"G": G, "H": H, "Gcm": Gcm}
+
+
+def dense(op) -> torch.Tensor:
+    return op.matmat(torch.eye(op.dim, dtype=torch.float64))
+
+
+def close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-10) -> None:
+    torch.testing.assert_close(a, b, rtol=rel, atol=rel * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("kind,bn,mode", CASES)
+def test_ggn_and_residual_match_dense_truth(kind: str, bn: bool, mode: str) -> None:
+    t = truth(kind, bn, mode)
+    model, batches = net(kind, bn), data(kind)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    G = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode=mode)
+    R = ResidualOperator(model, batches, loss_fn=F.cross_entropy, bn_mode=mode)
+    Gd, Rd = dense(G), dense(R)
+    close(Gd, t["G"])
+    close(Gd, Gd.T, 1e-12)
+    lam = torch.linalg.eigvalsh(Gd)
+    assert lam.min() >= -1e-12 * lam.max()  # PSD
+    close(Gd + Rd, t["H"])  # G + R = H
+    close(Rd, t["H"] - t["G"])
+    # the residual is not negligible on an untrained net: the test would not tell G from H otherwise
+    assert (t["H"] - t["G"]).abs().max() > 1e-3 * t["H"].abs().max()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # never changed
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_bn_batch_mode_couples_the_examples_of_a_batch() -> None:
+    """With batch statistics, G depends on how the examples are batched (J_i is taken in its batch);
+    in running mode it does not."""
+    model = net("mlp", True)
+    batches = data("mlp")
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    regrouped = [(x[:4], y[:4]), (x[4:], y[4:])]
+    for mode, same in (("batch", False), ("running", True)):
+        a = dense(GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode=mode))
+        b = dense(GGNOperator(model, regrouped, loss_fn=F.cross_entropy, bn_mode=mode))
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-14) == same
+
+
+def test_unequal_batches_are_weighted_by_size() -> None:
+    t = truth("mlp", True, "batch")
+    model, batches = net("mlp", True), data("mlp")
+    wrong = 0.0  # each batch's G_b with weight 1/2 instead of n_b/N
+    for J, p, y in jacobians(model, batches, "batch"):
+        nb = len(y)
+        for i in range(nb):
+            wrong = wrong + 0.5 * J[i].T @ ((torch.diag(p[i]) - torch.outer(p[i], p[i])) / nb) @ J[i]
+    assert (wrong - t["G"]).abs().max() > 1e-3 * t["G"].abs().max()
+    close(dense(GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch")), t["G"])
+
+
+def test_label_smoothing_leaves_the_output_hessian_and_g_unchanged_but_not_h() -> None:
+    model, batches = net("mlp", True), data("mlp")
+    smooth = functools.partial(F.cross_entropy, label_smoothing=0.3)
+    t = truth("mlp", True, "batch")
+    close(dense(GGNOperator(model, batches, loss_fn=smooth, bn_mode="batch")), t["G"])
+    H_smooth = dense_hessian(model, batches, smooth, "batch")
+    assert (H_smooth - t["H"]).abs().max() > 1e-4 * t["H"].abs().max()  # the residual part changes
+    close(dense(ResidualOperator(model, batches, loss_fn=smooth, bn_mode="batch")), H_smooth - t["G"])
+
+
+def test_units_weight_decay_and_a_parameter_subset() -> None:
+    t = truth("conv", True, "batch")
+    model, batches = net("conv", True), data("conv")
+    wd = 0.01
+    G = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch", loss_scale="batch-sum",
+                    batch_size=6, weight_decay=wd)
+    close(dense(G), 6 * (t["G"] + wd * torch.eye(G.dim, dtype=torch.float64)))
+    R = ResidualOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch", loss_scale="batch-sum",
+                         batch_size=6, weight_decay=wd)
+    close(dense(R), 6 * (t["H"] - t["G"]))  # the decay term cancels in H − G
+    assert R.describe()["weight_decay_term"] == 0.0 and R.describe()["weight_decay_cancels"] == wd
+    sub = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch", params=["5.*"])  # the classifier
+    idx = torch.arange(t["G"].shape[0])[-sub.dim:]
+    close(dense(sub), t["G"][idx][:, idx])
+    assert sub.settings["params"] == ["5.*"] and sub.settings["matrix"] == "ggn"
+
+
+def test_combinators_sum_scale_and_low_rank() -> None:
+    model, batches = net("mlp", True), data("mlp")
+    H = HessianOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch")
+    G = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch")
+    R = ResidualOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch")
+    t = truth("mlp", True, "batch")
+    close(dense(SumOperator([(1.0, G), (1.0, R)])), t["H"])
+    close(dense(SumOperator([(1.0, H), (-1.0, G)])), dense(R))
+    close(dense(scaled(G, -2.5)), -2.5 * t["G"])
+    with pytest.raises(BnlabError, match="one dimension"):
+        SumOperator([(1.0, G), (1.0, DenseOperator(torch.eye(3)))])
+    with pytest.raises(BnlabError, match="at least one"):
+        SumOperator([])
+    F_ = torch.randn(2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    low = LowRankOperator(F_)
+    close(dense(low), F_.T @ F_)
+    lam, vecs = low.eigenpairs()
+    close(lam, torch.linalg.eigvalsh(F_.T @ F_).flip(0)[:2])
+    close(low.matmat(vecs), lam[:, None] * vecs)
+    close(vecs @ vecs.T, torch.eye(2, dtype=torch.float64))
+    assert LowRankOperator(torch.zeros(0, 4)).eigenpairs()[0].numel() == 0
+    with pytest.raises(BnlabError, match="factor"):
+        LowRankOperator(torch.zeros(4))
+
+
+@pytest.mark.parametrize("kind,bn,mode", [CASES[0], CASES[4], CASES[5]])
+def test_class_means_term_matches_dense_truth(kind: str, bn: bool, mode: str) -> None:
+    t = truth(kind, bn, mode)
+    model, batches = net(kind, bn), data(kind)
+    G = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode=mode, loss_scale="batch-sum", batch_size=6)
+    cm = G.class_means()
+    assert cm.rank_bound == C
+    close(dense(cm), 6 * t["Gcm"])
+    rest = torch.linalg.eigvalsh(6 * (t["G"] - t["Gcm"]))
+    assert rest.min() >= -1e-12 * rest.max()  # G − G_cm = cross-class + within-class terms: PSD
+    lam, _ = cm.eigenpairs()
+    close(lam, torch.linalg.eigvalsh(6 * t["Gcm"]).flip(0)[:C])
+    # a class missing from the set drops out (no division by zero)
+    x, y = batches[0]
+    one = GGNOperator(model, [(x[y != 2], y[y != 2])], loss_fn=F.cross_entropy, bn_mode=mode).class_means()
+    assert one.rank_bound == C - 1 and torch.isfinite(one.factor).all()
+
+
+@pytest.mark.parametrize("kind,bn,mode", [CASES[0], CASES[5]])
+def test_lanczos_on_g_finds_the_dense_top_eigenvalues(kind: str, bn: bool, mode: str) -> None:
+    t = truth(kind, bn, mode)
+    G = GGNOperator(net(kind, bn), data(kind), loss_fn=F.cross_entropy, bn_mode=mode)
+    res = top_eigenpairs(G, 3, tol=1e-8, seed=0)
+    want = torch.linalg.eigvalsh(t["G"]).flip(0)[:3]
+    torch.testing.assert_close(res.eigenvalues, want, rtol=1e-7, atol=1e-12)
+    assert bool(res.converged.all())
+
+
+def test_ggn_counts_blocks_and_describes_itself() -> None:
+    model, batches = net("mlp", False), data("mlp")
+    G = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="none", block_size=2)
+    V = torch.randn(5, G.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    close(G.matmat(V), V @ truth("mlp", False, "none")["G"])
+    assert G.hvp_count == 5 and G.passes == 3
+    d = G.describe()
+    assert d["matrix"] == "ggn" and d["num_samples"] == 8 and d["num_batches"] == 2 and "hvp_method" not in d
+    assert G.matmat(torch.zeros(0, G.dim, dtype=torch.float64)).shape == (0, G.dim)
+    R = ResidualOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="none", cache_graphs=False)
+    assert R.describe()["matrix"] == "residual" and R.describe()["cache_graphs"] is False
+    assert R.quiet and R.hessian.quiet
+    R.quiet = False  # the CLI's progress reaches the Hessian part's graph building
+    assert R.hessian.quiet is False
+    assert "Gauss-Newton" in GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="none",
+                                         loss_scale="batch-sum").settings["units"]
+
+
+def test_float32_model_gives_float64_products() -> None:
+    model, batches = net("mlp", True).float(), [(x.float(), y) for x, y in data("mlp")]
+    G = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch")
+    v = torch.randn(G.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    gv = G.matvec(v)
+    want = truth("mlp", True, "batch")["G"] @ v
+    assert gv.dtype == torch.float64
+    torch.testing.assert_close(gv, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_options_refuse_what_the_gauss_newton_matrix_does_not_have() -> None:
+    with pytest.raises(BnlabError, match="--matrix"):
+        HessianOptions(matrix="fisher").validate()
+    with pytest.raises(BnlabError, match="Gauss-Newton"):
+        HessianOptions(matrix="ggn", hvp_method="func").validate()
+    with pytest.raises(BnlabError, match="Gauss-Newton"):
+        HessianOptions(matrix="ggn", cache_graphs="on").validate()
+    HessianOptions(matrix="residual", cache_graphs="on").validate()
