@@ -13,7 +13,7 @@ from ..errors import BnlabError
 from ..runtime import tune_allocator
 
 # Subcommand modules; each defines a click command named `command`.
-COMMANDS = ("train", "info", "freeze", "dynamics", "sweep", "outstats", "hessian", "collapse", "reproduce")
+COMMANDS = ("train", "info", "freeze", "dynamics", "sweep", "outstats", "hessian", "collapse", "reproduce", "ablate")
 
 
 class BnlabGroup(click.Group):
