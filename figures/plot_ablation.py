@@ -73,12 +73,14 @@ def ablation_figure(rows: list[dict]) -> Figure:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("ablation_dir", type=Path, help="a `bnlab ablate` output directory (ablation.json)")
-    ap.add_argument("--out", type=Path, default=None, help="folder for the figure (default: ablation_dir)")
-    args = ap.parse_args(argv)
-    figstyle.save(ablation_figure(load(args.ablation_dir)), (args.out or args.ablation_dir) / "ablation.png")
+    doc = __doc__ or ""
+    parser = argparse.ArgumentParser(prog=PROG, description=doc.splitlines()[0], epilog=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ablation_dir", type=Path, help="a `bnlab ablate` output directory (ablation.json)")
+    parser.add_argument("--out", type=Path, help="folder for the figure (default: ablation_dir)")
+    args = parser.parse_args(argv)
+    target = (args.out or args.ablation_dir) / "ablation.png"
+    figstyle.save(ablation_figure(load(args.ablation_dir)), target)
 
 
 if __name__ == "__main__":
