@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from click.testing import CliRunner
 from torch import nn
 
+from bnlab.checkpoint import load_checkpoint
+from bnlab.cli import main
 from bnlab.config import TrainConfig
 from bnlab.data import load_data
 from bnlab.ema import WeightEMA
@@ -248,9 +252,26 @@ def test_ema_runs_resume_bit_identically(tmp_path) -> None:
             assert torch.equal(a[key][k], b[key][k]), (key, k)
     assert whole.metrics["test_acc"] == resumed.metrics["test_acc"]
     # the reported accuracy is the EMA model's (with TTA)
-    from bnlab.checkpoint import load_checkpoint
-
     data = load_data(cfg.data, "cpu", seed=0)
     ema = load_checkpoint(tmp_path / "a" / "final.pt", weights="ema").model
     assert evaluate(ema, data, cfg, torch.device("cpu"))[1] == pytest.approx(whole.metrics["test_acc"])
     assert math.isfinite(whole.metrics["test_loss"])
+
+
+def test_train_cli_recipe_with_overrides_and_info(tmp_path) -> None:
+    def run(*args: object):  # noqa: ANN202
+        return CliRunner().invoke(main, [str(a) for a in args])
+
+    tiny = ["--width", "2", "--dataset", "synthetic", "--subset", "80", "--test-subset", "20", "--batch-size", "32",
+            "--epochs", "1", "--log-every", "0", "-q", "--device", "cpu"]
+    r = run("train", "--recipe", "bag-of-tricks", "--no-tta", "--ema", "0.9", *tiny, "--out", tmp_path / "r")
+    assert r.exit_code == 0, r.output
+    cfg = TrainConfig.from_dict(json.loads((tmp_path / "r" / "config.json").read_text()))
+    assert cfg.recipe == "bag-of-tricks" and not cfg.tta and cfg.ema_momentum == 0.9  # the options win
+    assert cfg.lr_knots == (0.0, 0.2, 0.8) and cfg.model.whiten and cfg.bias_scale == 64  # knots stretched to 1 epoch
+    info = run("info", tmp_path / "r" / "final.pt")
+    assert info.exit_code == 0 and "recipe bag-of-tricks" in info.output and "patch whitening" in info.output
+    r = run("train", "--resume", tmp_path / "r", "--recipe", "baseline")
+    assert r.exit_code == 2 and "own config" in r.output
+    r = run("train", "--recipe", "bag-of-tricks", *tiny, "--batch-size", "40", "--out", tmp_path / "bad")
+    assert r.exit_code == 2 and "divisible" in r.output and "Traceback" not in r.output
