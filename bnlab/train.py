@@ -309,6 +309,8 @@ def _train_epochs(run: _Run, stop_after_epoch: int | None) -> RunResult:
         t0 = time.perf_counter()
         stats, diverged = _train_one_epoch(run, epoch, bar)
         ddp.average_running_stats(run.model, config)
+        if run.ema is not None:  # its BN statistics averaged each rank's own: agree on them too
+            ddp.average_running_stats(run.ema.model, config)
         train_time = time.perf_counter() - t0
         bar.close()
         t1 = time.perf_counter()
