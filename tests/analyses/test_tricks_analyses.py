@@ -95,7 +95,8 @@ def test_hessian_and_outstats_cli_on_a_bag_of_tricks_checkpoint(tmp_path, tricks
     ck = tricks_run / "final.pt"
     recs = {}
     for w in ("raw", "ema"):
-        r = run("hessian", ck, "--top-k", 2, "--tol", 1e-3, *EVAL, "--weights", w, "--out", tmp_path / w, "-q")
+        r = run("hessian", ck, "--top-k", 1, "--tol", 1e-2, "--no-verify", *EVAL, "--weights", w,
+                "--out", tmp_path / w, "-q")
         assert r.exit_code == 0, r.output
         recs[w] = json.loads((tmp_path / w / "hessian.json").read_text())
     dim = sum(p.numel() for p in load_checkpoint(ck).model.parameters())
@@ -103,7 +104,8 @@ def test_hessian_and_outstats_cli_on_a_bag_of_tricks_checkpoint(tmp_path, tricks
         s = rec["settings"]
         assert (s["weights"], s["dim"], s["bn_mode"]) == (w, dim, "batch")
     assert recs["raw"]["eigen"]["eigenvalues"] != recs["ema"]["eigen"]["eigenvalues"]
-    r = run("outstats", ck, *EVAL, "--weights", "ema", "--no-histograms", "--out", tmp_path / "os", "-q")
+    r = run("outstats", ck, *EVAL, "--weights", "ema", "--no-histograms", "--stats", "mean",
+            "--out", tmp_path / "os", "-q")
     assert r.exit_code == 0, r.output
     # dynamics: the trainable tensors only (no whitening filters, no frozen scales)
     r = run("dynamics", tricks_run, "--out", tmp_path / "dyn", "-q")
