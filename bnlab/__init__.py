@@ -3,6 +3,8 @@
 Entry points (each also a command, see `bnlab --help`):
 
 - ``bnlab.make_config`` + ``bnlab.train.train``: training runs (``bnlab train``);
+  ``bnlab.recipes.recipe_config``: the baseline and bag-of-tricks recipes (``bnlab train --recipe``);
+- ``bnlab.ablate.run_ablation``: the bag-of-tricks steps one at a time, several seeds (``bnlab ablate``);
 - ``bnlab.load_checkpoint``: a checkpoint's model, config and metadata;
 - ``bnlab.hessian``: Hessian eigenpairs, density, trace (``bnlab hessian``);
 - ``bnlab.output_stats``: output-statistic gradients and spans (``bnlab outstats``);

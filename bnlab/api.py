@@ -10,7 +10,7 @@ the same options as its command, and returns the result object the command write
     [(r.param, r.angle, r.angle_pred) for r in d.report.layers]
     h.write("results/hess_bn")          # the same files `bnlab hessian --out` writes
 
-Evaluation-set options (`num_samples`, `batch_size`, `bn_mode`, `eval_seed`, `data_dir`, `dtype`)
+Evaluation-set options (`num_samples`, `batch_size`, `bn_mode`, `eval_seed`, `data_dir`, `dtype`, `weights`)
 go to `bnlab.context.EvalSpec`; everything else to the analysis's options dataclass. Every analysis
 defaults to the same evaluation set (`bnlab.context.DEFAULT_NUM_SAMPLES` examples, eval_seed 0): give
 the same evaluation options to `hessian` and `output_stats` (above, `num_samples=1280` to both) when one

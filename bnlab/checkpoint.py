@@ -21,6 +21,7 @@ from .models import build_model
 
 FORMAT = "bnlab-checkpoint"
 FORMAT_VERSION = 1
+WEIGHTS = ("raw", "ema")  # which weights of a checkpoint to load: the trained ones, or their average (EMA runs)
 
 
 @dataclass
@@ -82,7 +83,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "config": (dict,), "model": (dict,), "optimizer": (dict,), "rng": (dict,), "epoch": (int,), "step": (int,),
     "metrics": (list,), "status": (str,), "diverged": (dict, type(None)), "frozen": (dict, type(None)),
-    "versions": (dict,), "runtime": (dict,), "seed": (int,), "device": (str,),
+    "versions": (dict,), "runtime": (dict,), "seed": (int,), "device": (str,), "ema": (dict,),
 }
 
 
@@ -91,17 +92,24 @@ def _malformed(payload: dict[str, Any]) -> str | None:
     for key, types in _FIELD_TYPES.items():
         if key in payload and not isinstance(payload[key], types):
             return f"field {key!r} is a {type(payload[key]).__name__}"
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload["model"].items()):
-        return "its model weights are not a name -> tensor mapping"
+    for key in ("model", "ema"):
+        if key in payload and not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                      for k, v in payload[key].items()):
+            return f"its {'model' if key == 'model' else 'EMA'} weights are not a name -> tensor mapping"
     if "metrics" in payload and not all(isinstance(m, dict) for m in payload["metrics"]):
         return "its metrics are not a list of records"
     return None
 
 
-def model_from_payload(payload: dict[str, Any], path: Path) -> tuple[nn.Module, TrainConfig]:
+def model_from_payload(payload: dict[str, Any], path: Path, weights: str = "raw") -> tuple[nn.Module, TrainConfig]:
+    """The checkpoint's model with its trained weights (raw) or their moving average (ema)."""
+    if weights not in WEIGHTS:
+        raise BnlabError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if weights == "ema" and "ema" not in payload:
+        raise BnlabError(f"{path} holds no EMA weights (its run was trained without --ema); use --weights raw")
     config = TrainConfig.from_dict(payload["config"])
     model = build_model(config.model)
-    load_weights(model, payload["model"], path)
+    load_weights(model, payload["model" if weights == "raw" else "ema"], path)
     return model, config
 
 
@@ -118,13 +126,18 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path)
         raise BnlabError(f"{path}: weights do not fit the recorded model ({str(e).splitlines()[0]})") from None
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a bnlab checkpoint: the model (on `device`, in eval mode), its config and metadata."""
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", weights: str = "raw") -> Checkpoint:
+    """Load a bnlab checkpoint: the model (on `device`, in eval mode), its config and metadata.
+
+    weights: "raw" (the trained weights) or "ema" (their moving average, for runs trained with --ema;
+    recorded in meta["weights"]).
+    """
     path = Path(path)
     payload = read_checkpoint(path)
-    model, config = model_from_payload(payload, path)
+    model, config = model_from_payload(payload, path, weights)
     model.to(device).eval()
-    meta = {k: v for k, v in payload.items() if k not in ("model", "optimizer", "config")}
+    meta = {k: v for k, v in payload.items() if k not in ("model", "optimizer", "config", "ema")}
+    meta["weights"] = weights
     return Checkpoint(model=model, config=config, meta=meta, path=path)
 
 

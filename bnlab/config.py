@@ -104,6 +104,14 @@ class TrainConfig:
     # Under torchrun: BN statistics over the global batch (the function of one process) instead of
     # each rank's rows (ghost BN of world-size splits); see bnlab.ddp. No effect in one process.
     sync_bn: bool = False
+    # Bag-of-tricks options (bnlab.recipes), each off by default. bias_scale k: every bias trains with
+    # lr x k and weight decay / k (Page: 64). ema_momentum > 0: evaluate an EMA of the weights updated
+    # every ema_every steps (bnlab.ema). tta: evaluate the mean logits of each image and its mirror.
+    bias_scale: float = 1.0
+    ema_momentum: float = 0.0
+    ema_every: int = 5
+    tta: bool = False
+    recipe: str | None = None  # the --recipe this config was made from (None: options only), for the record
 
     def knots(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         # Default: DavidNet's [0, 5, 24] shape, stretched to the run's length.
@@ -153,6 +161,9 @@ class TrainConfig:
         check.in_range("--label-smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
         check.integer("--log-every", self.log_every, 0)
         check.integer("--save-every", self.save_every, 0)
+        check.positive("--bias-scale", self.bias_scale)
+        check.in_range("--ema", self.ema_momentum, 0.0, 1.0, high_open=True)
+        check.integer("--ema-every", self.ema_every, 1)
         if self.amp not in ("auto", "off", "bf16"):
             raise BnlabError(f"--amp must be auto, off or bf16, got {self.amp!r}")
         if self.sync_bn and self.model.norm not in ("bn", "bn_fixed_affine"):

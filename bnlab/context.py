@@ -32,7 +32,7 @@ from torch import nn
 
 from . import validate as check
 from .bnmode import BN_MODES, resolve_bn_mode
-from .checkpoint import Checkpoint, file_hash, load_checkpoint
+from .checkpoint import WEIGHTS, Checkpoint, file_hash, load_checkpoint
 from .data import Data, eval_batches, eval_set, load_data
 from .device import resolve_device
 from .errors import BnlabError
@@ -54,6 +54,7 @@ class EvalSpec:
     eval_seed: int = 0
     data_dir: str | None = None  # None: where the checkpoint's run found its data
     dtype: str | None = None  # None: the checkpoint's (float32)
+    weights: str = "raw"  # the trained weights, or "ema": their moving average (runs trained with --ema)
 
     def validate(self) -> None:
         if self.num_samples is not None:
@@ -67,6 +68,7 @@ class EvalSpec:
             check.choice("--bn-mode", self.bn_mode, BN_MODES)
         if self.dtype is not None:
             check.choice("--dtype", self.dtype, DTYPES)
+        check.choice("--weights", self.weights, WEIGHTS)
 
 
 def batch_sizes(n: int, b: int) -> list[int]:
@@ -133,6 +135,7 @@ class AnalysisContext:
             "data_source": self.data.source, "dataset": cfg.data.dataset, "data_subset": cfg.data.subset,
             "num_samples": len(self.y), "batch_size": self.spec.batch_size, "num_batches": len(self.sizes),
             "eval_seed": self.spec.eval_seed, "bn_mode": self.bn_mode, "augmentation": "none",
+            "weights": self.spec.weights,
             "label_smoothing": cfg.label_smoothing, "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "loss": "cross_entropy" + (f"(label_smoothing={cfg.label_smoothing})" if cfg.label_smoothing else ""),
@@ -163,7 +166,9 @@ def build_context(ckpt: Checkpoint | str | os.PathLike, spec: EvalSpec | None = 
     tune_allocator()
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
     if not isinstance(ckpt, Checkpoint):
-        ckpt = load_checkpoint(ckpt, dev)
+        ckpt = load_checkpoint(ckpt, dev, weights=spec.weights)
+    elif ckpt.meta.get("weights", "raw") != spec.weights:  # loaded with the other weights: load the ones asked for
+        ckpt = load_checkpoint(ckpt.path, dev, weights=spec.weights)
     model = ckpt.model
     bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:  # derivatives of a non-finite model are meaningless; say so before any work

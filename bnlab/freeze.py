@@ -62,8 +62,11 @@ def frozen_copy(model: nn.Module, ckpt: Checkpoint) -> tuple[nn.Module, Any]:
 
 def freeze_checkpoint(path: str | Path, out: str | Path, *, data_dir: str | None = None,
                       device: str | torch.device = "cpu", batch_size: int | None = None,
-                      force: bool = False) -> dict[str, Any]:
-    """Write the frozen-BN version of checkpoint `path` to `out`; returns its summary."""
+                      force: bool = False, weights: str = "raw") -> dict[str, Any]:
+    """Write the frozen-BN version of checkpoint `path` to `out`; returns its summary.
+
+    weights: freeze the trained weights (raw) or their moving average (ema, runs trained with --ema).
+    """
     out = output_path(out)
     if out.is_dir():
         raise BnlabError(f"{out} is a directory; -o names the checkpoint file to write")
@@ -75,7 +78,7 @@ def freeze_checkpoint(path: str | Path, out: str | Path, *, data_dir: str | None
         raise BnlabError(f"directory {out.parent} is not writable")
     if batch_size is not None:
         check.integer("--batch-size", batch_size, 2)
-    ckpt = load_checkpoint(path, device=device)
+    ckpt = load_checkpoint(path, device=device, weights=weights)
     if not ckpt.has_batch_stats:
         raise BnlabError(f"{path} has no batch-norm layers (variant {ckpt.config.variant}); nothing to freeze")
     spec = ckpt.config.data if data_dir is None else dataclasses.replace(ckpt.config.data, data_dir=data_dir)
@@ -87,7 +90,7 @@ def freeze_checkpoint(path: str | Path, out: str | Path, *, data_dir: str | None
     frozen, config = frozen_copy(ckpt.model, ckpt)
     test_loss, test_acc = evaluate(frozen, data, config, torch.device(device))
     summary = {"frozen_from": str(Path(path).resolve()), "frozen_from_sha256": file_hash(path),
-               "bn_refresh_batches": batches, "bn_refresh_batch_size": bs,
+               "bn_refresh_batches": batches, "bn_refresh_batch_size": bs, "weights": weights,
                "test_loss": test_loss, "test_acc": test_acc}
     meta = {k: ckpt.meta.get(k) for k in ("epoch", "step", "metrics", "seed") if k in ckpt.meta}
     save_checkpoint(out, {"config": config.to_dict(), "model": frozen.state_dict(), "status": "frozen",

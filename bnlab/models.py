@@ -11,6 +11,11 @@ Initialisation: PyTorch defaults for conv/linear, as in the original DavidNet. E
   of BN's beta;
 - the convs of a DavidNet with ``norm="frozen"``: its fixed statistics undo any conv scale in the
   forward pass, but with the default init they would multiply the effective step by 1/var (4-12).
+
+Options of the bag-of-tricks recipe (`bnlab.recipes`), each off by default: ``pool_first`` (conv ->
+max-pool -> norm -> act in the pooling blocks), ``frozen_scales`` (the norms' γ fixed at 1: a buffer,
+only β learns) and ``whiten`` (the prep block's 3x3 conv becomes the fixed patch-whitening conv of
+`bnlab.whitening`, 3 -> 27 channels, then a learnable 1x1 conv 27 -> width).
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ from torch import nn
 
 from . import validate as check
 from .errors import BnlabError
-from .norms import make_norm
+from .norms import freeze_scale, make_norm
+from .whitening import PatchWhitening
 
 MODELS = ("davidnet", "simple")
 ACTS = ("relu", "celu", "softplus")
@@ -49,6 +55,9 @@ class ModelSpec:
     ghost_splits: int = 16
     classifier_scale: float | None = None  # None: the model's published scale
     num_classes: int = 10
+    pool_first: bool = False  # conv -> pool -> norm -> act (bag of tricks) instead of conv -> norm -> act -> pool
+    frozen_scales: bool = False  # norm scales γ fixed at 1 (a buffer); β still learns
+    whiten: bool = False  # fixed 3x3 patch-whitening conv + learnable 1x1 conv as the prep layer
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -64,7 +73,10 @@ class ModelSpec:
             check.in_range("--act-param", self.act_param, *ACT_PARAM_RANGE)
         if self.classifier_scale is not None:
             check.in_range("--classifier-scale", self.classifier_scale, 0.0, 1e3, low_open=True)
-        make_norm(self.norm, 1, affine=self.affine, ghost_splits=self.ghost_splits)  # validates norm
+        norm = make_norm(self.norm, 1, affine=self.affine, ghost_splits=self.ghost_splits)  # validates norm
+        if self.frozen_scales and not getattr(norm, "affine", False):
+            raise BnlabError(f"--frozen-scales fixes the norm's learnable scale, but norm {self.norm!r} "
+                             f"{'has none' if self.norm in ('none', 'bn_fixed_affine') else 'has no affine here'}")
 
 
 class Mul(nn.Module):
@@ -80,17 +92,35 @@ class Mul(nn.Module):
 
 
 class ConvBlock(nn.Module):
-    """conv 3x3 (no bias unless unnormalised) -> norm -> act [-> max-pool 2]."""
+    """conv 3x3 (no bias unless unnormalised) -> norm -> act [-> max-pool 2]; with spec.pool_first
+    the pool comes right after the conv (4x less work for norm and act)."""
 
-    def __init__(self, c_in: int, c_out: int, spec: ModelSpec, pool: bool = False) -> None:
+    def __init__(self, c_in: int, c_out: int, spec: ModelSpec, pool: bool = False, kernel: int = 3) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=spec.norm == "none")
+        self.conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=spec.norm == "none")
         self.norm = make_norm(spec.norm, c_out, affine=spec.affine, ghost_splits=spec.ghost_splits)
+        if spec.frozen_scales:
+            freeze_scale(self.norm)
         self.act = make_act(spec)
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
+        self.pool_first = spec.pool_first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool_first:
+            return self.act(self.norm(self.pool(self.conv(x))))
         return self.pool(self.act(self.norm(self.conv(x))))
+
+
+class WhitenedBlock(ConvBlock):
+    """The bag-of-tricks prep block: fixed patch whitening (3 -> 27) -> 1x1 conv -> norm -> act."""
+
+    def __init__(self, c_in: int, c_out: int, spec: ModelSpec) -> None:
+        whiten = PatchWhitening(c_in)
+        super().__init__(whiten.out_channels, c_out, spec, kernel=1)
+        self.whiten = whiten
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.whiten(x))
 
 
 class Residual(nn.Module):
@@ -150,7 +180,7 @@ def build_model(spec: ModelSpec) -> nn.Sequential:
         scale = DEFAULT_CLASSIFIER_SCALE[spec.model]
     if spec.model == "davidnet":
         net = nn.Sequential()
-        net.add_module("prep", ConvBlock(3, c0, spec))
+        net.add_module("prep", WhitenedBlock(3, c0, spec) if spec.whiten else ConvBlock(3, c0, spec))
         net.add_module("layer1", ConvBlock(c0, c1, spec, pool=True))
         net.add_module("layer1_res", Residual(c1, spec))
         net.add_module("layer2", ConvBlock(c1, c2, spec, pool=True))
@@ -171,7 +201,7 @@ def build_model(spec: ModelSpec) -> nn.Sequential:
         return net
     net = nn.Sequential()
     net.add_module("input_scale", Mul(1 / math.sqrt(2)))
-    net.add_module("prep", ConvBlock(3, c0, spec))
+    net.add_module("prep", WhitenedBlock(3, c0, spec) if spec.whiten else ConvBlock(3, c0, spec))
     for i, c_in, c in ((1, c0, c1), (2, c1, c2), (3, c2, c3)):
         net.add_module(f"layer{i}", ConvBlock(c_in, c, spec, pool=True))
         net.add_module(f"layer{i}_extra", ConvBlock(c, c, spec))

@@ -147,6 +147,17 @@ def make_norm(kind: str, channels: int, *, affine: bool | None = None, ghost_spl
     return nn.Identity()
 
 
+def freeze_scale(norm: nn.Module) -> nn.Module:
+    """Fix a norm layer's scale γ at its value (1 at init): the parameter becomes a buffer of the same
+    name, so state dicts keep their keys, the forward is unchanged, and neither the optimizer nor the
+    analyses (which take `named_parameters`) see it. Layers without a learnable scale are left as they are."""
+    weight = getattr(norm, "weight", None)
+    if isinstance(weight, nn.Parameter):
+        del norm.weight
+        norm.register_buffer("weight", weight.detach().clone())
+    return norm
+
+
 def batch_norm_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     """All layers of `model` that normalise with batch statistics in training mode."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm)]

@@ -53,14 +53,18 @@ from .data import Data, eval_batches, load_data, train_batches
 from .data.dataset import data_inputs
 from .dynamics.log import truncate_csv
 from .dynamics.tracker import DynamicsTracker
+from .ema import WeightEMA
 from .errors import BnlabError
 from .io.jsonfile import read_json, write_json
 from .models import build_model
 from .norms import calibrate_frozen_norms
+from .optim import param_groups
 from .progress import Progress, RunEta, eta_text
 from .rundir import check_out_dir, claim_out_dir, output_path
 from .runtime import runtime_info, tune_allocator
 from .schedule import lr_at
+from .tta import eval_logits
+from .whitening import WHITEN_IMAGES, fit_whitening, whitening_layers
 
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
                   "train_time", "eval_time", "img_per_s")
@@ -113,7 +117,8 @@ def _autocast(config: TrainConfig, device: torch.device):  # noqa: ANN202
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Data, config: TrainConfig, device: torch.device,
              batch_size: int = 1024, sharded: bool = False) -> tuple[float, float]:
-    """(mean loss, accuracy) on the test set, BN in eval mode.
+    """(mean loss, accuracy) on the test set, BN in eval mode (with config.tta: of the mean logits of each
+    image and its mirror).
 
     sharded: every rank of the process group evaluates its contiguous part and the sums are reduced
     (call it on every rank then).
@@ -128,7 +133,7 @@ def evaluate(model: nn.Module, data: Data, config: TrainConfig, device: torch.de
         test_x, test_y = test_x[part.start:part.stop], test_y[part.start:part.stop]
     for x, y in eval_batches(test_x, test_y, batch_size, data):
         with _autocast(config, device):
-            out = model(x.contiguous(memory_format=torch.channels_last)).float()
+            out = eval_logits(model, x.contiguous(memory_format=torch.channels_last), config.tta).float()
         loss_sum += F.cross_entropy(out, y, reduction="sum", label_smoothing=config.label_smoothing)
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
@@ -143,6 +148,9 @@ def init_model(config: TrainConfig, data: Data, device: torch.device) -> nn.Modu
     """The run's model at initialisation (seeded; frozen norms calibrated), channels_last on `device`."""
     torch.manual_seed(config.seed)
     model = build_model(config.model).to(device)
+    if whitening_layers(model):  # fixed filters from the first (unaugmented) training images, as Page's
+        x, _ = next(eval_batches(data.train_x[:WHITEN_IMAGES], data.train_y[:WHITEN_IMAGES], WHITEN_IMAGES, data))
+        fit_whitening(model, x)
     if config.model.norm == "frozen":
         # Statistics of (unaugmented) training data at initialisation, fixed for good.
         g = torch.Generator(device=data.device).manual_seed(config.seed)
@@ -196,12 +204,16 @@ class _Run:
     # status.json and the epoch's files are written under this lock: an interrupt recorded from
     # another thread (`bnlab.interrupt`) waits for a commit in progress and never interleaves with it.
     files_lock: threading.RLock = field(default_factory=threading.RLock)
+    ema: WeightEMA | None = None  # the averaged weights the run evaluates (config.ema_momentum > 0)
 
     def snapshot(self, status: str, diverged: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "seed": self.config.seed, "device": str(self.device),
+        snap = {"config": self.config.to_dict(), "seed": self.config.seed, "device": str(self.device),
                 "runtime": self.runtime, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "rng": _rng_state(), "epoch": self.epoch, "step": self.step, "metrics": self.metrics,
                 "status": status, "diverged": diverged}
+        if self.ema is not None:
+            snap["ema"] = self.ema.state_dict()
+        return snap
 
     def write_status(self, status: str, diverged: dict[str, Any] | None = None,
                      interrupted: dict[str, Any] | None = None) -> None:
@@ -373,12 +385,16 @@ def _open_run(config: TrainConfig, out: Path, dev: torch.device, data: Data, ste
               payload: dict[str, Any] | None, quiet: bool) -> _Run:
     world, main = distributed.world_size(), distributed.is_main()
     model = ddp.for_ranks(init_model(config, data, dev), config, world)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=config.momentum, nesterov=config.nesterov,
+    opt = torch.optim.SGD(param_groups(model, config), lr=0.0, momentum=config.momentum, nesterov=config.nesterov,
                           weight_decay=config.weight_decay)
     run = _Run(config, out, dev, data, model, opt, steps_per_epoch, quiet, runtime=runtime_info(dev),
                forward=model, rank=distributed.rank(), world=world)
+    if config.ema_momentum > 0:
+        run.ema = WeightEMA(model, config.ema_momentum, config.ema_every)
     if payload is not None:
         load_weights(model, payload["model"], out / "last.pt")
+        if run.ema is not None:
+            load_weights(run.ema.model, payload["ema"], out / "last.pt")
         _load_optimizer(opt, payload["optimizer"], payload["rng"]["torch"], out)
         run.epoch, run.step, run.metrics = payload["epoch"], payload["step"], list(payload["metrics"])
         run.committed_epoch, run.committed_step = run.epoch, run.step
@@ -436,10 +452,13 @@ def _train_epochs(run: _Run, stop_after_epoch: int | None) -> RunResult:
         t0 = time.perf_counter()
         stats, diverged = _train_one_epoch(run, epoch, bar)
         ddp.average_running_stats(run.model, config)
+        if run.ema is not None:  # its BN statistics averaged each rank's own: agree on them too
+            ddp.average_running_stats(run.ema.model, config)
         train_time = time.perf_counter() - t0
         bar.close()
         t1 = time.perf_counter()
-        test_loss, test_acc = evaluate(run.model, run.data, config, run.device, sharded=run.world > 1)
+        evaluated = run.model if run.ema is None else run.ema.model
+        test_loss, test_acc = evaluate(evaluated, run.data, config, run.device, sharded=run.world > 1)
         eval_time = time.perf_counter() - t1
         run.eta.add_eval(eval_time)
         seen = max(stats["seen"], 1)
@@ -514,7 +533,7 @@ def _train_one_epoch(run: _Run, epoch: int, bar: Progress) -> tuple[dict[str, An
         frac = epoch + (i + 1) / run.steps_per_epoch  # the lr at the end of this step
         lr = lr_at(config, frac)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         if buffers:
             torch._foreach_copy_(saved_buffers, buffers)
         with _autocast(config, dev):
@@ -538,6 +557,8 @@ def _train_one_epoch(run: _Run, epoch: int, bar: Progress) -> tuple[dict[str, An
             run.tracker.before_step()
         opt.step()
         run.step += 1
+        if run.ema is not None:
+            run.ema.update(model, run.step)
         with torch.no_grad():
             acc = (logits.argmax(1) == y).float().mean() if step_acc is None else step_acc
             loss_sum += loss.detach() * n

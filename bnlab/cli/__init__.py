@@ -14,7 +14,7 @@ from ..runtime import tune_allocator
 
 # Subcommand modules; each defines a click command named `command`.
 INTERRUPT_CODES = (130, 143)  # 128 + SIGINT, 128 + SIGTERM
-COMMANDS = ("train", "info", "freeze", "dynamics", "sweep", "outstats", "hessian", "collapse", "reproduce")
+COMMANDS = ("train", "info", "freeze", "dynamics", "sweep", "outstats", "hessian", "collapse", "reproduce", "ablate")
 
 
 class BnlabGroup(click.Group):

@@ -16,7 +16,7 @@ import torch
 
 from .. import distributed
 from ..bnmode import BN_MODES
-from ..checkpoint import Checkpoint, load_checkpoint
+from ..checkpoint import WEIGHTS, Checkpoint, load_checkpoint
 from ..context import DEFAULT_BATCH_SIZE, DEFAULT_NUM_SAMPLES, DTYPES, AnalysisContext, EvalSpec, build_context
 from ..curvature.hessian import DEFAULT_TOL
 from ..curvature.operator import LOSS_SCALES
@@ -45,6 +45,8 @@ force_option = click.option("--force", is_flag=True, help="Empty a non-empty out
                             "is, holds or lies in an input, nor the current or home directory).")
 tol_option = click.option("--tol", type=float, default=DEFAULT_TOL, show_default=True,
                           help="Eigenpairs converged when ‖Hv−λv‖ ≤ tol·|λ|.")
+weights_option = click.option("--weights", type=click.Choice(WEIGHTS), default="raw", show_default=True,
+                              help="The trained weights, or ema: their moving average (runs trained with --ema).")
 loss_scale_option = click.option("--loss-scale", type=click.Choice(LOSS_SCALES), default="mean", show_default=True,
                                  help="Hessian units: mean loss over the set, or loss summed over a batch "
                                       "(batch-size x mean; the batch-norm post's units).")
@@ -66,6 +68,7 @@ def eval_options(f: F) -> F:
         click.option("--eval-seed", type=int, default=0, show_default=True, help="Seed of the evaluation-set draw."),
         click.option("--dtype", type=click.Choice(DTYPES), default=None,
                      help="Compute dtype (default: the checkpoint's, float32)."),
+        weights_option,
         data_dir_option,
     ]):
         f = opt(f)
@@ -76,7 +79,7 @@ def eval_spec(options: dict[str, Any]) -> EvalSpec:
     """Pop the `eval_options` values out of a command's keyword arguments into an EvalSpec."""
     return EvalSpec(num_samples=options.pop("num_samples"), batch_size=options.pop("batch_size"),
                     bn_mode=options.pop("bn_mode"), eval_seed=options.pop("eval_seed"),
-                    dtype=options.pop("dtype"), data_dir=options.pop("data_dir"))
+                    dtype=options.pop("dtype"), data_dir=options.pop("data_dir"), weights=options.pop("weights"))
 
 
 def load_for_analysis(path: str, device: str) -> tuple[Checkpoint, torch.device]:

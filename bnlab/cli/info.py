@@ -58,6 +58,16 @@ def _num(v: Any, fmt: str = ".4g") -> str:
     return "n/a" if v is None else format(v, fmt) if isinstance(v, (int, float)) else str(v)
 
 
+def _tricks(m: dict[str, Any], t: dict[str, Any]) -> list[str]:
+    """The bag-of-tricks options a run used, in words (configs written before they existed have none)."""
+    k = _num(t.get("bias_scale"))
+    named = [(m.get("pool_first"), "max-pool before norm"), (m.get("frozen_scales"), "frozen norm scales"),
+             (m.get("whiten"), "patch whitening"), (t.get("bias_scale", 1.0) != 1.0, f"bias lr x{k} / wd /{k}"),
+             (t.get("ema_momentum", 0.0) > 0, f"EMA {_num(t.get('ema_momentum'))} every {t.get('ema_every')} steps"),
+             (t.get("tta"), "TTA (flip)")]
+    return [text for on, text in named if on]
+
+
 def _lines(s: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, text) rows of the human-readable summary."""
     m, t, d = s["model"], s["training"], s["data"]
@@ -92,6 +102,9 @@ def _lines(s: dict[str, Any]) -> list[tuple[str, str]]:
     nesterov = " Nesterov" if t["nesterov"] else ""
     rows.append(("training", f"{sched}; wd {_num(t['weight_decay'])}, momentum {_num(t['momentum'])}{nesterov}, "
                              f"batch {t['batch_size']}, seed {t['seed']}"))
+    tricks = _tricks(m, t)
+    if tricks or t.get("recipe"):
+        rows.append(("tricks", (f"recipe {t['recipe']}: " if t.get("recipe") else "") + (", ".join(tricks) or "none")))
     aug = [n for n, on in (("crop", d["crop"]), ("flip", d["flip"])) if on]
     if d["cutout"]:
         aug.append(f"cutout {d['cutout']}")

@@ -12,6 +12,7 @@ from ..config import DATASETS, SCHEDULES, VARIANTS, make_config
 from ..interrupt import Interrupt, signals_interrupt
 from ..models import ACTS, MODELS
 from ..norms import NORMS
+from ..recipes import RECIPES, recipe_config
 from ..train import PROGRESS_EVERY_SECONDS, RunResult, TrainingInterrupted, record_active_interrupt, train
 from .common import OutPath, device_option, quiet_option
 
@@ -26,6 +27,9 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 
 
 @click.command("train")
+@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
+              help="A whole recipe: baseline (24 epochs, 94%) or bag-of-tricks (Page's post 8, 10 epochs); "
+                   "options given too override its settings.")
 @click.option("--variant", type=click.Choice(sorted(VARIANTS)), default=None,
               help="Preset normalisation: bn (default), no_bn, frozen_bn, ghost_bn.")
 @click.option("--model", type=click.Choice(MODELS), default=None, help="davidnet (default) or simple (post 7).")
@@ -57,6 +61,15 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 @click.option("--log-every", type=int, default=None, help="Dynamics log every k steps, 0 = off (1).")
 @click.option("--log-channels", is_flag=True, default=None, help="Also log per-output-channel dynamics.")
 @click.option("--save-every", type=int, default=None, help="ckpt_epoch_NNN.pt every k epochs (0 = off).")
+@click.option("--pool-first/--no-pool-first", default=None, help="Max-pool before the norm (conv-pool-BN-act).")
+@click.option("--frozen-scales/--no-frozen-scales", default=None, help="Fix the norms' scales γ at 1 (β learns).")
+@click.option("--whiten/--no-whiten", default=None,
+              help="Prep layer: fixed 3x3 patch whitening (27 filters) then a learnable 1x1 conv.")
+@click.option("--bias-scale", type=float, default=None, help="Biases train with lr x this and wd / this (1; 64).")
+@click.option("--ema", "ema_momentum", type=float, default=None,
+              help="Evaluate an EMA of the weights with this per-step momentum (0 = off; 0.99).")
+@click.option("--ema-every", type=int, default=None, help="Update the EMA every k steps (5).")
+@click.option("--tta/--no-tta", default=None, help="Evaluate the mean logits of each image and its mirror.")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16"]), default=None,
               help="auto: bf16 autocast on CUDA only.")
 @click.option("--sync-bn", is_flag=True, default=None,
@@ -71,8 +84,8 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 @device_option
 @quiet_option
 @click.pass_context
-def command(ctx: click.Context, variant: str | None, out_dir: str | None, resume_dir: str | None, force: bool,
-            progress_every: float, device: str, quiet: bool, lr_knots: str | None, lr_mults: str | None,
+def command(ctx: click.Context, recipe: str | None, variant: str | None, out_dir: str | None, resume_dir: str | None,
+            force: bool, progress_every: float, device: str, quiet: bool, lr_knots: str | None, lr_mults: str | None,
             **options: object) -> None:
     """Train DavidNet (or the simple net) and write checkpoints plus a per-step dynamics log.
 
@@ -84,7 +97,7 @@ def command(ctx: click.Context, variant: str | None, out_dir: str | None, resume
     """
     if resume_dir is not None:
         cmdline = click.core.ParameterSource.COMMANDLINE
-        given = [k for k in ("variant", *options) if ctx.get_parameter_source(k) == cmdline]
+        given = [k for k in ("recipe", "variant", *options) if ctx.get_parameter_source(k) == cmdline]
         if given or out_dir is not None or lr_knots or lr_mults:
             raise click.UsageError("--resume continues with the run's own config; drop the other training options")
         result, main = _interruptible(lambda dev: train(None, resume_dir, device=dev, resume=True, quiet=quiet,
@@ -92,7 +105,8 @@ def command(ctx: click.Context, variant: str | None, out_dir: str | None, resume
     else:
         if out_dir is None:
             raise click.UsageError("--out RUN_DIR is required (or --resume RUN_DIR)")
-        config = make_config(variant, lr_knots=_floats(lr_knots), lr_mults=_floats(lr_mults), **options)
+        make = make_config if recipe is None else lambda *a, **k: recipe_config(recipe, *a, **k)
+        config = make(variant, lr_knots=_floats(lr_knots), lr_mults=_floats(lr_mults), **options)
         ddp.check_split(config, distributed.env_world_size())  # refused before any process waits for another
         result, main = _interruptible(lambda dev: train(config, out_dir, device=dev, force=force, quiet=quiet,
                                                         progress_every=progress_every), device)
