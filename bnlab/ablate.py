@@ -23,7 +23,9 @@ import torch
 from . import validate as check
 from .config import TrainConfig
 from .errors import BnlabError
+from .io.folder import result_folder
 from .io.jsonfile import read_json, write_json
+from .io.textfile import write_dict_rows
 from .progress import Progress
 from .recipes import STEP_NAMES, STEPS, Step, recipe_config
 from .rundir import LOCK_NAME, check_out_dir
@@ -80,15 +82,9 @@ class AblationResult:
     settings: dict[str, Any]
 
     def write(self, out: str | os.PathLike) -> list[Path]:
-        out = Path(out)
-        write_json(out / RESULT_JSON, {"settings": self.settings, "steps": self.rows})
-        tmp = out / f".{RESULT_CSV}.tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(self.rows)
-        tmp.replace(out / RESULT_CSV)
-        return [out / RESULT_JSON, out / RESULT_CSV]
+        out = result_folder(out)
+        return [write_dict_rows(out / RESULT_CSV, CSV_COLUMNS, self.rows),
+                write_json(out / RESULT_JSON, {"settings": self.settings, "steps": self.rows})]
 
 
 def _prepare(out: Path) -> None:

@@ -33,7 +33,6 @@ not part of the config (it is recorded in the runtime record), so a run resumes 
 """
 from __future__ import annotations
 
-import csv
 import sys
 import threading
 import time
@@ -56,6 +55,7 @@ from .dynamics.tracker import DynamicsTracker
 from .ema import WeightEMA
 from .errors import BnlabError
 from .io.jsonfile import read_json, write_json
+from .io.textfile import write_dict_rows
 from .models import build_model
 from .norms import calibrate_frozen_norms
 from .optim import param_groups
@@ -162,12 +162,7 @@ def init_model(config: TrainConfig, data: Data, device: torch.device) -> nn.Modu
 
 
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, METRIC_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+    write_dict_rows(path, METRIC_COLUMNS, rows)
 
 
 def _rng_state() -> dict[str, Any]:

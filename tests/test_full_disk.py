@@ -112,3 +112,24 @@ def test_sweep_on_a_full_disk_is_one_line_per_point(tmp_path: Path, monkeypatch:
     assert lines[1].startswith("bnlab: error: 1 point(s) failed")
     assert "Traceback" not in r.stderr and "RuntimeError" not in r.stderr
     assert not (out / "points" / "lr=0.1" / "final.pt").exists()
+
+
+@pytest.mark.parametrize("writer", ["text", "csv", "dict_rows"])
+def test_text_and_csv_writers_on_a_full_disk(writer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every text file (CSV logs, metrics, reports) goes through bnlab.io.textfile: whole or not at all."""
+    from bnlab.errors import BnlabError
+    from bnlab.io import textfile
+
+    calls = {"text": lambda p: textfile.write_text(p, "a,b\n1,2\n"),
+             "csv": lambda p: textfile.write_csv(p, ["a", "b"], [(1, 2)]),
+             "dict_rows": lambda p: textfile.write_dict_rows(p, ["a", "b"], [{"a": 1, "b": 2, "extra": 3}])}
+    path = calls[writer](tmp_path / "ok.csv")
+    assert path.read_text().splitlines() == ["a,b", "1,2"]  # the same bytes from each writer
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("bnlab.io.textfile.os.fsync", full)
+    with pytest.raises(BnlabError, match="cannot write .*x.csv: No space left on device; free some space"):
+        calls[writer](tmp_path / "x.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.csv"]  # neither the file nor its temp file

@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 import bnlab
+from bnlab.ablate import RESULT_CSV, AblationResult
 from bnlab.checkpoint import save_checkpoint
 from bnlab.cli import main
 from bnlab.config import make_config
@@ -56,13 +57,14 @@ def test_every_result_write_creates_its_folder(ckpt: Path, tmp_path: Path, monke
     written: set[str] = set()
     h = bnlab.hessian(ckpt, top_k=2, max_hvps=20, **SMALL)
     paths = h.write(tmp_path / "missing" / "hess")  # the README's snippet, parents missing too
-    assert [p.name for p in paths] == ["hessian.json", "eigvecs.pt"] and all(p.is_file() for p in paths)
+    # the record last: a failed write never leaves a hessian.json without its eigvecs.pt
+    assert [p.name for p in paths] == ["eigvecs.pt", "hessian.json"] and all(p.is_file() for p in paths)
     torch.testing.assert_close(read_eigvecs(tmp_path / "missing" / "hess").eigenvalues, h.eigenvalues)
     written.add(type(h).__name__)
 
     s = bnlab.output_stats(ckpt, eigvecs=str(tmp_path / "missing" / "hess"), histograms=False, stats=("mean",), **SMALL)
     paths = s.write(tmp_path / "a" / "os")
-    assert json.loads(paths[0].read_text())["span"]["means_dim"] == 9 and paths[1].is_file()
+    assert json.loads(paths[-1].read_text())["span"]["means_dim"] == 9 and paths[0].is_file()
     written.add(type(s).__name__)
 
     c = run_collapse(CollapseOptions(depth=3, width=8, n_inputs=10, hist_layers=(1,), hist_channels=2))
@@ -87,6 +89,11 @@ def test_every_result_write_creates_its_folder(ckpt: Path, tmp_path: Path, monke
     ReproduceResult({}, [], draw_figures=False).write(tmp_path / "e" / "report")
     assert seen == [True]
     written.add(ReproduceResult.__name__)
+
+    a = AblationResult([{"step": "baseline", "acc_mean": 0.5}], {"seeds": [0]})
+    paths = a.write(tmp_path / "f" / "ablation")
+    assert [p.name for p in paths][0] == RESULT_CSV and all(p.is_file() for p in paths)
+    written.add(AblationResult.__name__)
 
     assert _result_types() == written
 

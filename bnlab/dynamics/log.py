@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import BnlabError
+from ..io.textfile import write_text
 
 # The schema of the log files. The trainer writes them (`bnlab.dynamics.tracker`), everything else
 # reads them through `read_table`/`read_run`.
@@ -188,6 +189,4 @@ def truncate_csv(path: Path, max_step: int) -> None:
         step = line.split(",", 1)[0]
         if step.isdigit() and int(step) <= max_step:
             keep.append(line)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(keep))
-    tmp.replace(path)
+    write_text(path, "".join(keep))

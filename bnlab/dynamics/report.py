@@ -1,9 +1,7 @@
 """Writing a dynamics `Report` to disk (JSON + CSV) and as a text table."""
 from __future__ import annotations
 
-import csv
 import math
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import numpy as np
 
 from ..io.jsonfile import write_json
 from ..io.result import write_files
+from ..io.textfile import write_csv
 from .analysis import LAGGED, Report
 
 LAYER_COLUMNS = ("param", "numel", "scale_invariant", "invariance", "median_abs_cos", "checkpoint_abs_cos",
@@ -20,13 +19,8 @@ LAYER_COLUMNS = ("param", "numel", "scale_invariant", "invariance", "median_abs_
 
 
 def write_columns(path: Path, cols: dict[str, np.ndarray]) -> None:
-    """Column dict -> CSV, written to a temp file and renamed (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        w.writerows(zip(*(np.asarray(v).tolist() for v in cols.values())))
-    os.replace(tmp, path)
+    """Column dict -> CSV, atomically (readers never see half a file)."""
+    write_csv(path, list(cols), zip(*(np.asarray(v).tolist() for v in cols.values())))
 
 
 def write_report(report: Report, out: Path) -> dict[str, Path]:

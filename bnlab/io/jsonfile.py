@@ -7,7 +7,6 @@ paths and dataclasses become their plain JSON equivalents.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import math
 import os
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BnlabError
-from .torchfile import write_error
+from .textfile import write_text
 
 
 def to_jsonable(x: Any) -> Any:
@@ -49,23 +48,7 @@ def dumps(obj: Any, indent: int | None = 2) -> str:
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
     """Write obj to path atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    text = dumps(obj, indent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):  # others (a missing folder, ...) as before
-            raise write_error(path, e) from None
-        raise
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_text(path, dumps(obj, indent))
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

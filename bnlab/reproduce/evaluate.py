@@ -17,6 +17,7 @@ from ..findings.record import FindingRecord, not_run
 from ..findings.spec import BY_ID
 from ..io.eigvecs import read_eigvecs
 from ..io.jsonfile import read_json
+from ..io.torchfile import load_torch_file
 from ..models import build_model
 from .plan import FINDING_STAGES, Stage
 
@@ -120,7 +121,6 @@ def _f12(outs: Outs, plan: dict[str, Stage]) -> FindingRecord:
 
 
 def _f13(outs: Outs, plan: dict[str, Stage]) -> FindingRecord:
-    import torch
 
     from ..outstats.run import TENSORS_FILE
     from ..outstats.subspace import orthonormal_basis, overlaps
@@ -136,7 +136,7 @@ def _f13(outs: Outs, plan: dict[str, Stage]) -> FindingRecord:
                      "class_means": ggn.get("class_means", {}).get("eigenvalues", [])}
         vecs[m] = g.eigenvectors[:k]
     frozen = outs["outstats_frozen"]  # the F10 span: every output-statistic gradient, as outstats kept it
-    grads = torch.load(frozen / TENSORS_FILE, map_location="cpu", weights_only=True)["grads"]
+    grads = load_torch_file(frozen / TENSORS_FILE)["grads"]
     basis, _ = orthonormal_basis(grads, read_json(frozen / "outstats.json")["span"]["rtol"])
     return gauss_newton.f13_gauss_newton(models, overlaps(basis, vecs["frozen"].T).tolist())
 

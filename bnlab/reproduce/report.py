@@ -15,6 +15,7 @@ from typing import Any
 
 from ..findings.record import VERDICTS
 from ..io.jsonfile import write_json
+from ..io.textfile import write_text
 
 FIGURES_DIR = "figures"
 FIGURE_SCRIPT = Path(__file__).resolve().parents[2] / "figures" / "plot_findings.py"
@@ -56,8 +57,8 @@ def write_report(result: Any, out: Path) -> list[Path]:
     record["figures_problem"] = problem
     paths.append(write_json(out / "report.json", record))
     md = markdown(record)
-    (out / "report.md").write_text(md)
-    (out / "report.html").write_text(to_html(record, out))
+    write_text(out / "report.md", md)
+    write_text(out / "report.html", to_html(record, out))
     return [*paths, out / "report.md", out / "report.html"]
 
 
