@@ -61,14 +61,9 @@ def check_apart(out: str | os.PathLike, inputs: Inputs) -> None:
         if path is None:
             continue
         i = os.path.realpath(path)
-        if o == i:
-            raise BnlabError(f"the output {out} is the {what} {path}, an input; choose an output apart from "
-                             "every input")
-        if _within(o, i):
-            raise BnlabError(f"the output {out} lies inside the {what} {path}, an input; choose an output apart "
-                             "from every input")
-        if _within(i, o):
-            raise BnlabError(f"the output {out} contains the {what} {path}, an input; choose an output apart "
+        relation = ("is" if o == i else "lies inside" if _within(o, i) else "contains" if _within(i, o) else None)
+        if relation is not None:
+            raise BnlabError(f"the output {out} {relation} the {what} {path}, an input; choose an output apart "
                              "from every input")
 
 

@@ -31,8 +31,11 @@ class OutPath(click.Path):
     """An output path: an empty value (an unset shell variable) is refused, not read as the current directory."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and not value.strip():
-            self.fail("the output path is empty (an unset shell variable?); name the output explicitly", param, ctx)
+        if isinstance(value, str):
+            try:
+                output_path(value)
+            except BnlabError as e:
+                self.fail(str(e), param, ctx)
         return super().convert(value, param, ctx)
 
 

@@ -10,7 +10,18 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .torchfile import write_error
+from ..errors import BnlabError
+
+
+def write_error(path: Path, e: BaseException) -> BnlabError:
+    """One line for a write that failed (full disk, quota, permissions); nothing was left at `path`."""
+    if isinstance(e, OSError):
+        why = e.strerror or str(e)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            why += "; free some space and rerun"
+    else:
+        why = " ".join(str(e).split())[:200] + " (is the disk full?)"
+    return BnlabError(f"cannot write {path}: {why}")
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -2,7 +2,6 @@
 reader goes through (`load_torch_file`: tensors and plain containers only, never code)."""
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import tempfile
@@ -13,6 +12,7 @@ from typing import Any
 import torch
 
 from ..errors import BnlabError
+from .textfile import write_error
 
 
 def atomic_torch_save(obj: Any, path: Path) -> Path:
@@ -35,17 +35,6 @@ def atomic_torch_save(obj: Any, path: Path) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
-
-
-def write_error(path: Path, e: BaseException) -> BnlabError:
-    """One line for a write that failed (full disk, quota, permissions); nothing was left at `path`."""
-    if isinstance(e, OSError):
-        why = e.strerror or str(e)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            why += "; free some space and rerun"
-    else:
-        why = " ".join(str(e).split())[:200] + " (is the disk full?)"
-    return BnlabError(f"cannot write {path}: {why}")
 
 
 def load_torch_file(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> Any:
