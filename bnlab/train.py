@@ -356,6 +356,8 @@ def _uncommittable(payload: dict[str, Any], config: TrainConfig) -> str | None:
     opt = payload["optimizer"]
     if not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
         return "an optimizer state without state and param_groups"
+    if config.ema_momentum > 0 and not isinstance(payload.get("ema"), dict):
+        return "no EMA weights for a run trained with --ema"
     return None
 
 

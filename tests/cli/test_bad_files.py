@@ -90,6 +90,7 @@ LAST_PT_CASES = {
     "epoch -1": (_set("epoch", -1), "epoch -1"),
     "running at the last epoch": (_set("status", "running"), "status running at epoch 1 of 1"),
     "status frozen": (_set("status", "frozen"), "status 'frozen'"),
+    "ema run without its ema": (lambda p: p["config"].__setitem__("ema_momentum", 0.9), "no EMA weights"),
 }
 
 
