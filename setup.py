@@ -1,8 +1,14 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# The one place the version is written is bnlab/version.py (read, not imported: importing bnlab needs torch).
+VERSION = re.search(r'__version__ = "([^"]+)"', (Path(__file__).parent / "bnlab" / "version.py").read_text()).group(1)
 
 setup(
     name="bnlab",
-    version="0.1.0",
+    version=VERSION,
     description="Why batch norm and weight decay work: train DavidNet variants, measure curvature "
                 "and training dynamics.",
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",

@@ -11,10 +11,9 @@ Entry points (each also a command, see `bnlab --help`):
 - ``bnlab.analyse_dynamics``: the weight-decay equilibrium of a run (``bnlab dynamics``);
 - ``bnlab.sweep.run_sweep`` / ``summarise_sweep``: grids of runs (``bnlab sweep``).
 """
-__version__ = "0.1.0"
-
-from .checkpoint import Checkpoint, load_checkpoint  # noqa: E402
-from .config import make_config  # noqa: E402
+from .checkpoint import Checkpoint, load_checkpoint
+from .config import make_config
+from .version import __version__
 
 _API = ("hessian", "output_stats", "analyse_dynamics")
 

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
 from .bnmode import has_batch_stats
 from .config import TrainConfig
 from .errors import BnlabError
 from .io.torchfile import atomic_torch_save, load_torch_file
 from .models import build_model
+from .version import __version__
 
 FORMAT = "bnlab-checkpoint"
 FORMAT_VERSION = 1

@@ -7,10 +7,10 @@ import sys
 
 import click
 
-from .. import __version__
 from ..distributed import groups_joined, printed_here
 from ..errors import BnlabError
 from ..runtime import tune_allocator
+from ..version import __version__
 
 # Subcommand modules; each defines a click command named `command`.
 INTERRUPT_CODES = (130, 143)  # 128 + SIGINT, 128 + SIGTERM

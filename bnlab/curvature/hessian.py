@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from .. import __version__
 from .. import validate as check
 from ..context import AnalysisContext, EvalSpec
 from ..errors import BnlabError
@@ -25,6 +24,7 @@ from ..io.folder import result_folder
 from ..io.jsonfile import write_json
 from ..io.result import write_files
 from ..progress import Progress
+from ..version import __version__
 from .base import LOSS_SCALES
 from .density import slq_density
 from .ggn import MATRICES

@@ -21,7 +21,6 @@ import numpy as np
 import scipy
 import torch
 
-from .. import __version__
 from .. import validate as check
 from ..data import cifar
 from ..device import resolve_device
@@ -32,6 +31,7 @@ from ..io.folder import result_folder
 from ..io.jsonfile import read_json, write_json
 from ..rundir import claim_out_dir, output_path
 from ..runtime import worker_pool
+from ..version import __version__
 from .cache import STAGE_FILE, STAGE_FORMAT, data_fingerprint, finished, stage_dir, stage_keys
 from .evaluate import evaluate
 from .plan import FINDING_STAGES, SCALES, SETTINGS, Stage, build_plan, needed_stages, with_deps
