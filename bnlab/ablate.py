@@ -26,6 +26,7 @@ from .errors import BnlabError
 from .io.folder import result_folder
 from .io.jsonfile import read_json, write_json
 from .io.textfile import write_dict_rows
+from .options import opt
 from .progress import Progress
 from .recipes import STEP_NAMES, STEPS, Step, recipe_config
 from .rundir import LOCK_NAME, check_out_dir
@@ -39,11 +40,14 @@ CSV_COLUMNS = ("index", "step", "trick", "epochs", "seeds", "finished", "test_ac
 
 @dataclass(frozen=True)
 class AblationOptions:
-    steps: tuple[str, ...] | None = None  # None: all nine, in the post's order
-    seeds: tuple[int, ...] = (0, 1, 2)
-    epoch_scale: float = 1.0
+    steps: tuple[str, ...] | None = opt(None, help=f"Comma-separated steps, in order: {', '.join(STEP_NAMES)}.",
+                                        default_text="all nine, in the post's order")
+    seeds: tuple[int, ...] = opt((0, 1, 2), help="Comma-separated seeds, one run per step each.", domain=">= 0, "
+                                 "each once")
+    epoch_scale: float = opt(1.0, help="Multiply every step's epochs (rounded, at least 1); the lr knots stretch "
+                             "with them.", unit="x each step's epochs", domain="> 0")
     overrides: dict[str, Any] = field(default_factory=dict)  # flat make_config options applied to every step
-    retries: int = 0
+    retries: int = opt(0, help="Retries of a run that crashed.", domain=">= 0")
 
     def chosen(self) -> list[tuple[int, Step]]:
         names = self.steps or STEP_NAMES

@@ -15,6 +15,7 @@ from . import validate as check
 from .errors import BnlabError
 from .models import DEFAULT_ACT_PARAM, DEFAULT_CLASSIFIER_SCALE, ModelSpec
 from .norms import DEFAULT_AFFINE
+from .options import load, opt
 
 # --variant presets: the normalisation each one means (the first is the default). Other options
 # stay free. The simple net of the batch-norm post keeps BN's affine frozen (gamma=1, beta=0).
@@ -41,15 +42,21 @@ MAX_LR = 1e30
 
 @dataclass(frozen=True)
 class DataSpec:
-    dataset: str = "cifar10"
-    data_dir: str | None = None  # None: $BNLAB_DATA or ~/.cache/bnlab (downloaded if missing)
-    subset: int | None = None  # class-balanced training subset size
-    test_subset: int | None = None  # class-balanced test subset size
-    crop: bool = True  # reflect-pad 4 + random 32x32 crop
-    flip: bool = True  # random horizontal flip
-    cutout: int = 8  # Cutout box size (0: off)
-    synthetic_train: int = 5000  # sizes of the synthetic task
-    synthetic_test: int = 1000
+    dataset: str = opt("cifar10", help="cifar10, or synthetic (a small learnable task held in memory).",
+                       choices=DATASETS)
+    data_dir: str | None = opt(None, help="CIFAR-10 folder or tarball.", path=True,
+                               default_text="$BNLAB_DATA or ~/.cache/bnlab, downloaded if missing")
+    subset: int | None = opt(None, help="Class-balanced training subset size.", unit="images",
+                             domain="multiple of 10, at most the training set", default_text="all")
+    test_subset: int | None = opt(None, help="Class-balanced test subset size.", unit="images",
+                                  domain="multiple of 10, at most the test set", default_text="all")
+    crop: bool = opt(True, help="Reflect-pad 4 + random 32x32 crop.", flag="--crop/--no-crop")
+    flip: bool = opt(True, help="Random horizontal flip.", flag="--flip/--no-flip")
+    cutout: int = opt(8, help="Cutout box size (0: off).", unit="pixels (side of the square)", domain="0..32")
+    synthetic_train: int = opt(5000, help="Training images of the synthetic task.", unit="images",
+                               domain=f"10..{MAX_SYNTHETIC}", cli=False)
+    synthetic_test: int = opt(1000, help="Test images of the synthetic task.", unit="images",
+                              domain=f"10..{MAX_SYNTHETIC}", cli=False)
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -83,35 +90,54 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    variant: str = "bn"
+    # Hyper-parameters with their units, airbench-style; torch.optim.SGD's conventions on the mean batch loss.
+    variant: str = opt("bn", help="Preset normalisation and default lr (docs/presets-and-units.md).",
+                       choices=tuple(sorted(VARIANTS)), default_text="bn (custom when --norm is given)")
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
-    epochs: int = 24
-    batch_size: int = 512
-    lr: float = 0.4  # peak lr (piecewise), lr0 (exp), or the lr (const)
-    lr_schedule: str = "piecewise"
-    lr_knots: tuple[float, ...] | None = None  # epochs; None: (0, 5/24 * epochs, epochs)
-    lr_mults: tuple[float, ...] | None = None  # multiples of lr at the knots; None: (0, 1, 0)
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    seed: int = 0
-    log_every: int = 1  # dynamics log every k steps
-    log_channels: bool = False  # also log per-output-channel norms
-    save_every: int = 0  # ckpt_epoch_NNN.pt every k epochs (0: only last.pt and final.pt)
-    amp: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; "off" forces fp32
+    epochs: int = opt(24, help="Epochs.", unit="passes over the training set", domain=f"1..{MAX_EPOCHS}")
+    batch_size: int = opt(512, help="Batch size (under torchrun, the global batch).", unit="images per step",
+                          domain=f"1..{MAX_SYNTHETIC}, at most the training set")
+    lr: float = opt(0.4, help="Peak lr (piecewise), lr0 (exp) or the constant lr (const).",
+                    unit="per step, SGD on the mean batch loss (Page's summed-loss lr x batch size)",
+                    domain=f"(0, {MAX_LR:g}]", default_text="the variant's: " + ", ".join(
+                        f"{v} {PRESET_LR[VARIANTS[v][0]]:g}" for v in VARIANTS))
+    lr_schedule: str = opt("piecewise", help="piecewise: linear between knots; exp: x2 every 2 epochs; const.",
+                           choices=SCHEDULES)
+    lr_knots: tuple[float, ...] | None = opt(None, help="Piecewise knots, comma-separated (e.g. 0,5,24).",
+                                             unit="epochs", domain="finite, increasing",
+                                             default_text="0,5/24 x epochs,epochs")
+    lr_mults: tuple[float, ...] | None = opt(None, help="lr multiples at the knots, comma-separated (e.g. 0,1,0).",
+                                             unit="x --lr", domain=">= 0, one per knot", default_text="0,1,0")
+    momentum: float = opt(0.9, help="SGD momentum μ.", unit="per step (torch SGD buffer: b = μb + g)",
+                          domain="[0, 1)")
+    nesterov: bool = opt(True, help="Nesterov momentum.", flag="--nesterov/--no-nesterov")
+    weight_decay: float = opt(5e-4, help="Weight decay λ.", flag="--wd",
+                              unit="torch SGD: λw added to the gradient of the mean loss (Page's / batch size)",
+                              domain=">= 0")
+    label_smoothing: float = opt(0.0, help="Label smoothing of the cross-entropy.",
+                                 unit="probability mass spread over the classes", domain="[0, 1)")
+    seed: int = opt(0, help="Seed of init, data order, augmentation.", domain="0..2^32-1")
+    log_every: int = opt(1, help="Dynamics log every k steps (0: off).", unit="steps", domain=">= 0")
+    log_channels: bool = opt(False, help="Also log per-output-channel dynamics.")
+    save_every: int = opt(0, help="ckpt_epoch_NNN.pt every k epochs (0: only last.pt and final.pt).",
+                          unit="epochs", domain=">= 0")
+    amp: str = opt("auto", help="auto: bf16 autocast on CUDA, fp32 on CPU; off forces fp32.",
+                   choices=("auto", "off", "bf16"))
     # Under torchrun: BN statistics over the global batch (the function of one process) instead of
     # each rank's rows (ghost BN of world-size splits); see bnlab.ddp. No effect in one process.
-    sync_bn: bool = False
-    # Bag-of-tricks options (bnlab.recipes), each off by default. bias_scale k: every bias trains with
-    # lr x k and weight decay / k (Page: 64). ema_momentum > 0: evaluate an EMA of the weights updated
-    # every ema_every steps (bnlab.ema). tta: evaluate the mean logits of each image and its mirror.
-    bias_scale: float = 1.0
-    ema_momentum: float = 0.0
-    ema_every: int = 5
-    tta: bool = False
-    recipe: str | None = None  # the --recipe this config was made from (None: options only), for the record
+    sync_bn: bool = opt(False, help="Under torchrun: BN statistics over the global batch (as one process) "
+                        "instead of each process's rows (= ghost BN with one split per process).")
+    # Bag-of-tricks options (bnlab.recipes), each off by default (bnlab.ema for the EMA).
+    bias_scale: float = opt(1.0, help="Biases train with lr x this and weight decay / this (Page: 64).",
+                            unit="x --lr (and / --wd) for biases", domain="> 0")
+    ema_momentum: float = opt(0.0, help="Evaluate an EMA of the weights with this momentum (0: off; Page: 0.99).",
+                              flag="--ema", unit="per EMA update", domain="[0, 1)")
+    ema_every: int = opt(5, help="Update the EMA every k steps.", unit="steps", domain=">= 1")
+    tta: bool = opt(False, help="Evaluate the mean logits of each image and its mirror.", flag="--tta/--no-tta")
+    recipe: str | None = opt(None, help="A whole recipe: baseline (24 epochs, 94%) or bag-of-tricks (Page's post 8, "
+                             "10 epochs); options given too override its settings.",
+                             default_text="none (options only)")  # recorded: the recipe this config was made from
 
     def knots(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         # Default: DavidNet's [0, 5, 24] shape, stretched to the run's length.
@@ -179,59 +205,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """The config stored in a config.json or checkpoint; fields of the wrong type are refused."""
-        if not isinstance(d, dict):
-            raise BnlabError(f"not a bnlab run configuration (a {type(d).__name__}, not an object)")
-        d = dict(d)
-        for key, spec in (("model", ModelSpec), ("data", DataSpec)):
-            sub = d.get(key, {})
-            if not isinstance(sub, (dict, spec)):
-                raise BnlabError(f"not a bnlab run configuration ({key}: expected an object)")
-            d[key] = sub if isinstance(sub, spec) else spec(**_typed(spec, sub))
-        for k in ("lr_knots", "lr_mults"):
-            if isinstance(d.get(k), list):
-                d[k] = tuple(d[k])
+        """The config stored in a config.json or checkpoint; fields of the wrong type are refused, unknown
+        keys (of other versions) ignored."""
         # Configs written before defaults were resolved hold nulls; they mean the same values.
-        return resolve_defaults(cls(**_typed(cls, d)))
+        return resolve_defaults(load(cls, d, what="run configuration"))
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
-
-
-def _type_ok(value: Any, hint: str) -> bool:
-    """Does a JSON-loaded value fit a dataclass field's annotation (as written in this module)?"""
-    options = [h.strip() for h in hint.split("|")]
-    for h in options:
-        if h == "None" and value is None:
-            return True
-        if h == "bool" and isinstance(value, bool):
-            return True
-        if h == "int" and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        if h == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True
-        if h == "str" and isinstance(value, str):
-            return True
-        if h.startswith("tuple") and isinstance(value, (tuple, list)) and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            return True
-    return False
-
-
-def _typed(cls: type, d: dict[str, Any]) -> dict[str, Any]:
-    """The known fields of d, each checked against cls's annotation (unknown keys are dropped)."""
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in d or f.name in ("model", "data"):
-            if f.name in ("model", "data") and f.name in d:
-                out[f.name] = d[f.name]
-            continue
-        value = d[f.name]
-        if not _type_ok(value, str(f.type)):
-            raise BnlabError(f"not a valid bnlab run configuration (field {f.name}: expected {f.type}, "
-                             f"got {value!r})")
-        out[f.name] = float(value) if str(f.type).startswith("float") and isinstance(value, int) else value
-    return out
 
 
 def make_config(variant: str | None = None, **options: Any) -> TrainConfig:

@@ -37,6 +37,7 @@ from .data import Data, eval_batches, eval_set, load_data
 from .device import resolve_device
 from .errors import BnlabError
 from .norms import GhostBatchNorm
+from .options import opt
 from .runtime import tune_allocator
 
 DEFAULT_NUM_SAMPLES = 2560
@@ -48,13 +49,19 @@ DTYPES = ("float32", "float64")
 class EvalSpec:
     """Which fixed data an analysis evaluates the loss on, and how BN sees it."""
 
-    num_samples: int | None = DEFAULT_NUM_SAMPLES  # None: the whole (subset of the) training set
-    batch_size: int = DEFAULT_BATCH_SIZE
-    bn_mode: str | None = None  # None: "batch" for models with BN, "none" otherwise
-    eval_seed: int = 0
-    data_dir: str | None = None  # None: where the checkpoint's run found its data
-    dtype: str | None = None  # None: the checkpoint's (float32)
-    weights: str = "raw"  # the trained weights, or "ema": their moving average (runs trained with --ema)
+    num_samples: int | None = opt(DEFAULT_NUM_SAMPLES, help="Size of the fixed class-balanced evaluation set "
+                                  "drawn from the training data.", unit="images", domain="multiple of 10")
+    # None (the whole subset) is for the Python API; the command line always names a size.
+    batch_size: int = opt(DEFAULT_BATCH_SIZE, help="Fixed batches of the evaluation set (the last one smaller "
+                          "if it does not divide).", unit="images per batch", domain=">= 1")
+    bn_mode: str | None = opt(None, choices=BN_MODES, help="BN statistics: batch (as in training) or running "
+                              "(eval).", default_text="batch for models with BN, none otherwise")
+    eval_seed: int = opt(0, help="Seed of the evaluation-set draw.", domain="0..2^32-1")
+    data_dir: str | None = opt(None, path=True, help="CIFAR-10 folder or tarball.",
+                               default_text="as the checkpoint's run found it")
+    dtype: str | None = opt(None, choices=DTYPES, help="Compute dtype.", default_text="the checkpoint's, float32")
+    weights: str = opt("raw", choices=WEIGHTS, help="The trained weights, or ema: their moving average (runs "
+                       "trained with --ema).")
 
     def validate(self) -> None:
         if self.num_samples is not None:

@@ -27,7 +27,8 @@ from torch import nn
 
 from . import validate as check
 from .errors import BnlabError
-from .norms import freeze_scale, make_norm
+from .norms import NORMS, freeze_scale, make_norm
+from .options import opt
 from .whitening import PatchWhitening
 
 MODELS = ("davidnet", "simple")
@@ -46,18 +47,29 @@ ACT_PARAM_RANGE = (1e-3, 1e3)
 class ModelSpec:
     """Everything that determines a model's architecture (recorded in every checkpoint)."""
 
-    model: str = "davidnet"
-    width: int = 64
-    norm: str = "bn"
-    affine: bool | None = None  # None: the norm's default (see norms.DEFAULT_AFFINE)
-    act: str = "relu"
-    act_param: float | None = None  # celu alpha / softplus beta; None: 0.3 / 10
-    ghost_splits: int = 16
-    classifier_scale: float | None = None  # None: the model's published scale
-    num_classes: int = 10
-    pool_first: bool = False  # conv -> pool -> norm -> act (bag of tricks) instead of conv -> norm -> act -> pool
-    frozen_scales: bool = False  # norm scales γ fixed at 1 (a buffer); β still learns
-    whiten: bool = False  # fixed 3x3 patch-whitening conv + learnable 1x1 conv as the prep layer
+    model: str = opt("davidnet", help="Network: davidnet, or simple (the batch-norm post's 8-conv net).",
+                     choices=MODELS)
+    width: int = opt(64, help="Channels of the prep layer (64 = published; every layer scales with it).",
+                     unit="channels", domain=f"1..{MAX_WIDTH}")
+    norm: str = opt("bn", help="Normalisation layer (overrides the preset).", choices=NORMS,
+                    default_text="the variant's")
+    affine: bool | None = opt(None, help="Learnable norm affine.", flag="--affine/--no-affine",
+                              default_text="per norm")  # None: norms.DEFAULT_AFFINE
+    act: str = opt("relu", help="Activation.", choices=ACTS)
+    act_param: float | None = opt(None, help="celu alpha / softplus beta.", domain=f"[{ACT_PARAM_RANGE[0]:g}, "
+                                  f"{ACT_PARAM_RANGE[1]:g}]", default_text=", ".join(
+                                      f"{a} {p:g}" for a, p in DEFAULT_ACT_PARAM.items() if p is not None))
+    ghost_splits: int = opt(16, help="Ghost BN splits (ghost batches of batch-size / splits).",
+                            domain="1..65536, divides --batch-size")
+    classifier_scale: float | None = opt(None, help="Logit scale.", domain="(0, 1000]", default_text=", ".join(
+        f"{k} {v:.4g}" for k, v in DEFAULT_CLASSIFIER_SCALE.items()))  # None: the model's published scale
+    num_classes: int = opt(10, help="Classes of the classifier.", domain=">= 2", cli=False)
+    pool_first: bool = opt(False, help="Max-pool before the norm (conv-pool-BN-act).",
+                           flag="--pool-first/--no-pool-first")
+    frozen_scales: bool = opt(False, help="Fix the norms' scales γ at 1 (a buffer; β learns).",
+                              flag="--frozen-scales/--no-frozen-scales")
+    whiten: bool = opt(False, help="Prep layer: fixed 3x3 patch whitening (27 filters) then a learnable 1x1 conv.",
+                       flag="--whiten/--no-whiten")
 
     def validate(self) -> None:
         if self.model not in MODELS:

@@ -3,43 +3,36 @@ share per layer against the arc-cosine recursion (the batch-norm post's KDE argu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..device import resolve_device
 from ..outstats.collapse import CollapseOptions, run_collapse
 from ..rundir import claim_out_dir
-from .common import device_option, force_option, int_list, out_option
+from .common import device_option, force_option, out_option
+from .options import options_from
 
 
 @click.command("collapse")
-@click.option("--depth", type=int, default=50, show_default=True)
-@click.option("--width", type=int, default=2048, show_default=True)
-@click.option("--inputs", "n_inputs", type=int, default=1000, show_default=True,
-              help="Number of isotropic Gaussian inputs.")
-@click.option("--hist-layers", default="1,2,5,10,20,50", show_default=True,
-              help="Layers whose per-channel values are saved (for KDE plots); those beyond --depth are dropped.")
-@click.option("--hist-channels", type=int, default=8, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@options_from(CollapseOptions)
 @out_option()
 @force_option
 @device_option
-def command(depth: int, width: int, n_inputs: int, hist_layers: str, hist_channels: int, seed: int, out: str,
-            force: bool, device: str) -> None:
+def command(out: str, force: bool, device: str, **options: Any) -> None:
     """Channel collapse with depth in a He-initialised ReLU MLP, and its fix by centring.
 
     Writes collapse.json (per-layer channel-mean share, plain and centred, and the ReLU arc-cosine
     prediction) and collapse_values.pt (per-channel values at --hist-layers, for KDE plots).
     """
-    opts = CollapseOptions(depth=depth, width=width, n_inputs=n_inputs, seed=seed, hist_channels=hist_channels,
-                           hist_layers=int_list(hist_layers, "--hist-layers") or ())
+    opts = CollapseOptions(**options)
     opts.validate()
     dev = resolve_device(device)
     with claim_out_dir(out, force=force) as out_dir:
         result = run_collapse(opts, device=dev)
         result.write(out_dir)
     rec = result.record
-    for layer in sorted({1, 2, 5, 10, 20, 50, depth} & set(range(1, depth + 1))):
+    for layer in sorted({1, 2, 5, 10, 20, 50, opts.depth} & set(range(1, opts.depth + 1))):
         i = layer - 1
         click.echo(f"layer {layer:3d}: mean share {rec['share_plain'][i]:.3f} (theory "
                    f"{rec['theory_share'][i]:.3f}), centred {rec['share_centred'][i]:.3f}")

@@ -15,15 +15,13 @@ import click
 import torch
 
 from .. import distributed
-from ..bnmode import BN_MODES
-from ..checkpoint import WEIGHTS, Checkpoint, load_checkpoint
-from ..context import DEFAULT_BATCH_SIZE, DEFAULT_NUM_SAMPLES, DTYPES, AnalysisContext, EvalSpec, build_context
-from ..curvature.hessian import DEFAULT_TOL
-from ..curvature.operator import LOSS_SCALES
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..context import AnalysisContext, EvalSpec, build_context
 from ..data.dataset import data_inputs
 from ..device import resolve_device
 from ..errors import BnlabError
 from ..rundir import check_out_dir, claim_out_dir, output_path
+from .options import options_from, pop_fields
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,48 +39,23 @@ class OutPath(click.Path):
 
 device_option = click.option("--device", default="auto", show_default=True,
                              help="cpu, cuda, cuda:N or auto (cuda if available).")
-data_dir_option = click.option("--data-dir", type=click.Path(), default=None,
-                               help="CIFAR-10 folder or tarball; default: as the checkpoint's run found it.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 force_option = click.option("--force", is_flag=True, help="Empty a non-empty output directory first (never one that "
                             "is, holds or lies in an input, nor the current or home directory).")
-tol_option = click.option("--tol", type=float, default=DEFAULT_TOL, show_default=True,
-                          help="Eigenpairs converged when ‖Hv−λv‖ ≤ tol·|λ|.")
-weights_option = click.option("--weights", type=click.Choice(WEIGHTS), default="raw", show_default=True,
-                              help="The trained weights, or ema: their moving average (runs trained with --ema).")
-loss_scale_option = click.option("--loss-scale", type=click.Choice(LOSS_SCALES), default="mean", show_default=True,
-                                 help="Hessian units: mean loss over the set, or loss summed over a batch "
-                                      "(batch-size x mean; the batch-norm post's units).")
+# The evaluation set's options, generated from EvalSpec's fields (`eval_options` of the analyses; freeze reads
+# the same two of them).
+eval_options = options_from(EvalSpec)
+weights_option = options_from(EvalSpec, only=("weights",))
+data_dir_option = options_from(EvalSpec, only=("data_dir",))
 
 
 def out_option(help_text: str = "Output directory (created; refused if not empty unless --force).") -> Callable[[F], F]:
     return click.option("--out", "-o", "out", type=OutPath(), required=True, help=help_text)
 
 
-def eval_options(f: F) -> F:
-    """The fixed evaluation set of an analysis (`bnlab.context.EvalSpec`)."""
-    for opt in reversed([
-        click.option("--num-samples", type=int, default=DEFAULT_NUM_SAMPLES, show_default=True,
-                     help="Size of the fixed class-balanced evaluation set drawn from the training data."),
-        click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True,
-                     help="Fixed batches of the evaluation set (the last one smaller if it does not divide)."),
-        click.option("--bn-mode", type=click.Choice(BN_MODES), default=None,
-                     help="BN statistics: batch (as in training; default for BN models) or running (eval)."),
-        click.option("--eval-seed", type=int, default=0, show_default=True, help="Seed of the evaluation-set draw."),
-        click.option("--dtype", type=click.Choice(DTYPES), default=None,
-                     help="Compute dtype (default: the checkpoint's, float32)."),
-        weights_option,
-        data_dir_option,
-    ]):
-        f = opt(f)
-    return f
-
-
 def eval_spec(options: dict[str, Any]) -> EvalSpec:
     """Pop the `eval_options` values out of a command's keyword arguments into an EvalSpec."""
-    return EvalSpec(num_samples=options.pop("num_samples"), batch_size=options.pop("batch_size"),
-                    bn_mode=options.pop("bn_mode"), eval_seed=options.pop("eval_seed"),
-                    dtype=options.pop("dtype"), data_dir=options.pop("data_dir"), weights=options.pop("weights"))
+    return EvalSpec(**pop_fields(EvalSpec, options))
 
 
 def load_for_analysis(path: str, device: str) -> tuple[Checkpoint, torch.device]:

@@ -10,10 +10,7 @@ import click
 
 from .. import distributed
 from ..checkpoint import load_checkpoint
-from ..curvature.ggn import MATRICES
-from ..curvature.hessian import CACHE_GRAPHS, HessianOptions, HessianResult, check_inputs, run_hessian
-from ..curvature.hvp import HVP_METHODS
-from ..curvature.lanczos import EIG_METHODS, WHICH
+from ..curvature.hessian import HessianOptions, HessianResult, check_inputs, run_hessian
 from ..curvature.series import run_hessian_series, series_checkpoints
 from ..errors import BnlabError
 from ..io.eigvecs import eigvecs_file
@@ -25,52 +22,24 @@ from .common import (
     eval_options,
     eval_spec,
     force_option,
-    loss_scale_option,
     out_option,
     quiet_option,
-    str_list,
-    tol_option,
 )
+from .options import options_from
 
 
 @click.command("hessian")
 @click.argument("ckpt", type=click.Path())
-@click.option("--matrix", type=click.Choice(MATRICES), default="hessian", show_default=True,
-              help="hessian H; ggn: the Gauss-Newton part G = J^T H_out J (with its class-means term); "
-                   "residual: R = H - G.")
-@click.option("--top-k", type=int, default=20, show_default=True, help="Number of eigenpairs (0: none).")
-@click.option("--which", type=click.Choice(WHICH), default="LA", show_default=True,
-              help="LA largest algebraic, SA smallest, LM largest magnitude.")
-@tol_option
+@options_from(HessianOptions, only=("matrix", "top_k", "which", "tol"))
 @eval_options
-@loss_scale_option
-@click.option("--weight-decay-term", is_flag=True, help="Add the run's wd·I (all parameters are decayed).")
-@click.option("--params", default=None, help="Parameter globs, comma-separated, '!' excludes (e.g. 'layer3*').")
-@click.option("--density", is_flag=True, help="Also the spectral density by stochastic Lanczos quadrature.")
-@click.option("--density-probes", type=int, default=10, show_default=True)
-@click.option("--density-steps", type=int, default=64, show_default=True)
-@click.option("--trace", is_flag=True, help="Also the trace by Hutch++.")
-@click.option("--trace-matvecs", type=int, default=60, show_default=True)
-@click.option("--eigensolver", type=click.Choice(EIG_METHODS), default="lanczos", show_default=True,
-              help="Thick-restart Lanczos (ours) or ARPACK (scipy eigsh).")
-@click.option("--ncv", type=int, default=None, help="Krylov subspace size (default max(2k+10, 20)).")
-@click.option("--max-hvps", type=int, default=None, help="Stop after this many HVPs (unconverged pairs flagged).")
-@click.option("--hvp-method", type=click.Choice(HVP_METHODS), default="double_backward", show_default=True)
-@click.option("--cache-graphs", type=click.Choice(CACHE_GRAPHS), default="auto", show_default=True,
-              help="Keep every batch's gradient graph between HVPs (faster, memory O(N)); auto: if it fits "
-                   "in half the free memory.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Start vector and probe seed.")
-@click.option("--warm-start", type=click.Path(), default=None,
-              help="eigvecs.pt (or a hessian output dir) of an earlier run to start from.")
-@click.option("--no-verify", is_flag=True, help="Report Lanczos residual estimates instead of measuring (k HVPs).")
+@options_from(HessianOptions, exclude=("eval", "matrix", "top_k", "which", "tol"))
 @click.option("--compare-cold", is_flag=True, help="RUN_DIR only: also solve every checkpoint from a random start, "
               "to measure the products the warm starts save.")
 @out_option()
 @force_option
 @device_option
 @quiet_option
-def command(ckpt: str, out: str, force: bool, device: str, quiet: bool, params: str | None, no_verify: bool,
-            compare_cold: bool, **options: Any) -> None:
+def command(ckpt: str, out: str, force: bool, device: str, quiet: bool, compare_cold: bool, **options: Any) -> None:
     """Hessian of CKPT's training loss: top eigenpairs by Lanczos, optionally density and trace.
 
     --matrix ggn / residual: the same for the Gauss-Newton matrix G (recorded with the top eigenvalues
@@ -85,7 +54,7 @@ def command(ckpt: str, out: str, force: bool, device: str, quiet: bool, params: 
     Under `torchrun --nproc-per-node N -m bnlab hessian ...` the fixed batches are sharded over the
     N processes (one all_reduce per HVP); rank 0 writes.
     """
-    opts = HessianOptions(eval=eval_spec(options), params=str_list(params), verify=not no_verify, **options)
+    opts = HessianOptions(eval=eval_spec(options), **options)
     opts.validate()
     if Path(ckpt).is_dir():
         if distributed.env_world_size() > 1:

@@ -9,7 +9,6 @@ import click
 from .. import distributed
 from ..context import AnalysisContext
 from ..io.eigvecs import eigvecs_file
-from ..outstats import MOMENTS
 from ..outstats.run import (
     OutstatsOptions,
     OutstatsResult,
@@ -24,52 +23,30 @@ from .common import (
     eval_options,
     eval_spec,
     force_option,
-    int_list,
-    loss_scale_option,
     out_option,
     quiet_option,
-    str_list,
-    tol_option,
 )
+from .options import options_from
 
 
 @click.command("outstats")
 @click.argument("ckpt", type=click.Path())
-@click.option("--stats", default="mean,var,skew", show_default=True,
-              help="Per-channel statistics: any of mean,var,skew (bases are built in that order).")
-@click.option("--module", default="logits", show_default=True,
-              help="logits (centred over classes), logits_raw, or a module name (prep, layer1, layer3_res.b, ...).")
-@click.option("--channels", default=None, help="Comma-separated channels of the module (default: all).")
-@click.option("--moments", type=click.Choice(MOMENTS), default="per-batch", show_default=True,
-              help="per-batch: statistics within each fixed batch, averaged (the post); pooled: over the whole set.")
-@click.option("--delta", type=float, default=0.01, show_default=True, help="Perturbation step, relative to ‖θ‖.")
-@click.option("--eigvecs", "eigvecs", type=click.Path(), default=None,
-              help="A `bnlab hessian` output dir: overlaps of its eigenvectors with the spans.")
-@click.option("--num-eigs", type=int, default=0, show_default=True,
-              help="Without --eigvecs: compute this many top Hessian eigenvectors here. With --project: "
-                   "how many projected eigenvalues (default: as many as eigenvectors, at least 1).")
-@click.option("--project", is_flag=True, help="Top eigenvalues of (I-P)H(I-P), P = projector on the full span.")
+@options_from(OutstatsOptions, only=("stats", "module", "channels", "moments", "delta", "eigvecs", "num_eigs",
+                                     "project"))
 @eval_options
-@loss_scale_option
-@tol_option
-@click.option("--hist-layers", default=None, help="Comma-separated layers for activation histograms "
-              "(default: every parameterised top-level layer and logits).")
-@click.option("--no-histograms", is_flag=True, help="Skip activation histograms (at init and now).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random directions and probes.")
+@options_from(OutstatsOptions, exclude=("eval", "stats", "module", "channels", "moments", "delta", "eigvecs",
+                                        "num_eigs", "project"))
 @out_option()
 @force_option
 @device_option
 @quiet_option
-def command(ckpt: str, stats: str, channels: str | None, hist_layers: str | None, no_histograms: bool, out: str,
-            force: bool, device: str, quiet: bool, **options: Any) -> None:
+def command(ckpt: str, out: str, force: bool, device: str, quiet: bool, **options: Any) -> None:
     """Gradients of per-channel output statistics of CKPT (see docs/background.md), their per-layer
     split, the δ-step perturbation test, overlaps of Hessian eigenvectors with the gradient spans and
     the Hessian with those spans projected out. Writes outstats.json and outstats.pt to --out.
     Under `torchrun --nproc-per-node N -m bnlab outstats ...` gradients and Hessian products are
     sharded over the N processes by whole batches; rank 0 writes."""
-    opts = OutstatsOptions(eval=eval_spec(options), stats=str_list(stats) or (),
-                           channels=int_list(channels, "--channels"), hist_layers=str_list(hist_layers),
-                           histograms=not no_histograms, **options)
+    opts = OutstatsOptions(eval=eval_spec(options), **options)
     opts.validate()
     result = analyse_checkpoint_in_group(ckpt, opts.eval, device, out, force, quiet,  # torchrun: rank 0 writes
                                          lambda ctx: _check(ctx, opts),

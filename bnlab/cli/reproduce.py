@@ -2,42 +2,51 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
+from ..options import OptionMeta
 from ..reproduce.plan import SCALES
 from ..reproduce.run import ReproduceOptions, run_reproduce
-from .common import OutPath, device_option, force_option, quiet_option
+from .common import OutPath, force_option, quiet_option
+from .options import options_from
+
+# ReproduceOptions's fields carry no metadata (that module belongs to the pipeline): their words live here,
+# their defaults in the dataclass.
+_WORDS = {
+    "scale": OptionMeta(choices=SCALES, help="smoke: synthetic data, tiny nets (checks the pipeline, verdicts "
+                        "meaningless); cpu: CIFAR-10 subsets, widths 8-16 (~20 min on 2 cores); full: the posts' "
+                        "settings (GPU)."),
+    "data_dir": OptionMeta(path=True, help="CIFAR-10 folder (cifar-10-batches-py) or tarball; default: $BNLAB_DATA "
+                           "or ~/.cache/bnlab."),
+    "threads": OptionMeta(help="Torch threads of every stage, fixed whatever --jobs is and part of each stage's key, "
+                          "so a stage's result does not depend on --jobs."),
+    "jobs": OptionMeta(flags=("--jobs", "-j"), help="Stages run at once, in worker processes (default: the CPU cores "
+                       "/ --threads; 1 on a GPU)."),
+    "figures": OptionMeta(flags=("--no-figures",), help="Write the report without drawing figures."),
+    "device": OptionMeta(help="cpu, cuda, cuda:N or auto (cuda if available)."),
+}
 
 
 @click.command("reproduce")
 @click.argument("targets", nargs=-1)
-@click.option("--scale", type=click.Choice(SCALES), default="cpu", show_default=True,
-              help="smoke: synthetic data, tiny nets (checks the pipeline, verdicts meaningless); cpu: CIFAR-10 "
-                   "subsets, widths 8-16 (~20 min on 2 cores); full: the posts' settings (GPU).")
-@click.option("--data-dir", type=click.Path(), default=None,
-              help="CIFAR-10 folder (cifar-10-batches-py) or tarball; default: $BNLAB_DATA or ~/.cache/bnlab.")
+@options_from(ReproduceOptions, only=("scale", "data_dir"), changes=_WORDS)
 @click.option("--out", "-o", "out", type=OutPath(), required=True,
               help="Reproduction folder: a new or empty one, or one of an earlier `bnlab reproduce` (continued: "
                    "finished stages are reused).")
-@click.option("--threads", type=int, default=1, show_default=True, help="Torch threads of every stage, fixed "
-              "whatever --jobs is and part of each stage's key, so a stage's result does not depend on --jobs.")
-@click.option("--jobs", "-j", type=int, default=None,
-              help="Stages run at once, in worker processes (default: the CPU cores / --threads; 1 on a GPU).")
-@click.option("--no-figures", is_flag=True, help="Write the report without drawing figures.")
+@options_from(ReproduceOptions, only=("threads", "jobs", "figures"), changes=_WORDS)
 @force_option
-@device_option
+@options_from(ReproduceOptions, only=("device",), changes=_WORDS)
 @quiet_option
-def command(targets: tuple[str, ...], scale: str, data_dir: str | None, out: str, jobs: int | None, threads: int,
-            no_figures: bool, force: bool, device: str, quiet: bool) -> None:
+def command(targets: tuple[str, ...], out: str, force: bool, quiet: bool, **options: Any) -> None:
     """Run what TARGETS need (all | weight-decay | batch-norm | finding ids such as F2 F9; default all) and
     write OUT/report.md, report.html and report.json: one row per finding, PASS/FAIL against fixed thresholds
     (UNDECIDED where the scale is too small to test the claim).
 
     Interrupted or partial runs continue where they stopped when rerun with the same --out.
     """
-    opts = ReproduceOptions(targets=targets or ("all",), scale=scale, data_dir=data_dir, device=device, jobs=jobs,
-                            threads=threads, figures=not no_figures)
+    opts = ReproduceOptions(targets=targets or ReproduceOptions.targets, **options)
     opts.validate()
     result = run_reproduce(opts, out, force=force, quiet=quiet)
     width = max(len(f.id) for f in result.findings)

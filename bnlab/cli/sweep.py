@@ -7,7 +7,9 @@ from pathlib import Path
 import click
 
 from .. import validate as check
+from ..config import DataSpec, TrainConfig
 from ..errors import BnlabError
+from ..models import ModelSpec
 from ..sweep import (
     Grid,
     canonical_key,
@@ -21,6 +23,7 @@ from ..sweep import (
 )
 from ..sweep.runner import GRID_FILE
 from .common import OutPath, device_option, quiet_option
+from .options import options_from
 
 
 @click.command("sweep")
@@ -31,22 +34,14 @@ from .common import OutPath, device_option, quiet_option
               "folder) instead of --grid: how a cluster job array runs single points.")
 @click.option("--out", "-o", "out_dir", type=OutPath(), default=None,
               help="Sweep directory (or give it as the first argument).")
-@click.option("--variant", default=None, help="Training variant of every point (bn, no_bn, ...).")
-@click.option("--width", type=int, default=None)
-@click.option("--epochs", type=int, default=None)
-@click.option("--batch-size", type=int, default=None)
-@click.option("--lr-schedule", default=None, help="piecewise, exp or const.")
-@click.option("--dataset", default=None, help="cifar10 or synthetic.")
-@click.option("--data-dir", type=click.Path(), default=None)
-@click.option("--subset", type=int, default=None)
-@click.option("--test-subset", type=int, default=None)
-@click.option("--seed", type=int, default=None)
-@click.option("--log-every", type=int, default=None)
+@options_from(Grid, only=("variant",))
+@options_from(ModelSpec, only=("width",), overrides=True)
+@options_from(TrainConfig, only=("epochs", "batch_size", "lr_schedule"), overrides=True)
+@options_from(DataSpec, only=("dataset", "data_dir", "subset", "test_subset"), overrides=True)
+@options_from(TrainConfig, only=("seed", "log_every"), overrides=True)
 @click.option("--set", "extra", multiple=True, metavar="KEY=VALUE",
               help="Any other train option for every point (same keys as the grid), repeatable.")
-@click.option("--threads", type=int, default=None,
-              help="Torch threads per point, fixed for the whole sweep and recorded in grid.json so a "
-                   "point's result does not depend on --jobs (default 1).")
+@options_from(Grid, only=("threads",), overrides=True)
 @click.option("--jobs", "-j", type=int, default=None,
               help="Points trained at once in worker processes (default: the number of CPU cores / --threads).")
 @click.option("--worker", is_flag=True, help="Share the sweep folder with other `bnlab sweep DIR --worker` "

@@ -23,6 +23,7 @@ from ..io.eigvecs import read_eigvecs, write_eigvecs
 from ..io.folder import result_folder
 from ..io.jsonfile import write_json
 from ..io.result import write_files
+from ..options import opt
 from ..progress import Progress
 from ..version import __version__
 from .base import LOSS_SCALES
@@ -40,6 +41,19 @@ RECORD_FILE = "hessian.json"
 # No option may ask for more Hessian-vector products than this (weeks of work for the smallest net):
 # a larger count is a typo, refused before any work.
 MAX_HVPS = 10**7
+_MAX = f"{MAX_HVPS:,}"  # as the option domains state it
+
+
+def tol_opt() -> Any:
+    """The convergence tolerance option (the same for every command that solves for eigenpairs)."""
+    return opt(DEFAULT_TOL, help="Eigenpairs converged when ‖Hv−λv‖ ≤ tol·|λ|.", unit="relative residual",
+               domain="(0, 1)")
+
+
+def loss_scale_opt() -> Any:
+    """The units of the curvature (the same for every command that takes Hessian products)."""
+    return opt("mean", choices=LOSS_SCALES, help="Hessian units: mean loss over the set, or loss summed over a "
+               "batch (batch-size x mean; the batch-norm post's units).")
 
 
 @dataclass(frozen=True)
@@ -47,26 +61,33 @@ class HessianOptions:
     """What `bnlab hessian` computes (the evaluation set is `eval`)."""
 
     eval: EvalSpec = field(default_factory=EvalSpec)
-    matrix: str = "hessian"  # or "ggn" (Gauss-Newton) or "residual" (Hessian - Gauss-Newton)
-    top_k: int = 20
-    which: str = "LA"
-    tol: float = DEFAULT_TOL
-    eigensolver: str = "lanczos"
-    ncv: int | None = None
-    max_hvps: int | None = None
-    verify: bool = True
-    density: bool = False
-    density_probes: int = 10
-    density_steps: int = 64
-    trace: bool = False
-    trace_matvecs: int = 60
-    seed: int = 0
-    warm_start: str | None = None  # an eigvecs.pt (or a hessian output dir) to start from
-    params: tuple[str, ...] | None = None  # parameter globs; None: all trainable
-    loss_scale: str = "mean"
-    weight_decay_term: bool = False
-    hvp_method: str = "double_backward"
-    cache_graphs: str = "auto"
+    matrix: str = opt("hessian", choices=MATRICES, help="hessian H; ggn: the Gauss-Newton part G = J^T H_out J "
+                      "(with its class-means term); residual: R = H - G.")
+    top_k: int = opt(20, help="Number of eigenpairs (0: none).", domain=f"0..{_MAX}, at most the dimension")
+    which: str = opt("LA", choices=WHICH, help="LA largest algebraic, SA smallest, LM largest magnitude.")
+    tol: float = tol_opt()
+    eigensolver: str = opt("lanczos", choices=EIG_METHODS, help="Thick-restart Lanczos (ours) or ARPACK (scipy "
+                           "eigsh).")
+    ncv: int | None = opt(None, help="Krylov subspace size.", domain="> --top-k", default_text="max(2k+10, 20)")
+    max_hvps: int | None = opt(None, help="Stop after this many HVPs (unconverged pairs flagged).",
+                               domain=f"1..{_MAX}", default_text="no limit")
+    verify: bool = opt(True, flag="--no-verify", help="Report Lanczos residual estimates instead of measuring "
+                       "them (k HVPs).")
+    density: bool = opt(False, help="Also the spectral density by stochastic Lanczos quadrature.")
+    density_probes: int = opt(10, help="Random probes of the density.", domain=f"1..{_MAX}")
+    density_steps: int = opt(64, help="Lanczos steps per density probe.", domain=f"2..{_MAX}")
+    trace: bool = opt(False, help="Also the trace by Hutch++.")
+    trace_matvecs: int = opt(60, help="Hessian-vector products of the Hutch++ trace.", domain=f"3..{_MAX}")
+    seed: int = opt(0, help="Start vector and probe seed.", domain="0..2^32-1")
+    warm_start: str | None = opt(None, path=True, help="eigvecs.pt (or a hessian output dir) of an earlier run to "
+                                 "start from.")
+    params: tuple[str, ...] | None = opt(None, help="Parameter globs, comma-separated, '!' excludes (e.g. "
+                                         "'layer3*').", default_text="all trainable")
+    loss_scale: str = loss_scale_opt()
+    weight_decay_term: bool = opt(False, help="Add the run's wd·I (all parameters are decayed).")
+    hvp_method: str = opt("double_backward", choices=HVP_METHODS, help="How a Hessian-vector product is taken.")
+    cache_graphs: str = opt("auto", choices=CACHE_GRAPHS, help="Keep every batch's gradient graph between HVPs "
+                            "(faster, memory O(N)); auto: if it fits in half the free memory.")
 
     def validate(self) -> None:
         self.eval.validate()

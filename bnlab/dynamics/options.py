@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import validate as check
+from ..options import opt
 from .analysis import Report, analyse_run
 from .invariance import DEFAULT_COS_TOL
 from .report import write_report
@@ -12,12 +13,17 @@ from .report import write_report
 
 @dataclass(frozen=True)
 class DynamicsOptions:
-    layers: tuple[str, ...] | None = None  # names, module prefixes or globs; None: all
-    channels: bool = False  # also per output channel (run trained with --log-channels)
-    window: float = 0.25  # final fraction of logged steps over which angles are averaged (RMS)
-    eq_tol: float = 0.15  # relative band around the prediction that counts as "at equilibrium"
-    cos_tol: float = DEFAULT_COS_TOL  # median |cos(w, g)| below which a tensor counts as scale-invariant
-    checkpoint_check: bool = True  # also the Euler identity on the newest checkpoint (float64)
+    layers: tuple[str, ...] | None = opt(None, multiple=True, help="Parameters to analyse: names, module prefixes "
+                                         "or globs (repeatable or comma-separated).", default_text="all")
+    channels: bool = opt(False, help="Also per output channel (needs a run trained with --log-channels).")
+    window: float = opt(0.25, help="Final window over which angles are averaged (RMS).",
+                        unit="fraction of the logged steps", domain="(0, 1]")
+    eq_tol: float = opt(0.15, help="Relative band around the prediction that counts as 'at equilibrium'.",
+                        unit="fraction of the predicted angle", domain="(0, 1]")
+    cos_tol: float = opt(DEFAULT_COS_TOL, help="Median |cos(w, g)| below which a tensor counts as scale-invariant "
+                         "(bf16 runs: ~2e-3).", domain="(0, 1)")
+    checkpoint_check: bool = opt(True, flag="--checkpoint-check/--no-checkpoint-check",
+                                 help="Also evaluate the Euler identity on the newest checkpoint (float64).")
 
     def validate(self) -> None:
         check.in_range("--window", self.window, 0.0, 1.0, low_open=True)

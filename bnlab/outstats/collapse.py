@@ -18,6 +18,7 @@ from ..io.folder import result_folder
 from ..io.jsonfile import write_json
 from ..io.result import write_files
 from ..io.torchfile import atomic_torch_save
+from ..options import opt
 from .fcnet import fc_collapse
 
 RECORD_FILE = "collapse.json"
@@ -30,12 +31,13 @@ MAX_DEPTH = 10_000
 
 @dataclass(frozen=True)
 class CollapseOptions:
-    depth: int = 50
-    width: int = 2048
-    n_inputs: int = 1000
-    hist_layers: tuple[int, ...] = (1, 2, 5, 10, 20, 50)  # layers beyond `depth` are dropped
-    hist_channels: int = 8
-    seed: int = 0
+    depth: int = opt(50, help="Layers of the ReLU MLP.", domain=f"1..{MAX_DEPTH}")
+    width: int = opt(2048, help="Units per layer.", domain=">= 1")
+    n_inputs: int = opt(1000, flag="--inputs", help="Number of isotropic Gaussian inputs.", domain=">= 2")
+    hist_layers: tuple[int, ...] = opt((1, 2, 5, 10, 20, 50), help="Layers whose per-channel values are saved (for "
+                                       "KDE plots); those beyond --depth are dropped.", domain=">= 1")
+    hist_channels: int = opt(8, help="Channels saved per layer.", domain="1..--width")
+    seed: int = opt(0, help="Seed of the weights and inputs.", domain="0..2^32-1")
 
     def validate(self) -> None:
         check.integer("--depth", self.depth, 1, MAX_DEPTH)

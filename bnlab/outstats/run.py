@@ -14,7 +14,7 @@ import torch
 from .. import validate as check
 from ..bnmode import resolve_bn_mode
 from ..context import AnalysisContext, EvalSpec
-from ..curvature.hessian import DEFAULT_TOL, MAX_HVPS, solve_with_progress
+from ..curvature.hessian import MAX_HVPS, loss_scale_opt, solve_with_progress, tol_opt
 from ..curvature.linop import ProjectedOperator
 from ..curvature.operator import LOSS_SCALES
 from ..curvature.source import curvature_operator
@@ -25,6 +25,7 @@ from ..io.jsonfile import write_json
 from ..io.result import write_files
 from ..io.torchfile import atomic_torch_save
 from ..models import build_model
+from ..options import opt
 from .activations import activation_stats, default_layers
 from .gradients import check_stats, stat_gradients, trainable_parameters
 from .layers import per_layer_sq_norms
@@ -42,19 +43,27 @@ class OutstatsOptions:
     """What `bnlab outstats` computes (the evaluation set is `eval`)."""
 
     eval: EvalSpec = field(default_factory=EvalSpec)
-    stats: tuple[str, ...] = ("mean", "var", "skew")
-    module: str = "logits"
-    channels: tuple[int, ...] | None = None
-    moments: str = "per-batch"
-    delta: float = 0.01
-    eigvecs: str | None = None  # a `bnlab hessian` output dir (or its eigvecs.pt)
-    num_eigs: int = 0  # without eigvecs: compute this many top eigenvectors here
-    project: bool = False
-    loss_scale: str = "mean"
-    tol: float = DEFAULT_TOL
-    seed: int = 0  # random directions and probes
-    histograms: bool = True
-    hist_layers: tuple[str, ...] | None = None
+    stats: tuple[str, ...] = opt(("mean", "var", "skew"), help="Per-channel statistics: any of mean,var,skew (bases "
+                                 "are built in that order).")
+    module: str = opt("logits", help="logits (centred over classes), logits_raw, or a module name (prep, layer1, "
+                      "layer3_res.b, ...).")
+    channels: tuple[int, ...] | None = opt(None, help="Comma-separated channels of the module.", domain=">= 0",
+                                           default_text="all")
+    moments: str = opt("per-batch", choices=MOMENTS, help="per-batch: statistics within each fixed batch, averaged "
+                       "(the post); pooled: over the whole set.")
+    delta: float = opt(0.01, help="Perturbation step.", unit="relative to ‖θ‖", domain="(0, 1]")
+    eigvecs: str | None = opt(None, path=True, help="A `bnlab hessian` output dir (or its eigvecs.pt): overlaps of "
+                              "its eigenvectors with the spans.")
+    num_eigs: int = opt(0, help="Without --eigvecs: compute this many top Hessian eigenvectors here. With "
+                        "--project: how many projected eigenvalues (0: as many as eigenvectors, at least 1).",
+                        domain=">= 0")
+    project: bool = opt(False, help="Top eigenvalues of (I-P)H(I-P), P = projector on the full span.")
+    loss_scale: str = loss_scale_opt()
+    tol: float = tol_opt()
+    seed: int = opt(0, help="Seed of random directions and probes.", domain="0..2^32-1")
+    histograms: bool = opt(True, flag="--no-histograms", help="Skip activation histograms (at init and now).")
+    hist_layers: tuple[str, ...] | None = opt(None, help="Comma-separated layers for activation histograms.",
+                                              default_text="every parameterised top-level layer and logits")
 
     def validate(self) -> None:
         self.eval.validate()

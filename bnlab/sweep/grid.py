@@ -55,55 +55,62 @@ from ..config import DataSpec, TrainConfig, make_config
 from ..errors import BnlabError
 from ..io.jsonfile import read_json
 from ..models import ModelSpec
+from ..options import convert_value, is_optional, opt, strip_optional, type_hints, type_name
 
 GRID_FORMAT = "bnlab-sweep-grid"
 GRID_VERSION = 2  # 2: "threads" per point
 ALIASES = {"wd": "weight_decay", "bs": "batch_size"}
 
 
-def _field_types() -> dict[str, str]:
-    out = {}
-    for cls in (ModelSpec, DataSpec, TrainConfig):
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.name not in ("model", "data"):
-                out[f.name] = str(hints[f.name])
-    return out
+def _flat_fields() -> dict[str, type]:
+    """Each flat make_config option (a grid key) and the dataclass that declares it."""
+    return {f.name: cls for cls in (ModelSpec, DataSpec, TrainConfig) for f in dataclasses.fields(cls)
+            if f.name not in ("model", "data")}
 
 
-FIELD_TYPES = _field_types()
+FIELDS = _flat_fields()
 
 
 def canonical_key(key: str) -> str:
     key = ALIASES.get(key, key).replace("-", "_")
-    if key not in FIELD_TYPES:
+    if key not in FIELDS:
         raise BnlabError(f"unknown grid key {key!r}; use a training option such as lr, wd, momentum, nesterov, "
                          f"width, epochs, seed, batch_size")
     return key
 
 
+def field_hint(key: str) -> Any:
+    """The type a grid key's values have (its config field's type hint; key already canonical)."""
+    return type_hints(FIELDS[key])[key]
+
+
 def parse_value(key: str, text: str) -> Any:
     """A grid/option value converted to its config field's type (key already canonical)."""
-    kind = FIELD_TYPES[key]
+    hint = field_hint(key)
+    kind = strip_optional(hint)
     text = text.strip()
-    if text.lower() in ("none", "null") and "None" in kind:
+    if text.lower() in ("none", "null") and is_optional(hint):
         return None
     try:
-        if "bool" in kind:
+        if kind is bool:
             if text.lower() in ("1", "true", "yes", "on"):
                 return True
             if text.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(text)
-        if "tuple" in kind:
-            return tuple(float(v) for v in text.split(":"))
-        if "float" in kind:
-            return float(text)
-        if "int" in kind:
-            return int(text)
+        if typing.get_origin(kind) is tuple:  # a tuple value in a grid spec is colon-separated: 0:5:24
+            item = typing.get_args(kind)[0]
+            return tuple(item(v) for v in text.split(":"))
+        if kind in (int, float):
+            return kind(text)
     except ValueError:
-        raise BnlabError(f"bad value {text!r} for grid key {key} (expects {kind})") from None
+        raise BnlabError(f"bad value {text!r} for grid key {key} (expects {type_name(hint)})") from None
     return text
+
+
+def typed_value(key: str, value: Any) -> Any:
+    """A grid file's (JSON) value for `key`, checked against and converted to its config field's type."""
+    return convert_value(FIELDS[key], key, value, "grid file")
 
 
 def parse_grid(spec: str) -> list[tuple[str, list[Any]]]:
@@ -167,9 +174,13 @@ class Point:
 @dataclass
 class Grid:
     axes: list[tuple[str, list[Any]]]
-    base: dict[str, Any] = field(default_factory=dict)
-    variant: str | None = None
-    threads: int = 1  # torch threads of every point (part of a point's identity; see module docs)
+    base: dict[str, Any] = field(default_factory=dict)  # flat make_config options of every point
+    variant: str | None = opt(None, help="Training variant of every point (bn, no_bn, ...).",
+                              default_text="bn (custom with --set norm=...)")
+    # Part of a point's identity (see the module docs); the command line's default is None because a
+    # --grid-file brings its own.
+    threads: int = opt(1, help="Torch threads per point, fixed for the whole sweep and recorded in grid.json so a "
+                       "point's result does not depend on --jobs.", domain=f"1..{check.MAX_WORKERS}")
 
     def validate(self) -> list[Point]:
         """Every point's config checked (one line on the first bad one); returns the points."""
@@ -235,9 +246,9 @@ class Grid:
         if variant is not None and not isinstance(variant, str):
             raise BnlabError("grid file: \"variant\" must be a string or null")
         threads = d.get("threads", 1)
-        base = {canonical_key(k): (tuple(v) if isinstance(v, list) else v) for k, v in base.items()}
-        return cls(axes=[(canonical_key(k), list(v)) for k, v in axes], base=base, variant=variant,
-                   threads=threads)
+        base = {key: typed_value(key, v) for key, v in ((canonical_key(k), v) for k, v in base.items())}
+        axes = [(key, [typed_value(key, v) for v in vs]) for key, vs in ((canonical_key(k), vs) for k, vs in axes)]
+        return cls(axes=axes, base=base, variant=variant, threads=threads)
 
 
 def read_grid_file(path: str | os.PathLike) -> Grid:

@@ -1,0 +1,267 @@
+"""One source for every option: metadata on dataclass fields, and one typed loader for mappings of them.
+
+A field declared as ``top_k: int = opt(20, help="Number of eigenpairs (0: none).", domain="0..1e7")`` is an
+option: its default, help text, unit, domain and command-line flag are written there and nowhere else.
+
+- `bnlab.cli.options.options_from` builds a command's click options from such fields (so `--help` shows
+  the dataclass's default and a default exists once);
+- `units_table` writes the table of docs/presets-and-units.md from them (a test checks docs against code);
+- `load` / `load_fields` check a JSON-loaded mapping (config.json, grid.json, a stage's settings) against
+  the dataclass's type hints (`typing.get_type_hints`), with one-line errors naming the field and the type.
+
+This module imports neither click nor torch: the dataclasses that use it stay light.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass
+from typing import Any, TypeVar
+
+from .errors import BnlabError
+
+META_KEY = "bnlab"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class OptionMeta:
+    """What the command line and the docs say about one dataclass field."""
+
+    help: str
+    unit: str = ""  # e.g. "per step, mean-loss units"; "" for counts, names and switches
+    domain: str = ""  # the values validate() accepts, in words ("> 0", "[0, 1)", "multiple of 10")
+    # Click declarations when they are not "--field-name": "--wd"; ("--jobs", "-j"); a bool's
+    # "--crop/--no-crop" pair; "--no-verify" for a bool that defaults to True and one flag turns off.
+    flags: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+    default_text: str = ""  # how help states a default that depends on other options ("per norm")
+    path: bool = False  # a file or folder (click.Path)
+    multiple: bool = False  # a tuple field given as a repeatable option (each also comma-separated)
+    cli: bool = True  # False: a field that no command sets directly (still documented, still loaded)
+
+
+def opt(default: Any = MISSING, *, help: str, unit: str = "", domain: str = "", flag: str | tuple[str, ...] = (),
+        choices: typing.Iterable[str] = (), default_text: str = "", path: bool = False, multiple: bool = False,
+        cli: bool = True, default_factory: Any = MISSING) -> Any:
+    """A dataclass field that is an option (use as the field's default)."""
+    meta = OptionMeta(help=help, unit=unit, domain=domain, flags=(flag,) if isinstance(flag, str) else tuple(flag),
+                      choices=tuple(choices), default_text=default_text, path=path, multiple=multiple, cli=cli)
+    if default_factory is not MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata={META_KEY: meta})
+    return dataclasses.field(default=default, metadata={META_KEY: meta})
+
+
+def option_meta(f: dataclasses.Field) -> OptionMeta | None:
+    return f.metadata.get(META_KEY)
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """A field's default value (its factory's value for mutable defaults)."""
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else MISSING
+
+
+@functools.cache
+def type_hints(cls: type) -> dict[str, Any]:
+    """The resolved type of every field of a dataclass (annotations evaluated, not read as strings)."""
+    return typing.get_type_hints(cls)
+
+
+def _union_args(hint: Any) -> tuple[Any, ...] | None:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return None
+
+
+def is_optional(hint: Any) -> bool:
+    args = _union_args(hint)
+    return args is not None and type(None) in args
+
+
+def strip_optional(hint: Any) -> Any:
+    """`X | None` -> X (a hint that is not a union stays as it is)."""
+    args = _union_args(hint)
+    if args is None:
+        return hint
+    rest = [a for a in args if a is not type(None)]
+    return rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]  # noqa: UP007 (a runtime union of hints)
+
+
+def type_name(hint: Any) -> str:
+    """A hint as the module wrote it: 'int', 'tuple[float, ...] | None', 'ModelSpec'."""
+    args = _union_args(hint)
+    if args is not None:
+        return " | ".join(type_name(a) for a in args)
+    if hint is type(None):
+        return "None"
+    if hint is Any:
+        return "any value"
+    origin = typing.get_origin(hint)
+    if origin is not None:
+        inner = ", ".join("..." if a is Ellipsis else type_name(a) for a in typing.get_args(hint))
+        return f"{origin.__name__}[{inner}]"
+    return getattr(hint, "__name__", str(hint))
+
+
+class _Mismatch(Exception):
+    """A value that does not fit a hint (turned into one BnlabError naming the field by `load_fields`)."""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a value lies, for the error message: what is being loaded, and the field path within it."""
+
+    what: str = "configuration"
+    unknown: str = "drop"
+    prefix: str = ""
+
+
+def convert(hint: Any, value: Any, where: _Where = _Where()) -> Any:
+    """`value` (as JSON loads it) as a value of type `hint`: lists become tuples, ints become floats where a
+    float is expected, objects become nested dataclasses. Raises _Mismatch if it does not fit."""
+    args = _union_args(hint)
+    if args is not None:
+        for arm in args:
+            try:
+                return convert(arm, value, where)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if hint is Any:
+        return value
+    if hint is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, Mapping):
+            raise _Mismatch
+        return hint(**_load_fields(hint, value, where))
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return _convert_tuple(hint, value, where)
+    if origin in (list, dict):
+        return _convert_container(hint, origin, value, where)
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is float and _number(value):
+        return float(value)
+    if hint is str and isinstance(value, str):
+        return value
+    raise _Mismatch
+
+
+def _convert_tuple(hint: Any, value: Any, where: _Where) -> tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _Mismatch
+    items = typing.get_args(hint)
+    if len(items) == 2 and items[1] is Ellipsis:
+        return tuple(convert(items[0], v, where) for v in value)
+    if len(items) != len(value):
+        raise _Mismatch
+    return tuple(convert(h, v, where) for h, v in zip(items, value))
+
+
+def _convert_container(hint: Any, origin: type, value: Any, where: _Where) -> Any:
+    items = typing.get_args(hint)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        return [convert(items[0], v, where) for v in value] if items else list(value)
+    if not isinstance(value, Mapping):
+        raise _Mismatch
+    if not items:
+        return dict(value)
+    return {convert(items[0], k, where): convert(items[1], v, where) for k, v in value.items()}
+
+
+def load_fields(cls: type, d: Any, *, what: str = "configuration", unknown: str = "drop") -> dict[str, Any]:
+    """The fields of mapping `d`, each converted to the type `cls` declares for it (nested dataclasses too).
+
+    unknown: "drop" ignores keys that are not fields (config.json files of other versions), "refuse" names
+    the first one (an option dict, where an unknown key is a typo). A missing key keeps the field's default.
+    """
+    if not isinstance(d, Mapping):
+        raise BnlabError(f"not a valid bnlab {what} (a {type(d).__name__}, not an object)")
+    return _load_fields(cls, d, _Where(what, unknown))
+
+
+def _load_fields(cls: type, d: Mapping[str, Any], where: _Where) -> dict[str, Any]:
+    hints = type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    extra = [k for k in d if k not in names]
+    if extra and where.unknown == "refuse":
+        raise BnlabError(f"not a valid bnlab {where.what} (unknown field {where.prefix}{extra[0]}; known: "
+                         f"{', '.join(names)})")
+    out = {}
+    for name in (n for n in names if n in d):
+        try:
+            out[name] = convert(hints[name], d[name], dataclasses.replace(where, prefix=f"{where.prefix}{name}."))
+        except _Mismatch:
+            raise BnlabError(f"not a valid bnlab {where.what} (field {where.prefix}{name}: expected "
+                             f"{type_name(hints[name])}, got {d[name]!r})") from None
+    return out
+
+
+def load(cls: type[T], d: Any, *, what: str = "configuration", unknown: str = "drop") -> T:
+    """An instance of dataclass `cls` from a JSON-loaded mapping, every field type-checked (see load_fields)."""
+    return cls(**load_fields(cls, d, what=what, unknown=unknown))
+
+
+def convert_value(cls: type, name: str, value: Any, what: str) -> Any:
+    """One value for field `name` of `cls`, type-checked as `load_fields` checks it."""
+    return load_fields(cls, {name: value}, what=what, unknown="refuse")[name]
+
+
+def format_default(value: Any) -> str:
+    """A default as help and the docs show it: 0.0005 as 5e-4's %g, tuples comma-separated, None as 'none'."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return ",".join(format_default(v) for v in value)
+    return str(value)
+
+
+def shown_default(f: dataclasses.Field) -> str:
+    """What help and the docs give as a field's default (its default_text where the value depends on others)."""
+    meta = option_meta(f)
+    return meta.default_text if meta is not None and meta.default_text else format_default(field_default(f))
+
+
+def cli_flag(f: dataclasses.Field) -> str:
+    """The long option that sets field `f` ("--wd" for weight_decay, "--crop" for crop/no-crop)."""
+    meta = option_meta(f)
+    flags = meta.flags if meta is not None else ()
+    longs = [d.split("/")[0] for d in flags if d.startswith("--")]
+    return longs[0] if longs else "--" + f.name.replace("_", "-")
+
+
+def units_table(*classes: type) -> str:
+    """The markdown table of the option fields of `classes` that carry a unit (docs/presets-and-units.md)."""
+    rows = ["| option | field | default | unit | domain |", "| --- | --- | --- | --- | --- |"]
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            meta = option_meta(f)
+            if meta is None or not meta.unit:
+                continue
+            flag = f"`{cli_flag(f)}`" if meta.cli else "(no flag)"
+            rows.append(f"| {flag} | `{cls.__name__}.{f.name}` | {shown_default(f)} | {meta.unit} | "
+                        f"{meta.domain or 'any'} |")
+    return "\n".join(rows)
