@@ -221,9 +221,22 @@ def load(cls: type[T], d: Any, *, what: str = "configuration", unknown: str = "d
     return cls(**load_fields(cls, d, what=what, unknown=unknown))
 
 
-def convert_value(cls: type, name: str, value: Any, what: str) -> Any:
-    """One value for field `name` of `cls`, type-checked as `load_fields` checks it."""
-    return load_fields(cls, {name: value}, what=what, unknown="refuse")[name]
+def load_flat(classes: typing.Sequence[type], d: Any, *, what: str) -> dict[str, Any]:
+    """A flat option dict (make_config's options, a grid's base, a stage's settings) with every value converted
+    to the type of the field of that name in the first of `classes` that has one; an unknown key is refused.
+
+    E.g. ``load_flat((HessianOptions, EvalSpec), {"top_k": 3, "num_samples": 40}, what="stage hessian_bn")``.
+    """
+    if not isinstance(d, Mapping):
+        raise BnlabError(f"not a valid bnlab {what} (a {type(d).__name__}, not an object)")
+    owner: dict[str, type] = {}
+    for cls in reversed(classes):  # the first class that declares a name wins; nested dataclasses are not options
+        hints = type_hints(cls)
+        owner.update({f.name: cls for f in dataclasses.fields(cls) if not dataclasses.is_dataclass(hints[f.name])})
+    unknown = [k for k in d if k not in owner]
+    if unknown:
+        raise BnlabError(f"not a valid bnlab {what} (unknown option {unknown[0]!r})")
+    return {k: _load_fields(owner[k], {k: v}, _Where(what, "refuse"))[k] for k, v in d.items()}
 
 
 def format_default(value: Any) -> str:

@@ -55,7 +55,7 @@ from ..config import DataSpec, TrainConfig, make_config
 from ..errors import BnlabError
 from ..io.jsonfile import read_json
 from ..models import ModelSpec
-from ..options import convert_value, is_optional, opt, strip_optional, type_hints, type_name
+from ..options import is_optional, load_flat, opt, strip_optional, type_hints, type_name
 
 GRID_FORMAT = "bnlab-sweep-grid"
 GRID_VERSION = 2  # 2: "threads" per point
@@ -110,7 +110,7 @@ def parse_value(key: str, text: str) -> Any:
 
 def typed_value(key: str, value: Any) -> Any:
     """A grid file's (JSON) value for `key`, checked against and converted to its config field's type."""
-    return convert_value(FIELDS[key], key, value, "grid file")
+    return load_flat((FIELDS[key],), {key: value}, what="grid file")[key]
 
 
 def parse_grid(spec: str) -> list[tuple[str, list[Any]]]:
