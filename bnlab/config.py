@@ -15,7 +15,7 @@ from . import validate as check
 from .errors import BnlabError
 from .models import DEFAULT_ACT_PARAM, DEFAULT_CLASSIFIER_SCALE, ModelSpec
 from .norms import DEFAULT_AFFINE
-from .options import load, opt
+from .options import load, opt, units_table
 
 # --variant presets: the normalisation each one means (the first is the default). Other options
 # stay free. The simple net of the batch-norm post keeps BN's affine frozen (gamma=1, beta=0).
@@ -99,7 +99,7 @@ class TrainConfig:
     batch_size: int = opt(512, help="Batch size (under torchrun, the global batch).", unit="images per step",
                           domain=f"1..{MAX_SYNTHETIC}, at most the training set")
     lr: float = opt(0.4, help="Peak lr (piecewise), lr0 (exp) or the constant lr (const).",
-                    unit="per step, SGD on the mean batch loss (Page's summed-loss lr x batch size)",
+                    unit="per step, on the batch-mean loss (torch SGD; Page's code: lr / batch on the summed loss)",
                     domain=f"(0, {MAX_LR:g}]", default_text="the variant's: " + ", ".join(
                         f"{v} {PRESET_LR[VARIANTS[v][0]]:g}" for v in VARIANTS))
     lr_schedule: str = opt("piecewise", help="piecewise: linear between knots; exp: x2 every 2 epochs; const.",
@@ -113,8 +113,8 @@ class TrainConfig:
                           domain="[0, 1)")
     nesterov: bool = opt(True, help="Nesterov momentum.", flag="--nesterov/--no-nesterov")
     weight_decay: float = opt(5e-4, help="Weight decay λ.", flag="--wd",
-                              unit="torch SGD: λw added to the gradient of the mean loss (Page's / batch size)",
-                              domain=">= 0")
+                              unit="λw added to the gradient of the batch-mean loss (torch SGD; Page's code: "
+                              "λ x batch on the summed loss)", domain=">= 0")
     label_smoothing: float = opt(0.0, help="Label smoothing of the cross-entropy.",
                                  unit="probability mass spread over the classes", domain="[0, 1)")
     seed: int = opt(0, help="Seed of init, data order, augmentation.", domain="0..2^32-1")
@@ -258,3 +258,8 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     if cfg.lr_schedule == "piecewise" and not knots_given:  # the exp and const schedules use no knots
         changes["lr_knots"], changes["lr_mults"] = cfg.knots()
     return cfg.replace(**changes)
+
+
+def units_doc() -> str:
+    """The table of every training option with a unit (docs/presets-and-units.md holds it as generated here)."""
+    return units_table(TrainConfig, ModelSpec, DataSpec)
