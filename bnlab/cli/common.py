@@ -100,21 +100,3 @@ def analyse_checkpoint_in_group(ckpt: str, spec: EvalSpec, device: str, out: str
             result = run(ctx, quiet or not main)
             distributed.on_main(lambda: result.write(out_dir))
     return result if main else None
-
-
-def int_list(text: str | None, what: str) -> tuple[int, ...] | None:
-    """Parse a comma-separated option value of integers (blank items ignored); None if not given."""
-    if not text:
-        return None
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise BnlabError(f"{what} must be comma-separated integers, got {text!r}") from None
-
-
-def str_list(text: str | None) -> tuple[str, ...] | None:
-    """Comma-separated names (blank items ignored); None if not given."""
-    if not text:
-        return None
-    items = tuple(t.strip() for t in text.split(",") if t.strip())
-    return items or None
