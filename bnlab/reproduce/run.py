@@ -27,14 +27,14 @@ from ..data import cifar
 from ..device import resolve_device
 from ..errors import BnlabError
 from ..findings.record import VERDICTS, FindingRecord
-from ..findings.spec import IDS, in_group
+from ..findings.registry import BY_ID, FINDING_STAGES, IDS, in_group
 from ..io.folder import result_folder
 from ..io.jsonfile import read_json, write_json
 from ..rundir import claim_out_dir, output_path
 from ..runtime import worker_pool
 from .cache import STAGE_FILE, STAGE_FORMAT, data_fingerprint, finished, stage_dir, stage_keys
-from .evaluate import evaluate
-from .plan import FINDING_STAGES, SCALES, SETTINGS, Stage, build_plan, needed_stages, with_deps
+from .kinds import kind
+from .plan import SCALES, SETTINGS, Stage, build_plan, needed_stages, with_deps
 from .report import hms as _hms
 from .report import write_report
 from .stages import OUT, check_stage, run_stage
@@ -214,7 +214,7 @@ def run_reproduce(opts: ReproduceOptions, out: str | Path, *, force: bool = Fals
 
 def _evaluate(fid: str, outs: dict[str, Path], plan: dict[str, Stage], opts: ReproduceOptions,
               outcomes: dict[str, StageOutcome], keys: dict[str, str], out: Path) -> FindingRecord:
-    rec = evaluate(fid, outs, plan)
+    rec = BY_ID[fid].evaluate(outs)
     rec.setting = {"scale": opts.scale,
                    "stages": {n: {"folder": str(stage_dir(Path("."), n, keys[n])), "key": keys[n],
                                   "summary": describe(plan[n]), "settings": plan[n].settings}
@@ -227,38 +227,7 @@ def _evaluate(fid: str, outs: dict[str, Path], plan: dict[str, Stage], opts: Rep
 
 def describe(stage: Stage) -> str:
     """One line saying what a stage computes, for the report."""
-    s = stage.settings
-    if stage.kind == "train":
-        data = (f"CIFAR-10 subset {s['subset']}" if s.get("subset") else "CIFAR-10") if s.get("dataset") == "cifar10" \
-            else f"synthetic {s.get('synthetic_train')} images"
-        n = s.get("subset") or s.get("synthetic_train") or 50000
-        sched = {"const": "constant lr", "exp": "lr x 2^(epoch/2) from",
-                 "piecewise": "peak lr"}[s.get("lr_schedule", "piecewise")]
-        return (f"{s.get('model', 'davidnet')} width {s['width']} ({s['variant']}), batch {s['batch_size']}, "
-                f"{s['epochs']} epochs = {s['epochs'] * (n // s['batch_size'])} steps, {sched} {s['lr']:g}, "
-                f"wd {s['weight_decay']:g}, momentum {s['momentum']:g}{' Nesterov' if s['nesterov'] else ''}, {data}")
-    if stage.kind in ("hessian", "outstats", "series"):
-        matrix = {"ggn": "Gauss-Newton", "residual": "residual (Hessian - Gauss-Newton)"}.get(s.get("matrix"),
-                                                                                             "Hessian")
-        what = {"hessian": f"top-{s.get('top_k')} {matrix} eigenpairs", "series": f"top-{s.get('top_k')} Hessian "
-                "eigenpairs of every saved checkpoint (warm-started)", "outstats": "output-statistic gradients, "
-                "perturbations, spans, projected Hessian"}[stage.kind]
-        return (f"{what}; {s['num_samples']} training images in fixed batches of {s['batch_size']}"
-                f"{', loss ' + s['loss_scale'] if s.get('loss_scale') else ''}, tol {s.get('tol')}")
-    if stage.kind == "sweep":
-        b = s["base"]
-        return (f"sweep {s['grid']}: davidnet width {b['width']}, batch {b['batch_size']}, {b['epochs']} epochs, "
-                f"constant lr")
-    if stage.kind == "collapse":
-        return f"fully connected ReLU net at init: depth {s['depth']}, width {s['width']}, {s['n_inputs']} inputs"
-    if stage.kind == "init_shares":
-        return f"DavidNet width {s['width']} at init, {s['num_samples']} images in batches of {s['batch_size']}"
-    if stage.kind == "exact":
-        return (f"float64 DavidNet width {s['width']}, every parameter scale-invariant: {s['pythagoras_steps']} plain "
-                f"SGD steps, {s['exp_steps']} steps wd vs exponential lr")
-    if stage.kind == "freeze":
-        return "BN replaced by its running-statistics affine map (statistics refreshed over one epoch)"
-    return f"bnlab dynamics (per layer{' and channel' if s.get('channels') else ''})"
+    return kind(stage.kind).describe(stage.settings)
 
 
 def _critical_path(plan: dict[str, Stage], names: list[str]) -> dict[str, float]:
