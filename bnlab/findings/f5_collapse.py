@@ -32,12 +32,6 @@ SPEC = Finding(
     f"{F5_CENTRED_FROM}. DavidNet at init: shares reported side by side, no threshold")
 
 
-F11_FROZEN_CUT = 3.0
-F11_BN_CUT = 1.3
-
-MODELS = ("bn", "frozen", "no_bn")
-
-
 def f5_collapse(collapse: dict[str, Any], init_shares: dict[str, dict[str, float]] | None = None) -> FindingRecord:
     """F5: `bnlab collapse`'s ReLU MLP at init against the arc-cosine prediction at layers 1, 2, 5, 10, 20, 50,
     and its centred net (pre-activations centred over the inputs, as BN does) at every layer; DavidNet at
