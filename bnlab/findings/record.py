@@ -26,7 +26,7 @@ class Finding:
     claim: str
     source: str  # P: Page's posts / notebook, L: literature, A: analysis (derivable, simulable)
     source_number: str  # what the source reports, in its units
-    threshold: str  # when the check passes, in words; the numbers are the finding function's constants
+    threshold: str  # when the check passes, in words, written from the finding module's constants
 
 
 @dataclass
@@ -89,3 +89,11 @@ def finite(x: Any) -> bool:
 def fmt(x: Any, spec: str = ".3g") -> str:
     """A number for the report; None/NaN as '-'."""
     return format(x, spec) if finite(x) else "-"
+
+
+def num(x: float) -> str:
+    """A threshold constant in prose: 0.15, 3, 1e-3, 2.5e-4 (never 0.001 or 1e-06)."""
+    if x and abs(x) < 1e-2:
+        mantissa, exponent = f"{x:.6e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{x:g}"

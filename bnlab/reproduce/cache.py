@@ -16,17 +16,11 @@ from typing import Any
 
 from ..errors import BnlabError
 from ..io.jsonfile import read_json, to_jsonable
+from .kinds import KINDS, OUT
 from .plan import Stage
-from .stages import OUT
 
 STAGE_FILE = "stage.json"
 STAGE_FORMAT = "bnlab-reproduce-stage"
-# Bump a kind's version when its code changes what it writes: cached outputs of the old code are then
-# recomputed rather than reused.
-KIND_VERSIONS = {"train": 1, "freeze": 1, "hessian": 1, "outstats": 1, "dynamics": 1, "series": 1, "sweep": 1,
-                 "collapse": 1, "init_shares": 1, "exact": 1}
-
-
 def digest(obj: Any) -> str:
     """sha256 of an object's canonical JSON (sorted keys, no whitespace)."""
     text = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
@@ -56,7 +50,7 @@ def stage_keys(plan: dict[str, Stage], names: list[str], context: dict[str, Any]
     def key(name: str) -> str:
         if name not in keys:
             st = plan[name]
-            keys[name] = digest({"kind": st.kind, "version": KIND_VERSIONS[st.kind], "settings": st.settings,
+            keys[name] = digest({"kind": st.kind, "version": KINDS[st.kind].version, "settings": st.settings,
                                  "deps": {role: key(dep) for role, dep in sorted(st.deps.items())},
                                  "context": context})[:12]
         return keys[name]

@@ -1,5 +1,6 @@
 """What `bnlab reproduce` computes at each scale: the stages (runs and analyses), their settings, which
-stages each finding reads, and an estimate of each stage's cost (for the ETA).
+stages run in which order. Which stages each finding reads is the finding's own (`bnlab.findings.registry`,
+re-exported here as FINDING_STAGES); what a stage kind does and costs is its class's (`bnlab.reproduce.kinds`).
 
 Scales:
 
@@ -14,12 +15,13 @@ the hash of both (`bnlab.reproduce.cache`): a changed setting reruns exactly wha
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BnlabError
+from ..findings.registry import FINDING_STAGES
+from .kinds import kind
 
 SCALES = ("smoke", "cpu", "full")
 
@@ -29,36 +31,10 @@ class Stage:
     """One unit of work whose outputs are cached: a training run, an analysis of one, a simulation."""
 
     name: str
-    kind: str  # train | freeze | hessian | outstats | dynamics | series | sweep | collapse | init_shares | exact
+    kind: str  # a name in bnlab.reproduce.kinds.KINDS: train, freeze, hessian, outstats, dynamics, series, ...
     settings: dict[str, Any]
     deps: dict[str, str] = field(default_factory=dict)  # role -> stage name whose outputs this one reads
     cost: float = 1.0  # estimated seconds on one idle CPU core (only the ETA uses it)
-
-
-# -- cost model (seconds on one idle CPU core; measured on an AMD EPYC core, fp32) ----------------------
-_SEC_PER_IMAGE_W16 = {"davidnet": 1 / 400, "simple": 1 / 340}  # one forward+backward at width 16
-_HVP_FACTOR = 3.5  # a double-backward HVP against one forward+backward
-
-
-def _image_cost(model: str, width: int) -> float:
-    return _SEC_PER_IMAGE_W16[model] * (width / 16) ** 1.7 + 2e-5
-
-
-def _train_cost(s: dict[str, Any]) -> float:
-    n = s.get("subset") or (s.get("synthetic_train", 5000) if s.get("dataset") == "synthetic" else 50000)
-    steps = s["epochs"] * (n // s["batch_size"])
-    per = _image_cost(s.get("model", "davidnet"), s["width"])
-    log = 1.15 if s.get("log_every", 1) else 1.0
-    test = s.get("test_subset") or (s.get("synthetic_test", 1000) if s.get("dataset") == "synthetic" else 10000)
-    return steps * s["batch_size"] * per * log + s["epochs"] * test * per / 3 + 3
-
-
-def _hvps(k: int) -> int:
-    return 6 * k + 30 + k  # thick-restart Lanczos to tol 1e-3..1e-4, plus k to verify
-
-
-def _hessian_cost(model: str, width: int, k: int, samples: int) -> float:
-    return _hvps(k) * samples * _HVP_FACTOR * _image_cost(model, width) + 3
 
 
 # -- the settings of each scale ------------------------------------------------------------------------
@@ -124,109 +100,90 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+class _Builder:
+    """Collects the stages of a plan in order; each stage's cost comes from its kind, given the settings of
+    the stages it reads and of the training run it analyses."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, Stage] = {}
+
+    def add(self, name: str, kind_name: str, settings: dict[str, Any], deps: dict[str, str] | None = None) -> None:
+        deps = dict(deps or {})
+        inputs = {role: self.stages[d].settings for role, d in deps.items()}
+        cost = kind(kind_name).cost(settings, inputs, self.run_of(deps))
+        self.stages[name] = Stage(name, kind_name, settings, deps, cost=cost)
+
+    def run_of(self, deps: dict[str, str]) -> dict[str, Any] | None:
+        """The settings of the training run a stage with these deps analyses (through a freeze)."""
+        for role in ("run", "frozen"):
+            if role in deps:
+                st = self.stages[deps[role]]
+                return st.settings if st.kind == "train" else self.run_of(st.deps)
+        return None
+
+
 def build_plan(scale: str) -> dict[str, Stage]:
     """Every stage of `scale`, by name (a DAG: deps name earlier stages)."""
     if scale not in SETTINGS:
         raise BnlabError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
-    s = SETTINGS[scale]
-    stages: list[Stage] = []
+    b = _Builder()
+    _weight_decay_stages(b, SETTINGS[scale])
+    _batch_norm_stages(b, SETTINGS[scale])
+    return b.stages
 
-    def add(stage: Stage) -> None:
-        stages.append(stage)
 
-    # Weight-decay post: one constant-lr BN DavidNet (F1-F3; F12 where "eos" is None), a sweep (F4), exact
-    # simulations (F1, F4b); F12's own run at the largest stable lr where "eos" is set.
+_SGD = dict(momentum=0.9, nesterov=True)
+
+
+def _weight_decay_stages(b: _Builder, s: dict[str, Any]) -> None:
+    """One constant-lr BN DavidNet (F1-F3; F12 where "eos" is None), a sweep (F4), exact simulations (F1, F4b);
+    F12's own run at the largest stable lr where "eos" is set."""
     main = dict(s["wd_main"])
-    main.update(variant="bn", lr_schedule="const", momentum=0.9, nesterov=True, log_channels=True,
-                log_every=main.get("log_every", 1))
-    add(Stage("train_wd_main", "train", main, cost=_train_cost(main)))
-    add(Stage("dynamics_wd_main", "dynamics", {"channels": True}, {"run": "train_wd_main"},
-              cost=5 + 3e-6 * _steps(main) / main["log_every"] * (30 + 35 * main["width"])))
+    main.update(variant="bn", lr_schedule="const", **_SGD, log_channels=True, log_every=main.get("log_every", 1))
+    b.add("train_wd_main", "train", main)
+    b.add("dynamics_wd_main", "dynamics", {"channels": True}, {"run": "train_wd_main"})
     eos_run = "train_wd_main"
     if s["eos"] is not None:
         eos = dict(s["eos"])
-        eos.update(variant="bn", lr_schedule="const", momentum=0.9, nesterov=True, log_every=0)
-        add(Stage("train_eos", "train", eos, cost=_train_cost(eos)))
+        eos.update(variant="bn", lr_schedule="const", **_SGD, log_every=0)
+        b.add("train_eos", "train", eos)
         eos_run = "train_eos"
-    ser = s["eos_series"]
-    run = next(st.settings for st in stages if st.name == eos_run)
-    n_ckpt = run["epochs"] // run["save_every"]
-    add(Stage("series_eos", "series", dict(ser), {"run": eos_run},
-              cost=n_ckpt * 0.7 * _hessian_cost("davidnet", run["width"], ser["top_k"], ser["num_samples"])))
+    b.add("series_eos", "series", dict(s["eos_series"]), {"run": eos_run})
     sw = s["sweep"]
-    base = dict(sw["base"], lr_schedule="const", momentum=0.9, nesterov=True, log_every=sw["base"].get("log_every", 1))
-    n_points = math.prod(len(item.split("=")[1].split(",")) for item in sw["grid"].split())
-    add(Stage("sweep_wd", "sweep", {"base": base, "grid": sw["grid"], "variant": "bn"},
-              cost=n_points * _train_cost({**base, "lr": 0.1}) + 5))
-    ex = s["exact"]
-    add(Stage("exact_invariant", "exact", dict(ex),
-              cost=(3 * ex["exp_steps"] + ex["pythagoras_steps"]) * ex["batch_size"] * 0.005))  # float64: slow kernels
+    base = dict(sw["base"], lr_schedule="const", **_SGD, log_every=sw["base"].get("log_every", 1))
+    b.add("sweep_wd", "sweep", {"base": base, "grid": sw["grid"], "variant": "bn"})
+    b.add("exact_invariant", "exact", dict(s["exact"]))
 
-    # Batch-norm post: collapse, LR stress test, and the three simple nets.
-    c = s["collapse"]
-    add(Stage("collapse_fc", "collapse", dict(c), cost=2 * 2 * c["depth"] * c["width"] ** 2 * c["n_inputs"] / 2e10 + 2))
-    ini = dict(s["init_shares"])
-    add(Stage("init_shares", "init_shares", ini,
-              cost=4 * ini["num_samples"] * _image_cost("davidnet", ini["width"]) + 3))
-    st = s["stress"]
+
+def _batch_norm_stages(b: _Builder, s: dict[str, Any]) -> None:
+    """Collapse at init, the LR stress test, and the three simple nets with their curvature analyses."""
+    b.add("collapse_fc", "collapse", dict(s["collapse"]))
+    b.add("init_shares", "init_shares", dict(s["init_shares"]))
     for variant in ("bn", "no_bn"):
-        cfg = dict(st, variant=variant, lr_schedule="exp", weight_decay=1e-4, momentum=0.9, nesterov=True,
-                   log_every=0)
-        add(Stage(f"train_stress_{variant}", "train", cfg, cost=_train_cost(cfg)))
+        b.add(f"train_stress_{variant}", "train", dict(s["stress"], variant=variant, lr_schedule="exp",
+                                                        weight_decay=1e-4, **_SGD, log_every=0))
     bp, ev = s["bn_post"], s["bn_eval"]
     f = bp["epochs"] / 10  # the post's [0, 4, 20] schedule, stopped at half-way (epoch 10), compressed in time
     for variant, lr in (("bn", 5.0), ("no_bn", 0.2)):
         cfg = {k: v for k, v in bp.items() if k != "lr_scale"}
         cfg.update(variant=variant, model="simple", act="softplus", cutout=0, lr=lr * bp["lr_scale"],
-                   lr_knots=[0.0, 4 * f, 20 * f], lr_mults=[0.0, 1.0, 0.0], weight_decay=1e-4, momentum=0.9,
-                   nesterov=True, log_every=0)
-        add(Stage(f"train_simple_{variant}", "train", cfg, cost=_train_cost(cfg)))
-    add(Stage("freeze_simple_bn", "freeze", {}, {"run": "train_simple_bn"},
-              cost=(bp.get("subset") or 50000) * _image_cost("simple", bp["width"]) / 3 + 3))
+                   lr_knots=[0.0, 4 * f, 20 * f], lr_mults=[0.0, 1.0, 0.0], weight_decay=1e-4, **_SGD, log_every=0)
+        b.add(f"train_simple_{variant}", "train", cfg)
+    b.add("freeze_simple_bn", "freeze", {}, {"run": "train_simple_bn"})
     ckpt_of = {"bn": ("train_simple_bn", "run"), "frozen": ("freeze_simple_bn", "frozen"),
                "no_bn": ("train_simple_no_bn", "run")}
     for m, (src, role) in ckpt_of.items():
         k = ev["frozen_top_k"] if m == "frozen" else ev["top_k"]
-        evs = {"num_samples": ev["num_samples"], "batch_size": ev["batch_size"]}
-        add(Stage(f"hessian_{m}", "hessian", {**evs, "top_k": k, "tol": ev["tol"], "loss_scale": "batch-sum"},
-                  {role: src}, cost=_hessian_cost("simple", bp["width"], k, ev["num_samples"])))
-        add(Stage(f"outstats_{m}", "outstats", {**evs, "tol": ev["tol"], "loss_scale": "batch-sum", "project": True},
-                  {role: src, "hessian": f"hessian_{m}"},
-                  cost=_hessian_cost("simple", bp["width"], k, ev["num_samples"])
-                  + 40 * ev["num_samples"] * _image_cost("simple", bp["width"])))
+        common = {"num_samples": ev["num_samples"], "batch_size": ev["batch_size"]}
+        b.add(f"hessian_{m}", "hessian", {**common, "top_k": k, "tol": ev["tol"], "loss_scale": "batch-sum"},
+              {role: src})
+        b.add(f"outstats_{m}", "outstats", {**common, "tol": ev["tol"], "loss_scale": "batch-sum", "project": True},
+              {role: src, "hessian": f"hessian_{m}"})
         # F13: the Gauss-Newton part and the residual of the same Hessian (same batches, units, tol)
-        add(Stage(f"ggn_{m}", "hessian", {**evs, "top_k": k, "tol": ev["tol"], "loss_scale": "batch-sum",
-                                          "matrix": "ggn"},
-                  {role: src}, cost=_hessian_cost("simple", bp["width"], k, ev["num_samples"])))
-        add(Stage(f"residual_{m}", "hessian", {**evs, "top_k": ev["residual_top_k"], "tol": ev["tol"],
-                                               "loss_scale": "batch-sum", "matrix": "residual"},
-                  {role: src}, cost=2 * _hessian_cost("simple", bp["width"], ev["residual_top_k"], ev["num_samples"])))
-    return {st.name: st for st in stages}
-
-
-def _steps(cfg: dict[str, Any]) -> int:
-    n = cfg.get("subset") or (cfg.get("synthetic_train", 5000) if cfg.get("dataset") == "synthetic" else 50000)
-    return cfg["epochs"] * (n // cfg["batch_size"])
-
-
-# Which stages each finding reads (a finding is decided when all of them are done).
-FINDING_STAGES: dict[str, tuple[str, ...]] = {
-    "F1": ("train_wd_main", "dynamics_wd_main", "exact_invariant"),
-    "F2": ("train_wd_main", "dynamics_wd_main"),
-    "F3": ("train_wd_main", "dynamics_wd_main"),
-    "F4": ("sweep_wd",),
-    "F4b": ("exact_invariant",),
-    "F5": ("collapse_fc", "init_shares"),
-    "F6": ("train_stress_bn", "train_stress_no_bn"),
-    "F7": ("outstats_bn", "outstats_frozen", "outstats_no_bn"),
-    "F8": ("outstats_bn", "outstats_frozen", "outstats_no_bn"),
-    "F9": ("hessian_bn", "hessian_frozen", "hessian_no_bn"),
-    "F10": ("outstats_frozen",),
-    "F11": ("outstats_bn", "outstats_frozen", "outstats_no_bn"),
-    "F12": ("series_eos",),
-    "F13": tuple(f"{kind}_{m}" for m in ("bn", "frozen", "no_bn") for kind in ("hessian", "ggn", "residual"))
-    + ("outstats_frozen",),
-}
+        b.add(f"ggn_{m}", "hessian", {**common, "top_k": k, "tol": ev["tol"], "loss_scale": "batch-sum",
+                                      "matrix": "ggn"}, {role: src})
+        b.add(f"residual_{m}", "hessian", {**common, "top_k": ev["residual_top_k"], "tol": ev["tol"],
+                                           "loss_scale": "batch-sum", "matrix": "residual"}, {role: src})
 
 
 def with_deps(plan: dict[str, Stage], names: Iterable[str]) -> list[str]:

@@ -1,24 +1,21 @@
-"""The reproduction report: DIR/report.json (strict JSON, every number), DIR/figures/*.png (drawn by
-figures/plot_findings.py from the same result files), DIR/report.md (readable on a code host) and
-DIR/report.html (one self-contained file: figures inline as base64 PNG, no outside resources).
+"""The reproduction report: DIR/report.json (strict JSON, every number), DIR/figures/*.png (each finding's
+figure, drawn in this process by `bnlab.reproduce.figures` from the same result files), DIR/report.md
+(readable on a code host) and DIR/report.html (one self-contained file: figures inline as base64 PNG, no
+outside resources).
 """
 from __future__ import annotations
 
 import base64
 import html
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ..findings.record import VERDICTS
-from ..io.jsonfile import write_json
+from ..io.jsonfile import read_json, write_json
 from ..io.textfile import write_text
+from .figures import FIGURES_DIR
 
-FIGURES_DIR = "figures"
-FIGURE_SCRIPT = Path(__file__).resolve().parents[2] / "figures" / "plot_findings.py"
 TITLE = "Reproduction of *How to train your ResNet*, parts 6 (weight decay) and 7 (batch norm)"
 SMOKE_WARNING = ("Scale smoke: these verdicts mean nothing. Smoke runs tiny nets on synthetic images for a few "
                  "steps to check that every stage and the report work; decide the findings at --scale cpu or full.")
@@ -29,20 +26,15 @@ VERDICT_LEGEND = ("Verdicts: PASS, every check holds; FAIL, a check does not; UN
                   "requested or a stage it needs failed.")
 
 
-def draw_figures(out: Path, timeout: float = 900) -> str | None:
-    """Run figures/plot_findings.py on the folder; returns a one-line problem, or None when it drew."""
-    if not FIGURE_SCRIPT.is_file():
-        return f"no figures: {FIGURE_SCRIPT} not found (bnlab installed without its repository)"
-    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+def draw_figures(out: Path) -> str | None:
+    """Draw every decided finding's figure into OUT/figures from OUT/report.json (in this process); returns a
+    one-line problem, or None when every figure drew."""
+    from .figures import draw_report_figures
+
     try:
-        r = subprocess.run([sys.executable, str(FIGURE_SCRIPT), str(out)], capture_output=True, text=True, env=env,
-                           timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return f"figures: {FIGURE_SCRIPT.name} ran past {timeout:.0f}s"
-    if r.returncode != 0:
-        last = (r.stderr.strip().splitlines() or ["?"])[-1]
-        return f"figures: {FIGURE_SCRIPT.name} failed ({last[:200]})"
-    return None
+        return draw_report_figures(out, read_json(out / "report.json", "report"))
+    except Exception as e:  # a figure failure is one line in the report, never a crash of the reproduction
+        return f"figures: {' '.join(str(e).split())[:200] or type(e).__name__}"
 
 
 def write_report(result: Any, out: Path) -> list[Path]:

@@ -26,15 +26,15 @@ from ..data import cifar
 from ..device import resolve_device
 from ..errors import BnlabError
 from ..findings.record import VERDICTS, FindingRecord
-from ..findings.spec import IDS, in_group
+from ..findings.registry import BY_ID, FINDING_STAGES, IDS, in_group
 from ..io.folder import result_folder
 from ..io.jsonfile import read_json, write_json
 from ..rundir import claim_out_dir, output_path
 from ..runtime import worker_pool
 from ..version import __version__
 from .cache import STAGE_FILE, STAGE_FORMAT, data_fingerprint, finished, stage_dir, stage_keys
-from .evaluate import evaluate
-from .plan import FINDING_STAGES, SCALES, SETTINGS, Stage, build_plan, needed_stages, with_deps
+from .kinds import kind
+from .plan import SCALES, SETTINGS, Stage, build_plan, needed_stages, with_deps
 from .report import hms as _hms
 from .report import write_report
 from .stages import OUT, check_stage, run_stage
@@ -214,7 +214,7 @@ def run_reproduce(opts: ReproduceOptions, out: str | Path, *, force: bool = Fals
 
 def _evaluate(fid: str, outs: dict[str, Path], plan: dict[str, Stage], opts: ReproduceOptions,
               outcomes: dict[str, StageOutcome], keys: dict[str, str], out: Path) -> FindingRecord:
-    rec = evaluate(fid, outs, plan)
+    rec = BY_ID[fid].evaluate(outs)
     rec.setting = {"scale": opts.scale,
                    "stages": {n: {"folder": str(stage_dir(Path("."), n, keys[n])), "key": keys[n],
                                   "summary": describe(plan[n]), "settings": plan[n].settings}
@@ -227,38 +227,7 @@ def _evaluate(fid: str, outs: dict[str, Path], plan: dict[str, Stage], opts: Rep
 
 def describe(stage: Stage) -> str:
     """One line saying what a stage computes, for the report."""
-    s = stage.settings
-    if stage.kind == "train":
-        data = (f"CIFAR-10 subset {s['subset']}" if s.get("subset") else "CIFAR-10") if s.get("dataset") == "cifar10" \
-            else f"synthetic {s.get('synthetic_train')} images"
-        n = s.get("subset") or s.get("synthetic_train") or 50000
-        sched = {"const": "constant lr", "exp": "lr x 2^(epoch/2) from",
-                 "piecewise": "peak lr"}[s.get("lr_schedule", "piecewise")]
-        return (f"{s.get('model', 'davidnet')} width {s['width']} ({s['variant']}), batch {s['batch_size']}, "
-                f"{s['epochs']} epochs = {s['epochs'] * (n // s['batch_size'])} steps, {sched} {s['lr']:g}, "
-                f"wd {s['weight_decay']:g}, momentum {s['momentum']:g}{' Nesterov' if s['nesterov'] else ''}, {data}")
-    if stage.kind in ("hessian", "outstats", "series"):
-        matrix = {"ggn": "Gauss-Newton", "residual": "residual (Hessian - Gauss-Newton)"}.get(s.get("matrix"),
-                                                                                             "Hessian")
-        what = {"hessian": f"top-{s.get('top_k')} {matrix} eigenpairs", "series": f"top-{s.get('top_k')} Hessian "
-                "eigenpairs of every saved checkpoint (warm-started)", "outstats": "output-statistic gradients, "
-                "perturbations, spans, projected Hessian"}[stage.kind]
-        return (f"{what}; {s['num_samples']} training images in fixed batches of {s['batch_size']}"
-                f"{', loss ' + s['loss_scale'] if s.get('loss_scale') else ''}, tol {s.get('tol')}")
-    if stage.kind == "sweep":
-        b = s["base"]
-        return (f"sweep {s['grid']}: davidnet width {b['width']}, batch {b['batch_size']}, {b['epochs']} epochs, "
-                f"constant lr")
-    if stage.kind == "collapse":
-        return f"fully connected ReLU net at init: depth {s['depth']}, width {s['width']}, {s['n_inputs']} inputs"
-    if stage.kind == "init_shares":
-        return f"DavidNet width {s['width']} at init, {s['num_samples']} images in batches of {s['batch_size']}"
-    if stage.kind == "exact":
-        return (f"float64 DavidNet width {s['width']}, every parameter scale-invariant: {s['pythagoras_steps']} plain "
-                f"SGD steps, {s['exp_steps']} steps wd vs exponential lr")
-    if stage.kind == "freeze":
-        return "BN replaced by its running-statistics affine map (statistics refreshed over one epoch)"
-    return f"bnlab dynamics (per layer{' and channel' if s.get('channels') else ''})"
+    return kind(stage.kind).describe(stage.settings)
 
 
 def _critical_path(plan: dict[str, Stage], names: list[str]) -> dict[str, float]:
@@ -280,6 +249,8 @@ def _critical_path(plan: dict[str, Stage], names: list[str]) -> dict[str, float]
 
 def _run_stages(plan: dict[str, Stage], names: list[str], keys: dict[str, str], root: Path, env: dict[str, Any],
                 jobs: int, log: _Log) -> dict[str, StageOutcome]:
+    """Run the unfinished stages of `names` (deps first, the longest chains first), `jobs` at a time; every
+    stage's outcome: cached, ran, failed or skipped (an input failed)."""
     outcomes: dict[str, StageOutcome] = {}
     for n in names:
         folder = stage_dir(root, n, keys[n])
@@ -288,88 +259,100 @@ def _run_stages(plan: dict[str, Stage], names: list[str], keys: dict[str, str], 
         outcomes[n] = StageOutcome(n, st.kind, keys[n], str(folder.relative_to(root)), "cached" if rec else "todo",
                                    st.settings, dict(st.deps), rec.get("wall_time") if rec else None,
                                    rec.get("outputs", {}) if rec else {}, estimate=st.cost)
-    todo = [n for n in names if outcomes[n].status == "todo"]
-    eta = _Eta(plan, todo, jobs)
-    log.line(f"reproduce: {len(names)} stages, {len(names) - len(todo)} reused, {len(todo)} to run on {jobs} "
-             f"worker(s); about {_hms(eta.remaining())} (estimate)")
-    priority = _critical_path(plan, names)
-    done_count = len(names) - len(todo)
+    runner = _Runner(plan, names, outcomes, root, env, jobs, log)
+    runner.serial() if jobs == 1 else runner.parallel()
+    return outcomes
 
-    def ready(n: str) -> bool:
-        return all(outcomes[d].status in ("cached", "ran") for d in plan[n].deps.values())
 
-    def blocked(n: str) -> bool:
-        return any(outcomes[d].status in ("failed", "skipped") for d in plan[n].deps.values())
+class _Runner:
+    """The scheduling of one `_run_stages` call: which stage may start, and the bookkeeping of each end."""
 
-    def args(n: str) -> tuple[Any, ...]:
-        folder = root / outcomes[n].folder
+    def __init__(self, plan: dict[str, Stage], names: list[str], outcomes: dict[str, StageOutcome], root: Path,
+                 env: dict[str, Any], jobs: int, log: _Log) -> None:
+        self.plan, self.names, self.outcomes, self.root, self.env, self.jobs, self.log = \
+            plan, names, outcomes, root, env, jobs, log
+        self.pending = [n for n in names if outcomes[n].status == "todo"]
+        self.eta = _Eta(plan, self.pending, jobs)
+        self.priority = _critical_path(plan, names)
+        self.done_count = len(names) - len(self.pending)
+        log.line(f"reproduce: {len(names)} stages, {self.done_count} reused, {len(self.pending)} to run on {jobs} "
+                 f"worker(s); about {_hms(self.eta.remaining())} (estimate)")
+
+    def ready(self, n: str) -> bool:
+        return all(self.outcomes[d].status in ("cached", "ran") for d in self.plan[n].deps.values())
+
+    def blocked(self, n: str) -> bool:
+        return any(self.outcomes[d].status in ("failed", "skipped") for d in self.plan[n].deps.values())
+
+    def args(self, n: str) -> tuple[Any, ...]:
+        folder = self.root / self.outcomes[n].folder
         folder.mkdir(parents=True, exist_ok=True)
-        inputs = {role: str(root / outcomes[d].folder / OUT) for role, d in plan[n].deps.items()}
-        return plan[n].kind, plan[n].settings, str(folder), inputs, env
+        inputs = {role: str(self.root / self.outcomes[d].folder / OUT) for role, d in self.plan[n].deps.items()}
+        return self.plan[n].kind, self.plan[n].settings, str(folder), inputs, self.env
 
-    def finish(n: str, result: dict[str, Any] | None, error: str | None) -> None:
-        nonlocal done_count
-        o = outcomes[n]
-        done_count += 1
+    def skip(self, n: str) -> None:
+        self.pending.remove(n)
+        _skip(self.outcomes, self.plan, n, self.log)
+        self.done_count += 1
+
+    def start(self, n: str) -> None:
+        self.pending.remove(n)
+        self.eta.started(n)
+        width = 2 * len(str(len(self.names))) + 3
+        self.log.line(f"{'':>{width}} start   {n} ({self.plan[n].kind}, estimate {_hms(self.eta.estimate(n))})")
+
+    def finish(self, n: str, result: dict[str, Any] | None, error: str | None) -> None:
+        o = self.outcomes[n]
+        self.done_count += 1
+        progress = f"[{self.done_count}/{len(self.names)}]"
         if error is None and result is not None:
             o.status, o.wall_time, o.outputs = "ran", result["wall_time"], result["outputs"]
-            write_json(root / o.folder / STAGE_FILE, {
+            write_json(self.root / o.folder / STAGE_FILE, {
                 "format": STAGE_FORMAT, "name": n, "kind": o.kind, "key": o.key, "settings": o.settings,
-                "deps": {role: {"name": d, "key": outcomes[d].key} for role, d in o.deps.items()},
+                "deps": {role: {"name": d, "key": self.outcomes[d].key} for role, d in o.deps.items()},
                 "wall_time": o.wall_time, "threads": result.get("threads"), "finished": _now(),
                 "outputs": o.outputs, "files": result.get("files"), "versions": versions()})
-            eta.finished(n, o.wall_time)
-            log.line(f"[{done_count}/{len(names)}] done    {n} in {_hms(o.wall_time)} | about "
-                     f"{_hms(eta.remaining())} left")
+            self.eta.finished(n, o.wall_time)
+            self.log.line(f"{progress} done    {n} in {_hms(o.wall_time)} | about {_hms(self.eta.remaining())} left")
         else:
             o.status, o.error = "failed", error
-            eta.finished(n, None)
-            log.line(f"[{done_count}/{len(names)}] FAILED  {n}: {error}")
+            self.eta.finished(n, None)
+            self.log.line(f"{progress} FAILED  {n}: {error}")
 
-    def start_line(n: str) -> None:
-        eta.started(n)
-        log.line(f"{'':>{2 * len(str(len(names))) + 3}} start   {n} ({plan[n].kind}, estimate {_hms(eta.estimate(n))})")
-
-    pending = list(todo)
-    if jobs == 1:
-        while pending:
-            pending.sort(key=lambda n: -priority[n])
-            n = next((n for n in pending if ready(n) or blocked(n)), None)
+    def serial(self) -> None:
+        while self.pending:
+            self.pending.sort(key=lambda n: -self.priority[n])
+            n = next((n for n in self.pending if self.ready(n) or self.blocked(n)), None)
             if n is None:  # pragma: no cover - the plan is a DAG of known stages
                 raise BnlabError("internal error: no runnable stage")
-            pending.remove(n)
-            if blocked(n):
-                _skip(outcomes, plan, n, log)
-                done_count += 1
+            if self.blocked(n):
+                self.skip(n)
                 continue
-            start_line(n)
+            self.start(n)
             try:
-                finish(n, run_stage(*args(n)), None)
+                self.finish(n, run_stage(*self.args(n)), None)
             except (BnlabError, RuntimeError, ValueError, OSError) as e:
-                finish(n, None, _one_line(e))
-        return outcomes
-    with worker_pool(jobs) as pool:
-        running: dict[cf.Future, str] = {}
-        while pending or running:
-            pending.sort(key=lambda n: -priority[n])
-            for n in [n for n in pending if blocked(n)]:
-                pending.remove(n)
-                _skip(outcomes, plan, n, log)
-                done_count += 1
-            for n in [n for n in pending if ready(n)][:jobs - len(running)]:
-                pending.remove(n)
-                start_line(n)
-                running[pool.submit(run_stage, *args(n))] = n
-            if not running:
-                continue
-            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for fut in done:
-                n = running.pop(fut)
-                try:
-                    finish(n, fut.result(), None)
-                except Exception as e:  # the stage raised, or its worker died
-                    finish(n, None, _one_line(e))
-    return outcomes
+                self.finish(n, None, _one_line(e))
+
+    def parallel(self) -> None:
+        with worker_pool(self.jobs) as pool:
+            running: dict[cf.Future, str] = {}
+            while self.pending or running:
+                self.pending.sort(key=lambda n: -self.priority[n])
+                for n in [n for n in self.pending if self.blocked(n)]:
+                    self.skip(n)
+                for n in [n for n in self.pending if self.ready(n)][:self.jobs - len(running)]:
+                    self.start(n)
+                    running[pool.submit(run_stage, *self.args(n))] = n
+                if not running:
+                    continue
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    n = running.pop(fut)
+                    try:
+                        self.finish(n, fut.result(), None)
+                    except Exception as e:  # the stage raised, or its worker died
+                        self.finish(n, None, _one_line(e))
 
 
 def _skip(outcomes: dict[str, StageOutcome], plan: dict[str, Stage], n: str, log: _Log) -> None:

@@ -7,8 +7,14 @@ import math
 
 import pytest
 
-from bnlab.findings import batch_norm as bnf
-from bnlab.findings.stability import f12_edge_of_stability
+from bnlab.findings.f5_collapse import f5_collapse
+from bnlab.findings.f6_lr_stress import f6_lr_stress, failure_point
+from bnlab.findings.f7_mean_gradients import f7_mean_gradients
+from bnlab.findings.f8_perturbation import f8_perturbation
+from bnlab.findings.f9_sharpness import f9_sharpness
+from bnlab.findings.f10_overlap import f10_overlap
+from bnlab.findings.f11_projection import f11_projection
+from bnlab.findings.f12_edge_of_stability import f12_edge_of_stability
 from bnlab.outstats.collapse import CollapseOptions, run_collapse
 from bnlab.outstats.fcnet import arccos_recursion
 
@@ -31,30 +37,30 @@ def test_arccos_recursion_is_the_findings_curve() -> None:
     (0.0, 0.01, "FAIL"),  # the share after centring (0 by construction) is not the quantity measured
 ])
 def test_f5_threshold_edges(offset: float, centred: float, verdict: str) -> None:
-    assert bnf.f5_collapse(_collapse(offset, centred)).verdict == verdict
+    assert f5_collapse(_collapse(offset, centred)).verdict == verdict
 
 
 def test_f5_centred_clause_starts_at_layer_2() -> None:
     # layer 1 sees the raw Gaussian inputs (share ~0); only the growth from layer 2 on would be a collapse
-    assert bnf.f5_collapse(_collapse(layer1=0.0)).verdict == "PASS"
-    f = bnf.f5_collapse(_collapse(layer1=0.9))
+    assert f5_collapse(_collapse(layer1=0.0)).verdict == "PASS"
+    f = f5_collapse(_collapse(layer1=0.9))
     assert f.verdict == "PASS" and f.values["centred_worst_deviation"] == pytest.approx(0.0, abs=1e-12)
     rec = _collapse()
     rec["share_centred"][29] = 0.6  # a collapse at layer 30
-    f = bnf.f5_collapse(rec)
+    f = f5_collapse(rec)
     assert f.verdict == "FAIL" and "at layer 30" in f.reason
 
 
 def test_f5_undecided_when_the_net_is_shallower_than_the_layers_checked() -> None:
     c = _collapse()
     c = {k: v[:10] if isinstance(v, list) else v for k, v in c.items()} | {"depth": 10}
-    rec = bnf.f5_collapse(c)
+    rec = f5_collapse(c)
     assert rec.verdict == "UNDECIDED" and "depth >= 50" in rec.reason and "(holds)" in rec.reason
 
 
 def test_f5_on_bnlab_collapse() -> None:
     rec = run_collapse(CollapseOptions(depth=50, width=1024, n_inputs=300)).record
-    f = bnf.f5_collapse(rec, {"bn": {"logits": 0.8}, "no_bn": {"logits": 0.9}})
+    f = f5_collapse(rec, {"bn": {"logits": 0.8}, "no_bn": {"logits": 0.9}})
     assert max(f.values["deviation"].values()) < 0.05  # the plain net follows the recursion
     centred = rec["share_centred"]
     # flat at ~1/pi over the first 25 layers after the first: the correlation collapse is prevented ...
@@ -74,14 +80,14 @@ def _metrics(accs: list[float], lr0: float = 0.01) -> list[dict]:
 
 def test_failure_point() -> None:
     m = _metrics([0.2, 0.35, 0.5, 0.12, 0.1])
-    fp = bnf.failure_point(m, {"status": "finished"})
+    fp = failure_point(m, {"status": "finished"})
     assert fp["failed"] and fp["how"] == "accuracy collapse" and fp["lr"] == m[3]["lr"]
-    never_learned = bnf.failure_point(_metrics([0.1, 0.12, 0.11]), {"status": "finished"})
+    never_learned = failure_point(_metrics([0.1, 0.12, 0.11]), {"status": "finished"})
     assert not never_learned["failed"]  # at chance throughout is not a collapse
-    div = bnf.failure_point(m[:2], {"status": "diverged", "diverged": {"epoch": 2.5, "lr": 0.3, "step": 9}})
+    div = failure_point(m[:2], {"status": "diverged", "diverged": {"epoch": 2.5, "lr": 0.3, "step": 9}})
     assert div["failed"] and div["how"] == "non-finite loss" and div["lr"] == 0.3
     # whichever comes first decides
-    both = bnf.failure_point(m, {"status": "diverged", "diverged": {"epoch": 4.5, "lr": 9.0, "step": 40}})
+    both = failure_point(m, {"status": "diverged", "diverged": {"epoch": 4.5, "lr": 9.0, "step": 40}})
     assert both["how"] == "accuracy collapse"
 
 
@@ -93,7 +99,7 @@ def _fp(lr: float | None) -> dict:
 @pytest.mark.parametrize("bn,no_bn,verdict", [(None, 0.3, "PASS"), (3.0, 0.3, "PASS"), (2.99, 0.3, "FAIL"),
                                               (None, None, "FAIL"), (3.0, None, "FAIL")])
 def test_f6_threshold_edges(bn: float | None, no_bn: float | None, verdict: str) -> None:
-    assert bnf.f6_lr_stress(_fp(bn), _fp(no_bn)).verdict == verdict
+    assert f6_lr_stress(_fp(bn), _fp(no_bn)).verdict == verdict
 
 
 def _outstats(sq: float, classifier_share: float, frac_grad: float, frac_random: float,
@@ -121,30 +127,30 @@ def three() -> dict:
 
 
 def test_f7_ratios_and_shares(three: dict) -> None:
-    rec = bnf.f7_mean_gradients(three)
+    rec = f7_mean_gradients(three)
     assert rec.verdict == "PASS", rec.reason
     assert rec.values["ratio_frozen"] == pytest.approx(3.5)
     assert rec.values["classifier_share"]["bn"] == pytest.approx(0.8)
     t = copy.deepcopy(three)
     t["frozen"] = _outstats(2.9, 0.2, 0.7, 0.1)
-    assert bnf.f7_mean_gradients(t).verdict == "FAIL"
+    assert f7_mean_gradients(t).verdict == "FAIL"
     t = copy.deepcopy(three)
     t["frozen"] = _outstats(3.5, 0.31, 0.7, 0.1)
-    assert bnf.f7_mean_gradients(t).verdict == "FAIL"
+    assert f7_mean_gradients(t).verdict == "FAIL"
     t["frozen"], t["bn"] = _outstats(3.5, 0.29, 0.7, 0.1), _outstats(1.0, 0.59, 0.15, 0.1)
-    assert "classifier share BN" in bnf.f7_mean_gradients(t).reason
+    assert "classifier share BN" in f7_mean_gradients(t).reason
 
 
 def test_f8_flips_and_shifts(three: dict) -> None:
-    rec = bnf.f8_perturbation(three)
+    rec = f8_perturbation(three)
     assert rec.verdict == "PASS", rec.reason
     assert rec.values["models"]["bn"]["shift_grad"] == pytest.approx(0.05)
     t = copy.deepcopy(three)
     t["no_bn"] = _outstats(10.0, 0.25, 0.49, 0.1)
-    assert bnf.f8_perturbation(t).verdict == "FAIL"
+    assert f8_perturbation(t).verdict == "FAIL"
     t = copy.deepcopy(three)
     t["frozen"] = _outstats(3.5, 0.2, 0.7, 0.31)  # a random step that moves predictions by 0.21
-    assert bnf.f8_perturbation(t).verdict == "FAIL"
+    assert f8_perturbation(t).verdict == "FAIL"
 
 
 def _spectrum(outliers: int, top: float = 1000.0, gap: float = 2.0, n: int = 14) -> list[float]:
@@ -155,15 +161,15 @@ def _spectrum(outliers: int, top: float = 1000.0, gap: float = 2.0, n: int = 14)
 
 def test_f9_gap_on_synthetic_spectra() -> None:
     bn = [100.0 * 0.97 ** i for i in range(14)]
-    rec = bnf.f9_sharpness({"bn": bn, "frozen": _spectrum(9), "no_bn": _spectrum(11)})
+    rec = f9_sharpness({"bn": bn, "frozen": _spectrum(9), "no_bn": _spectrum(11)})
     assert rec.verdict == "PASS" and rec.values["gap_k"] == 9 and rec.values["gap"] == pytest.approx(2.0)
-    assert bnf.f9_sharpness({"bn": bn, "frozen": _spectrum(5)}).verdict == "FAIL"  # gap outside k = 8..11
-    assert bnf.f9_sharpness({"bn": bn, "frozen": _spectrum(11, gap=1.8001)}).verdict == "PASS"
-    assert bnf.f9_sharpness({"bn": bn, "frozen": _spectrum(11, gap=1.79)}).verdict == "FAIL"
-    assert bnf.f9_sharpness({"bn": bn, "frozen": _spectrum(9, top=499.0)}).verdict == "FAIL"  # ratio < 5
-    rec = bnf.f9_sharpness({"bn": bn, "frozen": _spectrum(9, n=9)})  # lambda_10.. unknown: gap k = 10, 11 untested
+    assert f9_sharpness({"bn": bn, "frozen": _spectrum(5)}).verdict == "FAIL"  # gap outside k = 8..11
+    assert f9_sharpness({"bn": bn, "frozen": _spectrum(11, gap=1.8001)}).verdict == "PASS"
+    assert f9_sharpness({"bn": bn, "frozen": _spectrum(11, gap=1.79)}).verdict == "FAIL"
+    assert f9_sharpness({"bn": bn, "frozen": _spectrum(9, top=499.0)}).verdict == "FAIL"  # ratio < 5
+    rec = f9_sharpness({"bn": bn, "frozen": _spectrum(9, n=9)})  # lambda_10.. unknown: gap k = 10, 11 untested
     assert rec.verdict == "UNDECIDED" and "frozen top-12 eigenvalues (have 9)" in rec.reason
-    rec = bnf.f9_sharpness({"bn": bn, "frozen": _spectrum(3, n=5)})  # no k in 8..11 measurable at all
+    rec = f9_sharpness({"bn": bn, "frozen": _spectrum(3, n=5)})  # no k in 8..11 measurable at all
     assert rec.verdict == "UNDECIDED" and rec.values["gap_k"] is None and "gap (not measured)" in rec.reason
     assert "None" not in rec.measured and rec.measured.endswith("frozen gap at k in 8..11: not measured (top-5 only)")
 
@@ -171,23 +177,23 @@ def test_f9_gap_on_synthetic_spectra() -> None:
 def test_f10_overlaps() -> None:
     few = _outstats(1, 0.2, 0.7, 0.1, overlaps=(0.6, 0.9))
     few["eigen"] = {k: v[:5] if isinstance(v, list) else v for k, v in few["eigen"].items()}
-    rec = bnf.f10_overlap(few)
+    rec = f10_overlap(few)
     assert rec.verdict == "UNDECIDED" and "9 eigenvectors (have 5)" in rec.reason
-    assert bnf.f10_overlap(_outstats(1, 0.2, 0.7, 0.1, overlaps=(0.6, 0.9))).verdict == "PASS"
-    assert bnf.f10_overlap(_outstats(1, 0.2, 0.7, 0.1, overlaps=(0.59, 0.9))).verdict == "FAIL"
-    assert bnf.f10_overlap(_outstats(1, 0.2, 0.7, 0.1, overlaps=(0.6, 0.89))).verdict == "FAIL"
+    assert f10_overlap(_outstats(1, 0.2, 0.7, 0.1, overlaps=(0.6, 0.9))).verdict == "PASS"
+    assert f10_overlap(_outstats(1, 0.2, 0.7, 0.1, overlaps=(0.59, 0.9))).verdict == "FAIL"
+    assert f10_overlap(_outstats(1, 0.2, 0.7, 0.1, overlaps=(0.6, 0.89))).verdict == "FAIL"
     o = _outstats(1, 0.2, 0.7, 0.1)
     o["span"]["random_overlap_full"] = [3e-4] * 10  # 3x dim/P: the span or its random control is wrong
-    assert bnf.f10_overlap(o).verdict == "FAIL"
+    assert f10_overlap(o).verdict == "FAIL"
 
 
 def test_f11_cuts(three: dict) -> None:
-    assert bnf.f11_projection(three).verdict == "PASS"
+    assert f11_projection(three).verdict == "PASS"
     t = copy.deepcopy(three)
     t["bn"] = _outstats(1.0, 0.8, 0.15, 0.1, cut=1.31)
-    assert bnf.f11_projection(t).verdict == "FAIL"
+    assert f11_projection(t).verdict == "FAIL"
     t["bn"], t["frozen"] = _outstats(1.0, 0.8, 0.15, 0.1, cut=1.29), _outstats(3.5, 0.2, 0.7, 0.1, cut=2.99)
-    assert bnf.f11_projection(t).verdict == "FAIL"
+    assert f11_projection(t).verdict == "FAIL"
 
 
 def _series(ratios: list[float], lrs: list[float] | None = None, converged: bool = True) -> dict:

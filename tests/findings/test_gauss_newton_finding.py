@@ -7,11 +7,10 @@ import math
 import pytest
 import torch
 
-from bnlab.findings.gauss_newton import F13_GAP, F13_OVERLAP, F13_RESIDUAL, f13_gauss_newton
+from bnlab.findings.f13_gauss_newton import F13_GAP, F13_OVERLAP, F13_RESIDUAL, f13_gauss_newton
+from bnlab.findings.registry import BY_ID
 from bnlab.io.eigvecs import write_eigvecs
 from bnlab.io.jsonfile import write_json
-from bnlab.reproduce.evaluate import evaluate
-from bnlab.reproduce.plan import FINDING_STAGES
 
 
 def _spectrum(top: float, gap: float, n: int = 12) -> list[float]:
@@ -61,7 +60,7 @@ def test_f13_evaluator_measures_overlaps_from_the_stage_files(tmp_path) -> None:
     H = e[:2]
     G = torch.stack([e[0], math.cos(t) * e[1] + math.sin(t) * e[2]])
     outs = {}
-    for name in FINDING_STAGES["F13"]:
+    for name in BY_ID["F13"].stages:
         out = tmp_path / name
         out.mkdir()
         outs[name] = out
@@ -75,7 +74,7 @@ def test_f13_evaluator_measures_overlaps_from_the_stage_files(tmp_path) -> None:
         write_eigvecs(out / "eigvecs.pt", lam, vecs, ["w"], [[dim]], {})
         write_json(out / "hessian.json", {"eigen": {"eigenvalues": lam.tolist()},
                                           **({"class_means": {"eigenvalues": [7.0]}} if kind == "ggn" else {})})
-    rec = evaluate("F13", outs, {})
+    rec = BY_ID["F13"].evaluate(outs)
     frozen = rec.values["models"]["frozen"]
     assert frozen["overlap"] == pytest.approx((1 + math.cos(t) ** 2) / 2, rel=1e-6)  # eigvecs.pt: float32
     assert frozen["k"] == 2 and frozen["class_means"] == [7.0] and frozen["residual_ratio"] == pytest.approx(0.1)

@@ -12,8 +12,9 @@ from bnlab.config import make_config
 from bnlab.dynamics.analysis import analyse_log
 from bnlab.dynamics.log import RunLog, Table
 from bnlab.dynamics.simulate import simulate_sphere
-from bnlab.findings import weight_decay as wdf
-from bnlab.findings.invariant import exp_lr_equivalence, pythagoras_check
+from bnlab.findings.f2_equilibrium import f2_equilibrium
+from bnlab.findings.f3_lars import f3_lars_like
+from bnlab.findings.f4_product import f4_only_product
 from bnlab.sweep.summary import group_rows, norm_exponents
 
 LR, WD, MU = 0.05, 5e-3, 0.9
@@ -50,7 +51,7 @@ def sim_summary() -> dict:
 
 
 def test_f2_passes_on_the_sphere_simulation(sim_summary: dict) -> None:
-    rec = wdf.f2_equilibrium(sim_summary, list(LAYERS), "const")
+    rec = f2_equilibrium(sim_summary, list(LAYERS), "const")
     assert rec.verdict == "PASS", rec.reason
     assert all(abs(r - 1) < 0.1 for r in rec.values["ratios"].values())
     assert rec.values["relaxation_times"] == pytest.approx(12.0)
@@ -59,27 +60,27 @@ def test_f2_passes_on_the_sphere_simulation(sim_summary: dict) -> None:
 def test_f2_fails_when_the_prediction_is_wrong() -> None:
     # the same dynamics analysed as if wd were 2x: predicted angle sqrt(2)x too large -> ratios ~0.71
     summary = analyse_log(_log(LAYERS, wd_claimed=2 * WD)).summary()
-    rec = wdf.f2_equilibrium(summary, list(LAYERS), "const")
+    rec = f2_equilibrium(summary, list(LAYERS), "const")
     assert rec.verdict == "FAIL" and "within 1 +- 0.15" in rec.reason
 
 
 def test_f2_undecided_on_short_runs_and_schedules_fails_on_missing_layers(sim_summary: dict) -> None:
     short = analyse_log(_log(LAYERS, steps=300)).summary()  # 3 relaxation times: too short to tell
-    rec = wdf.f2_equilibrium(short, list(LAYERS), "const")
+    rec = f2_equilibrium(short, list(LAYERS), "const")
     assert rec.verdict == "UNDECIDED" and rec.reason.startswith("not decidable at this scale: ")
     assert "relaxation times" in rec.reason
-    assert wdf.f2_equilibrium(sim_summary, [*LAYERS, "d.conv.weight"], "const").verdict == "FAIL"
-    rec = wdf.f2_equilibrium(sim_summary, list(LAYERS), "piecewise")
+    assert f2_equilibrium(sim_summary, [*LAYERS, "d.conv.weight"], "const").verdict == "FAIL"
+    rec = f2_equilibrium(sim_summary, list(LAYERS), "piecewise")
     assert rec.verdict == "UNDECIDED" and "constant lr" in rec.reason
 
 
 def test_f3_same_angle_different_norms(sim_summary: dict) -> None:
-    rec = wdf.f3_lars_like(sim_summary, list(LAYERS))
+    rec = f3_lars_like(sim_summary, list(LAYERS))
     assert rec.verdict == "PASS", rec.reason
     assert rec.values["norm_span"] == pytest.approx(300 ** 0.25, rel=0.1)
     assert rec.values["angle_cv"] < 0.05
     # two layers of nearly the same gradient scale: the norms do not span 3x
-    assert wdf.f3_lars_like(sim_summary, ["b.conv.weight", "c.conv.weight"]).verdict == "FAIL"
+    assert f3_lars_like(sim_summary, ["b.conv.weight", "c.conv.weight"]).verdict == "FAIL"
 
 
 def _point(lr: float, wd: float, seed: int) -> dict:
@@ -95,7 +96,7 @@ def _point(lr: float, wd: float, seed: int) -> dict:
 def test_f4_on_simulated_sweep_points() -> None:
     rows = [_point(lr, wd, i) for i, (lr, wd) in enumerate([(0.05, 5e-3), (0.05, 1e-2), (0.1, 5e-3), (0.1, 1e-2)])]
     summary = {"points": rows, "groups_lr_wd": group_rows(rows, "lr_wd"), "norm_exponents": norm_exponents(rows)}
-    rec = wdf.f4_only_product(summary)
+    rec = f4_only_product(summary)
     assert rec.verdict == "PASS", rec.reason
     assert rec.values["exponent"] == pytest.approx(0.25, abs=0.02)
     assert rec.values["angle_spread_max"] < 1.05
@@ -111,38 +112,11 @@ def _sweep(spread: float, b: float, status: str = "finished") -> dict:
 @pytest.mark.parametrize("spread,b,verdict", [(1.10, 0.25, "PASS"), (1.1001, 0.25, "FAIL"), (1.0, 0.2, "PASS"),
                                               (1.0, 0.3, "PASS"), (1.0, 0.3001, "FAIL"), (1.0, 0.1999, "FAIL")])
 def test_f4_threshold_edges(spread: float, b: float, verdict: str) -> None:
-    assert wdf.f4_only_product(_sweep(spread, b)).verdict == verdict
+    assert f4_only_product(_sweep(spread, b)).verdict == verdict
 
 
 def test_f4_fails_without_a_group_or_with_a_failed_point() -> None:
     s = _sweep(1.0, 0.25)
     s["groups_lr_wd"] = [g for g in s["groups_lr_wd"] if g["n"] == 1]
-    assert wdf.f4_only_product(s).verdict == "FAIL"
-    assert wdf.f4_only_product(_sweep(1.0, 0.25, status="diverged")).verdict == "FAIL"
-
-
-def test_f1_exact_pythagoras_and_channel_threshold() -> None:
-    p = pythagoras_check(width=2, steps=4, n=32, batch_size=8)
-    assert p["max_rel_residual"] < 1e-9 and p["min_norm_increment"] > 0 and p["max_abs_cos_wg"] < 1e-12
-    names = ["a"] * 5
-    assert wdf.f1_scale_invariance(names, [1e-6, 2e-6, 5e-6, 2e-3, float("nan")], p).verdict == "PASS"
-    rec = wdf.f1_scale_invariance(names, [2e-3, 2e-3, 5e-6, 2e-3, 1e-6], p)
-    assert rec.verdict == "FAIL" and rec.values["channels_over"] == 3
-    bad = dict(p, max_rel_residual=2e-4)
-    assert wdf.f1_scale_invariance(names, [1e-6] * 5, bad).verdict == "FAIL"
-    shrinking = dict(p, min_norm_increment=-1e-9)
-    assert wdf.f1_scale_invariance(names, [1e-6] * 5, shrinking).verdict == "FAIL"
-
-
-def test_f4b_exact_equivalence_and_its_control() -> None:
-    sim = exp_lr_equivalence(width=2, steps=30, n=32, batch_size=8)
-    assert sim["max_direction_diff"] < 1e-10 < 1e-3 < sim["control_max_direction_diff"]
-    assert sim["lr_growth"] == pytest.approx((1 - 0.1 * 0.02) ** (-58))
-    assert wdf.f4b_exponential_lr(dict(sim, steps=200)).verdict == "PASS"
-    # fewer than the 200 steps the claim asks for: the agreement at 30 steps cannot decide it either way
-    rec = wdf.f4b_exponential_lr(sim)
-    assert rec.verdict == "UNDECIDED", rec.reason
-    assert rec.reason.startswith("not decidable at this scale: needs float64, mu = 0, >= 200 steps")
-    assert "<= 1e-06 (holds)" in rec.reason
-    assert wdf.f4b_exponential_lr(dict(sim, max_direction_diff=2e-6)).verdict == "UNDECIDED"
-    assert wdf.f4b_exponential_lr(dict(sim, steps=200, max_direction_diff=2e-6)).verdict == "FAIL"
+    assert f4_only_product(s).verdict == "FAIL"
+    assert f4_only_product(_sweep(1.0, 0.25, status="diverged")).verdict == "FAIL"

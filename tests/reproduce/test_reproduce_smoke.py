@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from bnlab.cli import main
-from bnlab.findings.spec import IDS
+from bnlab.findings.registry import IDS
 from bnlab.reproduce.report import SMOKE_WARNING
 
 SMOKE_BUDGET_S = 120  # on 2 idle CPU cores; a loaded machine gets 3x

@@ -1,4 +1,5 @@
-"""Exact float64 experiments on a net whose every trainable parameter is scale-invariant (F1, F4b).
+"""Exact float64 experiments on a net whose every trainable parameter is scale-invariant (the simulations
+behind findings F1 and F4b; `bnlab reproduce` runs them as its `exact` stage).
 
 The net is DavidNet with BN's affine fixed (gamma = 1, beta = 0), BN's eps set to 1e-30 (torch refuses 0; any channel's
 variance is ~1e-2..1, so eps is below float64 resolution) and the classifier

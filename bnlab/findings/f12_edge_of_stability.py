@@ -1,4 +1,4 @@
-"""F12, edge of stability along training: eta lambda1 against the momentum-SGD threshold, from the
+"""F12, the edge of stability along training: eta lambda1 against the momentum-SGD threshold, from the
 ``hessian_series.json`` that ``bnlab hessian RUN_DIR`` writes (top-k eigenpairs of every saved checkpoint).
 
 The threshold (`bnlab.theory.stability_threshold`: 2(1 + mu)/(1 + 2 mu) for torch's Nesterov, 2(1 + mu) for
@@ -10,13 +10,22 @@ from typing import Any
 
 import numpy as np
 
-from .record import FindingRecord, decide, finite, fmt
-from .spec import BY_ID
+from ..io.jsonfile import read_json
+from .base import FindingDef
+from .record import Finding, FindingRecord, decide, finite, fmt, num
 
 SERIES_FORMAT = "bnlab-hessian-series"
 F12_LOW, F12_HIGH = 0.5, 2.0
 F12_SKIP = 0.25  # first fraction of the constant-lr phase left out (progressive sharpening)
 LR_RTOL = 1e-6
+
+SPEC = Finding(
+    "F12", "weight-decay", "edge of stability along training",
+    "Nets trained at the largest stable lr sit at the edge of stability: eta lambda1 approaches the "
+    "momentum-SGD threshold 2(1 + mu)/(1 + 2 mu) (1.357 at mu = 0.9, Nesterov).",
+    "L (Cohen et al. 2021), A", "GD: lambda1 -> 2/eta (momentum: 2(1 + mu)/((1 + 2 mu) eta))",
+    f"over the constant-lr phase (its first quarter left out: sharpening time), eta lambda1 of the "
+    f"training loss (BN batch mode) within {num(F12_LOW)}-{num(F12_HIGH)}x of the threshold at every checkpoint")
 
 
 def constant_phase(checkpoints: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -59,4 +68,16 @@ def f12_edge_of_stability(series: dict[str, Any]) -> FindingRecord:
     values = {"threshold": threshold, "momentum": mu, "nesterov": series.get("nesterov"),
               "phase_ratios": ratios, "ratio_min": lo, "ratio_max": hi, "checkpoints": all_ratios,
               "unconverged_epochs": unconverged, "hvps_total": series.get("hvps_total")}
-    return decide(BY_ID["F12"], checks, measured, values, needs=needs)
+    return decide(SPEC, checks, measured, values, needs=needs)
+
+
+def figure(f: Any) -> Any:
+    """lambda1 against threshold / eta, the ratio with F12's band, the eigenvectors' persistence."""
+    from ..plotting.series import figure as series_figure
+
+    return series_figure(f.json("series_eos", "hessian_series.json"), title=f.title())
+
+
+FINDING = FindingDef(SPEC, ("series_eos",),
+                     lambda outs: {"series": read_json(outs["series_eos"] / "hessian_series.json")},
+                     f12_edge_of_stability, figure)

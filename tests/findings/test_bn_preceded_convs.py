@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from bnlab.config import make_config
-from bnlab.reproduce.evaluate import bn_preceded_convs
+from bnlab.findings.common import bn_preceded_convs
 
 
 def test_bn_preceded_convs() -> None:

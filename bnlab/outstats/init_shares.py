@@ -8,7 +8,7 @@ from ..bnmode import resolve_bn_mode
 from ..context import EvalSpec, batch_sizes
 from ..data import Data, eval_batches, eval_set
 from ..models import ModelSpec, build_model
-from ..outstats.activations import activation_stats, default_layers
+from .activations import activation_stats, default_layers
 
 
 def davidnet_init_shares(width: int, data: Data, num_samples: int, batch_size: int, *, seed: int = 0
