@@ -66,6 +66,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "curvature.base": (["bnlab/curvature/base.py"], ["tests/curvature/test_operator.py",
                                                     "tests/distributed/test_subgroups.py"]),
     "curvature.ggn": (["bnlab/curvature/ggn.py", "bnlab/curvature/linop.py"], ["tests/curvature/test_ggn.py",
+                                                                              "tests/curvature/test_linop.py",
                                                                               "tests/distributed/test_subgroups.py"]),
     "curvature.hvp": (["bnlab/curvature/hvp.py"], ["tests/curvature/test_operator.py"]),
     "curvature.lanczos": (["bnlab/curvature/lanczos.py"], ["tests/curvature/test_eigensolvers.py"]),
