@@ -87,24 +87,34 @@ def jacobians(model: nn.Module, batches, mode: str) -> list[tuple[torch.Tensor, 
     return out
 
 
+def factors(p: torch.Tensor) -> torch.Tensor:
+    """A_i (n, C, C) with column k = √p_ik·(e_k − p_i), written out from the probabilities."""
+    eye = torch.eye(p.shape[1], dtype=p.dtype)
+    return torch.stack([torch.stack([torch.sqrt(pi[k]) * (eye[k] - pi) for k in range(len(pi))], 1) for pi in p])
+
+
 @functools.cache
 def truth(kind: str, bn: bool, mode: str) -> dict[str, torch.Tensor]:
+    """G = Σ_b (n_b/N) Σ_i J_iᵀ H_i J_i; Papyan's three terms from the columns Φ_ik = J_iᵀ A_i e_k, their class
+    means Δ_ck (class c, column k) and deviations: class (k = c), cross-class (k ≠ c), within-class."""
     model, batches = net(kind, bn), data(kind)
     n = sum(SIZES)
     G = 0.0
-    sums = [0.0] * C
+    cols: list[tuple[int, torch.Tensor]] = []  # (class, Φ_i (dim, C)) per example
     for J, p, y in jacobians(model, batches, mode):
         nb = len(y)
-        for i in range(nb):
+        for i, A in enumerate(factors(p)):
             Hi = (torch.diag(p[i]) - torch.outer(p[i], p[i])) / nb
             G = G + (nb / n) * J[i].T @ Hi @ J[i]
-            c = int(y[i])
-            a = torch.sqrt(p[i, c]) * (F.one_hot(y[i], C).double() - p[i])  # A_i e_c
-            sums[c] = sums[c] + J[i].T @ a
-    counts = torch.bincount(torch.cat([y for _, y in batches]), minlength=C).double()
-    Gcm = sum((counts[c] / n) * torch.outer(sums[c] / counts[c], sums[c] / counts[c]) for c in range(C))
+            cols.append((int(y[i]), J[i].T @ A))
+    counts = torch.bincount(torch.tensor([c for c, _ in cols]), minlength=C).double()
+    means = [sum(phi for c_, phi in cols if c_ == c) / counts[c] for c in range(C)]  # (dim, C): Δ_ck in column k
+    Gcm = sum((counts[c] / n) * torch.outer(means[c][:, c], means[c][:, c]) for c in range(C))
+    Gcross = sum((counts[c] / n) * torch.outer(means[c][:, k], means[c][:, k])
+                 for c in range(C) for k in range(C) if k != c)
+    Gwithin = sum((phi - means[c]) @ (phi - means[c]).T for c, phi in cols) / n
     H = dense_hessian(model, batches, F.cross_entropy, mode)
-    return {"G": G, "H": H, "Gcm": Gcm}
+    return {"G": G, "H": H, "Gcm": Gcm, "Gcross": Gcross, "Gwithin": Gwithin}
 
 
 def dense(op) -> torch.Tensor:
@@ -133,6 +143,28 @@ def test_ggn_and_residual_match_dense_truth(kind: str, bn: bool, mode: str) -> N
     assert (t["H"] - t["G"]).abs().max() > 1e-3 * t["H"].abs().max()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # never changed
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("kind,bn,mode", [CASES[0], CASES[5]])
+def test_residual_by_every_route_is_h_minus_g_and_keeps_the_loss(kind: str, bn: bool, mode: str) -> None:
+    """R as the Hessian of the loss linearised in the logits: both HVP routes, graphs cached or streamed,
+    equal the dense H − G; its loss and gradient are the loss's own (a hand-written float64 loss)."""
+    t = truth(kind, bn, mode)
+    model, batches = net(kind, bn), data(kind)
+    for method, cache in (("double_backward", True), ("double_backward", False), ("func", False)):
+        R = ResidualOperator(model, batches, loss_fn=F.cross_entropy, bn_mode=mode, method=method,
+                             cache_graphs=cache, block_size=32)
+        close(dense(R), t["H"] - t["G"])
+        assert R.describe()["hvp_method"] == method and R.describe()["graph_cache"]["mode"] == ("on" if cache
+                                                                                               else "off")
+    n = sum(SIZES)
+    with torch.no_grad(), bn_mode(model, mode):
+        want = sum(float((torch.logsumexp(model(x), 1) - model(x).gather(1, y[:, None])[:, 0]).sum())
+                   for x, y in batches) / n
+    assert R.loss() == pytest.approx(want, rel=1e-12)
+    H = HessianOperator(model, batches, loss_fn=F.cross_entropy, bn_mode=mode)
+    close(R.gradient(), H.gradient(), 1e-12)
+    assert R.gradient().abs().max() > 1e-3  # not a trivially zero gradient
 
 
 def test_bn_batch_mode_couples_the_examples_of_a_batch() -> None:
@@ -212,22 +244,44 @@ def test_combinators_sum_scale_and_low_rank() -> None:
         LowRankOperator(torch.zeros(4))
 
 
+def test_the_factors_square_to_the_output_hessian_of_a_hand_written_loss() -> None:
+    """A_i A_iᵀ = ∇²_z ℓ_i for ℓ_i(z) = logsumexp(z) − z_y written here (torch.func.hessian, float64)."""
+    z = torch.randn(4, C, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 2, 1, 2])
+    A = factors(torch.softmax(z, 1))
+    for i in range(len(y)):
+        H_out = torch.func.hessian(lambda t, i=i: torch.logsumexp(t, 0) - t[y[i]])(z[i])
+        close(A[i] @ A[i].T, H_out, 1e-12)
+
+
 @pytest.mark.parametrize("kind,bn,mode", [CASES[0], CASES[4], CASES[5]])
-def test_class_means_term_matches_dense_truth(kind: str, bn: bool, mode: str) -> None:
+def test_class_cross_class_and_within_terms_sum_to_g(kind: str, bn: bool, mode: str) -> None:
+    """Papyan's decomposition, built here from jacrev's per-example Jacobians: class + cross-class + within = G
+    (float64), ranks C and C(C−1), all three PSD; the operator's two mean terms equal the dense ones."""
     t = truth(kind, bn, mode)
+    close(t["Gcm"] + t["Gcross"] + t["Gwithin"], t["G"])
+    dim = t["G"].shape[0]
+    assert dim > C * C  # so that the rank bounds are not the dimension's
+    for term, rank in (("Gcm", C), ("Gcross", C * (C - 1)), ("Gwithin", None)):
+        lam = torch.linalg.eigvalsh(t[term])
+        assert lam.min() >= -1e-12 * lam.max()
+        if rank is not None:
+            assert int(torch.linalg.matrix_rank(t[term], rtol=1e-9)) == rank
     model, batches = net(kind, bn), data(kind)
     G = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode=mode, loss_scale="batch-sum", batch_size=6)
-    cm = G.class_means()
-    assert cm.rank_bound == C
+    cm, cross = G.class_means(), G.cross_class_means()
+    assert (cm.rank_bound, cross.rank_bound) == (C, C * (C - 1))
     close(dense(cm), 6 * t["Gcm"])
-    rest = torch.linalg.eigvalsh(6 * (t["G"] - t["Gcm"]))
-    assert rest.min() >= -1e-12 * rest.max()  # G − G_cm = cross-class + within-class terms: PSD
+    close(dense(cross), 6 * t["Gcross"])
+    close(dense(G) - dense(cm) - dense(cross), 6 * t["Gwithin"])
     lam, _ = cm.eigenpairs()
     close(lam, torch.linalg.eigvalsh(6 * t["Gcm"]).flip(0)[:C])
+    assert G.passes == 2 + dim // G.block_size + bool(dim % G.block_size)  # one pass per mean term
     # a class missing from the set drops out (no division by zero)
     x, y = batches[0]
-    one = GGNOperator(model, [(x[y != 2], y[y != 2])], loss_fn=F.cross_entropy, bn_mode=mode).class_means()
-    assert one.rank_bound == C - 1 and torch.isfinite(one.factor).all()
+    one = GGNOperator(model, [(x[y != 2], y[y != 2])], loss_fn=F.cross_entropy, bn_mode=mode)
+    assert one.class_means().rank_bound == C - 1 and torch.isfinite(one.class_means().factor).all()
+    assert one.cross_class_means().rank_bound == (C - 1) * (C - 1)
 
 
 @pytest.mark.parametrize("kind,bn,mode", [CASES[0], CASES[5]])
@@ -251,9 +305,7 @@ def test_ggn_counts_blocks_and_describes_itself() -> None:
     assert G.matmat(torch.zeros(0, G.dim, dtype=torch.float64)).shape == (0, G.dim)
     R = ResidualOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="none", cache_graphs=False)
     assert R.describe()["matrix"] == "residual" and R.describe()["cache_graphs"] is False
-    assert R.quiet and R.hessian.quiet
-    R.quiet = False  # the CLI's progress reaches the Hessian part's graph building
-    assert R.hessian.quiet is False
+    assert R.describe()["hvp_method"] == "double_backward" and R.quiet
     assert "Gauss-Newton" in GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="none",
                                          loss_scale="batch-sum").settings["units"]
 

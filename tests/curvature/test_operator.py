@@ -20,6 +20,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacfwd
 
 from bnlab.curvature import HessianOperator
+from bnlab.curvature.base import DataOperator
 from bnlab.curvature.operator import available_memory
 from bnlab.errors import BnlabError
 from bnlab.models import ModelSpec, build_model
@@ -431,6 +432,15 @@ def test_bad_arguments() -> None:
         HessianOperator(net, batches, cache_graphs=True, method="func", **kw)
     with pytest.raises(BnlabError, match="empty"):
         HessianOperator(net, [], **kw)
+
+
+def test_a_data_operator_without_a_per_batch_product_says_which() -> None:
+    class NoProduct(DataOperator):
+        matrix = "none"
+
+    op = NoProduct(mlp(), data(), loss_fn=F.cross_entropy, bn_mode="batch")
+    with pytest.raises(NotImplementedError, match="^NoProduct defines no per-batch product$"):
+        op.matvec(torch.ones(op.dim, dtype=torch.float64))
 
 
 def test_real_network_with_batches_of_6_and_2() -> None:

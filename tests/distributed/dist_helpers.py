@@ -176,6 +176,7 @@ def group_products(group: object, sizes: tuple[int, ...] = (8, 8, 8, 8, 3)) -> d
     ggn = GGNOperator(net, batches, loss_fn=LOSS, bn_mode="batch", weight_decay=1e-3, process_group=group)
     out["ggn"] = ggn.matmat(probe_vectors(ggn.dim))
     out["class_means"] = ggn.class_means().factor
+    out["cross_class_means"] = ggn.cross_class_means().factor
     res = ResidualOperator(net, batches, loss_fn=LOSS, bn_mode="batch", weight_decay=1e-3, process_group=group)
     out["residual"] = res.matmat(probe_vectors(res.dim))
     calls = distributed.COMM.calls

@@ -1,5 +1,5 @@
-"""Sharding over a process *sub-group*, against one process (float64): Hessian, Gauss-Newton, residual and
-class-means products, gradient, loss and output-statistic gradients.
+"""Sharding over a process *sub-group*, against one process (float64): Hessian, Gauss-Newton, residual,
+class-means and cross-class products, gradient, loss and output-statistic gradients.
 
 A world of 3 gloo ranks with the sub-group {1, 2}: the pytest process is rank 1, whose rank in the
 sub-group (0) differs from its world rank, and whose sub-group is smaller than the world. So an
@@ -63,7 +63,8 @@ def reference() -> dict:
 
 
 def assert_same(got: dict, want: dict) -> None:
-    for key in ("hv_True", "hv_False", "hv_auto", "grad", "ggn", "residual", "class_means"):
+    for key in ("hv_True", "hv_False", "hv_auto", "grad", "ggn", "residual", "class_means",
+                "cross_class_means"):
         torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-12, msg=key)
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-13)  # the partial losses are summed in float64
     for moments in ("per-batch", "pooled"):

@@ -66,6 +66,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "curvature.base": (["bnlab/curvature/base.py"], ["tests/curvature/test_operator.py",
                                                     "tests/distributed/test_subgroups.py"]),
     "curvature.ggn": (["bnlab/curvature/ggn.py", "bnlab/curvature/linop.py"], ["tests/curvature/test_ggn.py",
+                                                                              "tests/curvature/test_linop.py",
                                                                               "tests/distributed/test_subgroups.py"]),
     "curvature.hvp": (["bnlab/curvature/hvp.py"], ["tests/curvature/test_operator.py"]),
     "curvature.lanczos": (["bnlab/curvature/lanczos.py"], ["tests/curvature/test_eigensolvers.py"]),
@@ -134,6 +135,9 @@ def write_config(tree: Path, key: str, files: list[str], selection: list[str]) -
                 f"pytest_add_cli_args_test_selection = {toml_list(selection_args(tree, key, selection))}\n"
                 # in-process (mutmut collects which tests reach which function): no xdist workers
                 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-n", "0"]\n'
+                # mutmut's CPU limit is 30·(a test's duration + constant), and a test's duration leaves out
+                # its fixtures: the sub-group world (tens of CPU seconds, in setup) timed every mutant out
+                'timeout_constant = 10.0\n'
                 # torch is not fork-safe after use: fork mutants from a clean server process
                 'process_isolation = "forkserver"\n')
 

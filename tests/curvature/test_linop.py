@@ -1,0 +1,101 @@
+"""The operator interface and its combinators (`bnlab.curvature.linop`) against explicit matrices.
+
+Every check compares with the dense product written here (float64), so the interface (`matvec`, `@`,
+the scipy adapter, shape checks) and `DenseOperator` / `ProjectedOperator` are tested on their own;
+`LowRankOperator` and `SumOperator` are checked in test_ggn.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as sla
+import torch
+
+from bnlab.curvature.linop import DenseOperator, ProjectedOperator, SymmetricOperator
+from bnlab.errors import BnlabError
+
+DIM = 6
+
+
+def sym(seed: int = 0) -> torch.Tensor:
+    a = torch.randn(DIM, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return a + a.T
+
+
+def test_dense_operator_products_and_interface() -> None:
+    M = sym()
+    op = DenseOperator(M.float())  # kept as float64
+    assert op.matrix.dtype == torch.float64 and op.dim == DIM and op.shape == (DIM, DIM)
+    assert op.device == torch.device("cpu") and op.dtype == torch.float64
+    V = torch.randn(3, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    Mf = M.float().double()
+    torch.testing.assert_close(op.matmat(V), V @ Mf, rtol=1e-12, atol=1e-12)
+    out = op.matmat(V.float())  # float32 vectors: computed and returned in float64
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, V.float().double() @ Mf, rtol=1e-12, atol=1e-12)
+    v = V[1]
+    torch.testing.assert_close(op.matvec(v), Mf @ v, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(op @ v, Mf @ v, rtol=1e-12, atol=1e-12)
+    X = V[:2].T.contiguous()  # columns, as for a matrix
+    torch.testing.assert_close(op @ X, Mf @ X, rtol=1e-12, atol=1e-12)
+    assert (op @ X).shape == (DIM, 2)
+    with pytest.raises(BnlabError, match=r"expected vectors of shape \(m, 6\), got \(3, 5\)"):
+        op.matmat(torch.zeros(3, 5, dtype=torch.float64))
+    with pytest.raises(BnlabError, match="expected vectors"):
+        op.matmat(torch.zeros(DIM, dtype=torch.float64))  # one flat vector is matvec's
+    with pytest.raises(BnlabError, match=r"square matrix, got \(2, 3\)"):
+        DenseOperator(torch.zeros(2, 3))
+    with pytest.raises(BnlabError, match="square matrix"):
+        DenseOperator(torch.zeros(4))
+
+
+def test_the_scipy_adapter_gives_the_dense_spectrum() -> None:
+    M = sym(2)
+    lin = DenseOperator(M).as_linear_operator()
+    assert lin.shape == (DIM, DIM) and lin.dtype == np.float64
+    x = np.arange(DIM, dtype=np.float32)[::-1]  # float32 and not contiguous: converted
+    np.testing.assert_allclose(lin.matvec(x), M.numpy() @ x.astype(np.float64), rtol=1e-12)
+    np.testing.assert_allclose(lin.rmatvec(x), M.numpy() @ x.astype(np.float64), rtol=1e-12)
+    np.testing.assert_allclose(lin.matvec(x[:, None]).ravel(), M.numpy() @ x.astype(np.float64), rtol=1e-12)
+    X = np.asfortranarray(np.random.default_rng(0).standard_normal((DIM, 3)))
+    np.testing.assert_allclose(lin.matmat(X), M.numpy() @ X, rtol=1e-12, atol=1e-12)
+    lam = sla.eigsh(lin, k=2, which="LA", return_eigenvectors=False)
+    np.testing.assert_allclose(np.sort(lam), torch.linalg.eigvalsh(M).numpy()[-2:], rtol=1e-10)
+
+
+def test_projected_operator_is_i_minus_p_a_i_minus_p() -> None:
+    M = sym(3)
+    Q = torch.linalg.qr(torch.randn(DIM, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4)))[0]
+    P = torch.eye(DIM, dtype=torch.float64) - Q @ Q.T
+    op = ProjectedOperator(DenseOperator(M), Q.float())
+    assert op.basis.dtype == torch.float64 and op.dim == DIM
+    assert op.device == torch.device("cpu") and op.dtype == torch.float64
+    Qf = Q.float().double()
+    Pf = torch.eye(DIM, dtype=torch.float64) - Qf @ Qf.T
+    V = torch.randn(4, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(op.matmat(V), V @ (Pf @ M @ Pf), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(op.matmat(V.float()), V.float().double() @ (Pf @ M @ Pf), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(op.project_out(V[0]), Pf @ V[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(op.project_out(V), V @ Pf, rtol=1e-12, atol=1e-12)
+    assert torch.linalg.matrix_rank(op.matmat(torch.eye(DIM, dtype=torch.float64)), rtol=1e-5) == DIM - 2
+    assert (P - Pf).abs().max() < 1e-6  # the float32 basis is the same subspace to float32 rounding
+    with pytest.raises(BnlabError, match=r"basis has shape \(5, 2\), expected \(6, r\)"):
+        ProjectedOperator(DenseOperator(M), torch.zeros(5, 2))
+    with pytest.raises(BnlabError, match="basis has shape"):
+        ProjectedOperator(DenseOperator(M), torch.zeros(DIM))
+    with pytest.raises(BnlabError, match="expected vectors"):
+        op.matmat(torch.zeros(2, DIM + 1, dtype=torch.float64))
+
+
+def test_the_base_class_defaults() -> None:
+    class Diagonal(SymmetricOperator):
+        dim = 3
+
+        def matmat(self, V: torch.Tensor) -> torch.Tensor:
+            self._check(V)
+            return V * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+
+    op = Diagonal()
+    assert op.device == torch.device("cpu") and op.dtype == torch.float64 and op.shape == (3, 3)
+    torch.testing.assert_close(op @ torch.ones(3, dtype=torch.float64), torch.tensor([1.0, 2.0, 3.0],
+                                                                                     dtype=torch.float64))
