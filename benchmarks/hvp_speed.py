@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -33,20 +32,11 @@ import torch.nn.functional as F
 
 from bnlab.curvature import HessianOperator
 from bnlab.models import ModelSpec, build_model
+from bnlab.reproduce.run import _cpu_name  # the CPU's model name, as the reproduce report records it
 
 VARIANTS = {"cached": dict(method="double_backward", cache_graphs=True),
             "stream": dict(method="double_backward", cache_graphs=False),
             "func": dict(method="func"), "func_compiled": dict(method="func_compiled")}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_operators(model_name: str, width: int, mode: str, args: argparse.Namespace,
@@ -160,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     out: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": args.device,
-        "device_name": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else cpu_model(),
+        "device_name": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else _cpu_name(),
         "threads": torch.get_num_threads(), "torch_version": torch.__version__, "tf32": args.tf32, "bf16": args.bf16,
         "num_samples": args.num_samples, "batch_size": args.batch_size, "repeats": args.repeats,
         "blocks": args.blocks, "variants": args.variants, "results": []}
