@@ -156,7 +156,7 @@ def check_inputs(ctx: AnalysisContext, opts: HessianOptions) -> torch.Tensor | N
     opts.validate()
     selected = select_parameters(ctx.model, list(opts.params) if opts.params else None)
     dim = sum(p.numel() for _, p in selected)
-    limit = dim if opts.eigensolver == "lanczos" else dim - 1
+    limit = dim - 1 if opts.eigensolver == "arpack" else dim
     if opts.top_k > limit:
         raise BnlabError(f"--top-k {opts.top_k} is larger than the Hessian's dimension allows ({dim} parameters"
                          f"{'; ARPACK needs k < dim' if opts.eigensolver == 'arpack' else ''})")

@@ -6,6 +6,9 @@
   keep it across calls (memory O(N) instead of O(batch)).
 - ``func`` (forward-over-reverse): ``torch.func.jvp`` of ``torch.func.grad`` through
   ``functional_call``, ``vmap``-ed over the vectors of a block.
+- ``func_compiled``: the same product through ``torch.compile`` (opt-in; compiled at the first
+  product of each batch shape and block size, minutes on a CPU; benchmarks/hvp_speed.py measures
+  it). Double backward cannot be compiled (AOTAutograd's backward is not differentiable twice).
 
 Both run the forward inside ``bn_mode`` (set by the caller), so BN either uses batch statistics
 without touching its running buffers, or is in eval mode. In batch mode the double-backward route
@@ -20,7 +23,8 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-HVP_METHODS = ("double_backward", "func")
+HVP_METHODS = ("double_backward", "func", "func_compiled")
+_compiled: list[Callable[..., torch.Tensor]] = []  # func_block through torch.compile, made at first use
 
 
 def batch_gradient(model: nn.Module, params: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -67,3 +71,12 @@ def func_block(model: nn.Module, names: Sequence[str], params: Sequence[torch.Te
         if V.shape[0] == 1:
             return hvp(V[0])[None]
         return vmap(hvp)(V)
+
+
+def compiled_func_block(model: nn.Module, names: Sequence[str], params: Sequence[torch.Tensor],
+                        split: Callable[[torch.Tensor], list[torch.Tensor]], x: torch.Tensor, y: torch.Tensor,
+                        loss_fn: LossFn, weight: float, V: torch.Tensor) -> torch.Tensor:
+    """`func_block` compiled by torch.compile (static shapes: a new batch shape or block size recompiles)."""
+    if not _compiled:
+        _compiled.append(torch.compile(func_block, dynamic=False))
+    return _compiled[0](model, names, params, split, x, y, loss_fn, weight, V)

@@ -27,7 +27,7 @@ from ..errors import BnlabError
 from .linop import SymmetricOperator
 
 WHICH = ("LA", "SA", "LM")
-EIG_METHODS = ("lanczos", "arpack")
+EIG_METHODS = ("lanczos", "arpack", "block")  # block: bnlab.curvature.block_lanczos
 
 
 @dataclass
@@ -82,7 +82,7 @@ def _check(op: SymmetricOperator, k: int, which: str, tol: float, method: str) -
         raise BnlabError(f"unknown eigensolver {method!r}; choose one of {', '.join(EIG_METHODS)}")
     if k < 1:
         raise BnlabError(f"--top-k must be at least 1, got {k}")
-    limit = dim if method == "lanczos" else dim - 1
+    limit = dim - 1 if method == "arpack" else dim
     if k > limit:
         raise BnlabError(f"--top-k {k} is larger than the Hessian's dimension allows ({dim} parameters"
                          f"{'; ARPACK needs k < dim' if method == 'arpack' else ''})")
@@ -94,12 +94,14 @@ def _check(op: SymmetricOperator, k: int, which: str, tol: float, method: str) -
 def top_eigenpairs(op: SymmetricOperator, k: int, which: str = "LA", tol: float = 1e-4,
                    v0: torch.Tensor | None = None, *,
                    method: str = "lanczos", ncv: int | None = None, max_hvps: int | None = None, seed: int = 0,
-                   verify: bool = False, callback: Callable[[int, np.ndarray], None] | None = None) -> EigenResult:
+                   verify: bool = False, callback: Callable[[int, np.ndarray], None] | None = None,
+                   block_size: int | None = None) -> EigenResult:
     """The k extreme eigenpairs of `op` (largest algebraic LA, smallest SA, largest magnitude LM).
 
     ncv: Krylov subspace size (default min(dim, max(2k + 10, 20)));  max_hvps: give up after this many
     products (unconverged pairs are flagged, not hidden); callback(hvps_done, residual/|λ| of the
-    wanted pairs) after each restart (for progress display).
+    wanted pairs) after each restart (for progress display); block_size: vectors per pass of
+    method "block" (`bnlab.curvature.block_lanczos`).
     """
     dim = _check(op, k, which, tol, method)
     ncv = min(dim, ncv or max(2 * k + 10, 20))
@@ -111,6 +113,9 @@ def top_eigenpairs(op: SymmetricOperator, k: int, which: str = "LA", tol: float 
     t0 = time.perf_counter()
     if method == "arpack":
         res = _arpack(op, k, which, tol, q0, ncv, max_hvps)
+    elif method == "block":
+        from .block_lanczos import block_solve  # (it imports this module)
+        res = block_solve(op, k, which, tol, v0, q0, ncv, max_hvps, seed, callback, block_size)
     else:
         res = _thick_restart(op, k, which, tol, q0, ncv, max_hvps, seed, callback)
     res.wall_time = time.perf_counter() - t0

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import BnlabError
 from ..progress import Progress
 from .base import LOSS_SCALES, Batches, DataOperator
-from .hvp import HVP_METHODS, LossFn, batch_gradient, double_backward_block, func_block
+from .hvp import HVP_METHODS, LossFn, batch_gradient, compiled_func_block, double_backward_block, func_block
 
 __all__ = ["LOSS_SCALES", "Batches", "GraphCache", "HessianOperator", "available_memory"]
 
@@ -33,7 +33,8 @@ class HessianOperator(DataOperator):
 
     Args (besides `DataOperator`'s: model, batches, loss_fn, bn_mode, params, loss_scale, batch_size,
     weight_decay, decayed, block_size, process_group, provenance):
-        method: "double_backward" (default; measured fastest on CPU) or "func".
+        method: "double_backward" (default; measured fastest on CPU), "func" or "func_compiled"
+            (torch.func through torch.compile, opt-in: docs/performance.md).
         cache_graphs: True / False / "auto": keep the per-batch gradient graphs between products
             (double_backward only; "auto" falls back to streaming for "func").
         cache_budget: bytes the cached graphs may use in "auto" mode (default: half the free memory).
@@ -89,9 +90,9 @@ class HessianOperator(DataOperator):
 
     def batch_product(self, x: torch.Tensor, y: torch.Tensor, weight: float, V: torch.Tensor) -> torch.Tensor:
         """weight · H_b V, the graph built for this call only."""
-        if self.method == "func":
-            return func_block(self.model, self.param_names, self._params, self.layout.split, x, y, self.loss_fn,
-                              weight, V)
+        if self.method != "double_backward":  # func, or func_compiled (the same product through torch.compile)
+            block = compiled_func_block if self.method == "func_compiled" else func_block
+            return block(self.model, self.param_names, self._params, self.layout.split, x, y, self.loss_fn, weight, V)
         g = batch_gradient(self.model, self._params, x, y, self.loss_fn, weight, create_graph=True)
         return double_backward_block(g, self._params, V, retain_last=False)
 

@@ -70,6 +70,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
                                                                               "tests/distributed/test_subgroups.py"]),
     "curvature.hvp": (["bnlab/curvature/hvp.py"], ["tests/curvature/test_operator.py"]),
     "curvature.lanczos": (["bnlab/curvature/lanczos.py"], ["tests/curvature/test_eigensolvers.py"]),
+    "curvature.block_lanczos": (["bnlab/curvature/block_lanczos.py"], ["tests/curvature/test_block_lanczos.py"]),
     "curvature.trace": (["bnlab/curvature/trace.py"], ["tests/curvature/test_estimators.py"]),
     "curvature.density": (["bnlab/curvature/density.py"], ["tests/curvature/test_estimators.py"]),
     "outstats.gradients": (["bnlab/outstats/gradients.py"], ["tests/outstats/test_outstats.py",

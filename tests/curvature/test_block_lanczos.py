@@ -1,0 +1,182 @@
+"""Block Lanczos (`top_eigenpairs(..., method="block")`) on spectra known by construction (Q diag(λ) Qᵀ:
+outliers over a bulk, clustered and repeated eigenvalues), against ARPACK on a random symmetric matrix,
+and on the dense Hessian of a tiny BN network; every product and pass counted."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnlab.curvature import HessianOperator, dense_hessian, top_eigenpairs
+from bnlab.curvature.block_lanczos import DEFAULT_BLOCK, orthonormal_block, start_block
+from bnlab.curvature.lanczos import EIG_METHODS
+from bnlab.curvature.linop import SymmetricOperator
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Counted(SymmetricOperator):
+    """Q diag(spectrum) Qᵀ; records the rows of every matmat call."""
+
+    def __init__(self, spectrum, seed: int = 0) -> None:
+        self.spectrum = np.asarray(spectrum, dtype=np.float64)
+        self.dim = len(self.spectrum)
+        q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((self.dim, self.dim)))
+        self.Q = q
+        self.A = torch.from_numpy((q * self.spectrum) @ q.T)
+        self.calls: list[int] = []
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        self.calls.append(V.shape[0])
+        return V @ self.A
+
+
+def outliers_and_bulk(dim: int = 120) -> np.ndarray:
+    return np.concatenate([[30.0, 20.0, 12.0, -25.0, -15.0], np.linspace(-1, 1, dim - 5)])
+
+
+def cosines(U: np.ndarray, V: torch.Tensor) -> np.ndarray:
+    """Cosines of the principal angles between span(U's columns) and span(V's rows)."""
+    return np.linalg.svd(U.T @ V.numpy().T, compute_uv=False)
+
+
+def test_block_is_an_eigensolver_choice() -> None:
+    assert "block" in EIG_METHODS and DEFAULT_BLOCK >= 2
+
+
+@pytest.mark.parametrize("b", [1, 3, 4])
+@pytest.mark.parametrize("which,expect", [("LA", [30.0, 20.0, 12.0]), ("SA", [-25.0, -15.0, -1.0]),
+                                          ("LM", [30.0, -25.0, 20.0])])
+def test_eigenpairs_residuals_and_counts(b: int, which: str, expect: list[float]) -> None:
+    op = Counted(outliers_and_bulk())
+    res = top_eigenpairs(op, 3, which=which, tol=1e-10, method="block", block_size=b)
+    assert res.method == "block" and res.info["block_size"] == b
+    np.testing.assert_allclose(res.eigenvalues.numpy(), expect, rtol=1e-9)
+    idx = [int(np.flatnonzero(op.spectrum == e)[0]) for e in expect]
+    assert np.all(cosines(op.Q[:, idx], res.eigenvectors) > 1 - 1e-9)
+    V = res.eigenvectors.numpy()
+    np.testing.assert_allclose(V @ V.T, np.eye(3), atol=1e-10)
+    # The residuals are measured from the kept products: recomputed here, they agree.
+    direct = np.linalg.norm(V @ op.A.numpy() - res.eigenvalues.numpy()[:, None] * V, axis=1)
+    np.testing.assert_allclose(res.residuals.numpy(), direct, rtol=1e-6, atol=1e-12)
+    assert res.converged.all() and np.all(direct <= 1e-10 * np.abs(expect))
+    # Every product counted, one matmat per pass, never more than b rows in one.
+    assert res.hvp_count == sum(op.calls) and res.info["passes"] == len(op.calls) and max(op.calls) == b
+    assert res.wall_time > 0 and not res.verified
+
+
+def test_block_cuts_the_passes_for_a_few_more_products() -> None:
+    counts = {}
+    for b in (1, 4):
+        op = Counted(outliers_and_bulk(200))
+        res = top_eigenpairs(op, 5, tol=1e-4, method="block", block_size=b)
+        assert res.converged.all()
+        counts[b] = (res.hvp_count, res.info["passes"])
+    lanczos = top_eigenpairs(Counted(outliers_and_bulk(200)), 5, tol=1e-4)
+    assert counts[1][0] == counts[1][1]  # b = 1: a pass per product
+    assert counts[4][1] * 2 < lanczos.hvp_count  # a pass per product for Lanczos: b = 4 needs < half the passes
+    assert counts[4][0] < 2 * lanczos.hvp_count
+
+
+def test_repeated_and_clustered_eigenvalues() -> None:
+    # 5 (x3), 3 (x2), a cluster 2.0, 1.999, 1.998, then a bulk: a block of 4 finds the multiplicities.
+    spectrum = np.concatenate([[5.0, 5.0, 5.0, 3.0, 3.0, 2.0, 1.999, 1.998], np.linspace(0.0, 1.0, 142)])
+    op = Counted(spectrum, seed=3)
+    res = top_eigenpairs(op, 8, tol=1e-9, method="block", block_size=4)
+    np.testing.assert_allclose(res.eigenvalues.numpy(), spectrum[:8], rtol=1e-8)
+    assert np.all(cosines(op.Q[:, :3], res.eigenvectors[:3]) > 1 - 1e-8)  # the whole 3-dim eigenspace of 5
+    assert np.all(cosines(op.Q[:, 3:5], res.eigenvectors[3:5]) > 1 - 1e-8)
+    assert res.converged.all()
+
+
+def test_agrees_with_arpack_on_a_random_symmetric_matrix() -> None:
+    g = np.random.default_rng(7)
+    a = g.standard_normal((150, 150))
+    op = Counted(np.linalg.eigvalsh((a + a.T) / 2))  # a GOE spectrum: no gaps to speak of at the edge
+    block = top_eigenpairs(op, 4, tol=1e-8, method="block", block_size=3, verify=True)
+    arpack = top_eigenpairs(op, 4, tol=1e-10, method="arpack")
+    np.testing.assert_allclose(block.eigenvalues.numpy(), arpack.eigenvalues.numpy(), rtol=1e-8)
+    np.testing.assert_allclose(block.eigenvalues.numpy(), np.sort(op.spectrum)[::-1][:4], rtol=1e-8)
+    assert block.verified and block.verify_hvps == 4 and block.converged.all()
+    assert np.all(block.residuals.numpy() <= 1e-8 * np.abs(block.eigenvalues.numpy()))
+
+
+def test_budget_is_exact_and_unconverged_pairs_are_flagged() -> None:
+    op = Counted(outliers_and_bulk(200))
+    res = top_eigenpairs(op, 5, tol=1e-12, method="block", block_size=4, max_hvps=30)
+    assert res.hvp_count == 30 == sum(op.calls) and op.calls[-1] == 2  # the last block cut to the budget
+    assert not res.converged.all()
+    rel = res.residuals / res.eigenvalues.abs()
+    assert res.converged.tolist() == (rel <= 1e-12).tolist()
+
+
+def test_a_small_operator_is_solved_exactly_in_whole_blocks() -> None:
+    op = Counted([4.0, 3.0, 2.0, 1.0, 0.5, 0.25])
+    res = top_eigenpairs(op, 6, tol=1e-12, method="block", block_size=4)
+    np.testing.assert_allclose(res.eigenvalues.numpy(), op.spectrum, rtol=1e-12)
+    assert op.calls == [4, 2] and res.hvp_count == 6 and res.converged.all()
+    # A block larger than the space is cut to its dimension.
+    op = Counted([2.0, 1.0, -0.5])
+    res = top_eigenpairs(op, 3, which="LM", tol=1e-12, method="block", block_size=8)
+    assert op.calls == [3] and res.info["block_size"] == 3
+    np.testing.assert_allclose(res.eigenvalues.numpy(), [2.0, 1.0, -0.5], rtol=1e-12)
+
+
+def test_warm_start_block_and_determinism() -> None:
+    op = Counted(outliers_and_bulk(200))
+    cold = top_eigenpairs(op, 3, tol=1e-6, method="block", block_size=3, seed=5)
+    again = top_eigenpairs(op, 3, tol=1e-6, method="block", block_size=3, seed=5)
+    assert torch.equal(cold.eigenvalues, again.eigenvalues) and cold.hvp_count == again.hvp_count
+    v0 = torch.from_numpy(op.Q[:, :3].T.copy()) * torch.tensor([[2.0], [0.5], [3.0]])  # any row norms
+    warm = top_eigenpairs(op, 3, tol=1e-6, method="block", block_size=3, v0=v0)
+    np.testing.assert_allclose(warm.eigenvalues.numpy(), [30.0, 20.0, 12.0], rtol=1e-10)
+    assert warm.hvp_count < cold.hvp_count and warm.converged.all()
+    # The warm rows are the start block itself: one block of 3 products already gives all three.
+    first = top_eigenpairs(op, 3, tol=1e-6, method="block", block_size=3, v0=v0, max_hvps=3)
+    assert first.hvp_count == 3
+    np.testing.assert_allclose(first.eigenvalues.numpy(), [30.0, 20.0, 12.0], rtol=1e-4)
+
+
+def test_start_block_rows() -> None:
+    q0 = torch.zeros(6, dtype=torch.float64)
+    q0[0] = 1.0
+    rows = start_block(None, q0, 3, seed=0)
+    assert rows.shape == (3, 6) and torch.equal(rows[0], q0)
+    v0 = torch.eye(6, dtype=torch.float64)[1:5] * 7.0  # four rows into a block of 3: the last two summed
+    rows = start_block(v0, q0, 3, seed=0)
+    assert torch.allclose(rows[0], torch.eye(6, dtype=torch.float64)[1], atol=2e-3)
+    assert torch.allclose(rows[2], torch.eye(6, dtype=torch.float64)[3] + torch.eye(6, dtype=torch.float64)[4],
+                          atol=2e-3)
+    assert not torch.equal(rows[0], torch.eye(6, dtype=torch.float64)[1])  # the seeded kick is there
+
+
+def test_orthonormal_block_replaces_vanished_directions() -> None:
+    g = torch.Generator().manual_seed(0)
+    Q = torch.eye(5, dtype=torch.float64)[:2]
+    R = torch.stack([Q[0] + Q[1] + torch.eye(5, dtype=torch.float64)[2], Q[0] * 3.0, Q[1]])  # 2nd, 3rd in span(Q)
+    X = orthonormal_block(R, Q, R.norm(dim=1), g)
+    basis = torch.cat([Q, X])
+    torch.testing.assert_close(basis @ basis.T, torch.eye(5, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert float(X[0] @ torch.eye(5, dtype=torch.float64)[2]) == pytest.approx(1.0)  # its one new direction
+    assert torch.equal(X, orthonormal_block(R, Q, R.norm(dim=1), torch.Generator().manual_seed(0)))  # seeded
+
+
+def tiny_bn_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Softplus(), nn.Linear(6, 3)).double()
+
+
+def test_tiny_network_hessian_against_dense_truth() -> None:
+    net = tiny_bn_net()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(n, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g))
+               for n in (8, 5)]
+    truth = torch.linalg.eigvalsh(dense_hessian(net, batches, F.cross_entropy, "batch")).flip(0)
+    op = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", block_size=16)
+    res = top_eigenpairs(op, 5, which="LA", tol=1e-9, method="block", block_size=4, verify=True)
+    np.testing.assert_allclose(res.eigenvalues.numpy(), truth[:5].numpy(), rtol=1e-7)
+    assert res.converged.all() and res.verified
+    # One pass over the two batches per block (plus one for the verification's matmat of 5).
+    assert op.passes == res.info["passes"] + 1 and op.hvp_count == res.hvp_count + 5
