@@ -25,17 +25,29 @@ from .common import OutPath, device_option, force_option, quiet_option
 @click.option("--jobs", "-j", type=int, default=None,
               help="Stages run at once, in worker processes (default: the CPU cores / --threads; 1 on a GPU).")
 @click.option("--no-figures", is_flag=True, help="Write the report without drawing figures.")
+@click.option("--merge", is_flag=True, help="TARGETS are the folders of parts run separately (their report.json "
+              "and figures suffice): merge them into one report in OUT; parts of other scales, versions or data, "
+              "or deciding a finding differently, are refused.")
 @force_option
 @device_option
 @quiet_option
 def command(targets: tuple[str, ...], scale: str, data_dir: str | None, out: str, jobs: int | None, threads: int,
-            no_figures: bool, force: bool, device: str, quiet: bool) -> None:
+            no_figures: bool, merge: bool, force: bool, device: str, quiet: bool) -> None:
     """Run what TARGETS need (all | weight-decay | batch-norm | finding ids such as F2 F9; default all) and
     write OUT/report.md, report.html and report.json: one row per finding, PASS/FAIL against fixed thresholds
     (UNDECIDED where the scale is too small to test the claim).
 
-    Interrupted or partial runs continue where they stopped when rerun with the same --out.
+    Interrupted or partial runs continue where they stopped when rerun with the same --out. With --merge,
+    TARGETS are reproduction folders to combine: `bnlab reproduce --merge PART_A PART_B --out OUT`.
     """
+    if merge:
+        from ..reproduce.merge import merge_reports
+
+        record = merge_reports(list(targets), out)
+        for f in record["findings"]:
+            click.echo(f"{f['id']:<4}  {f['verdict']:<9}  {f['title']}: {f['measured']}")
+        click.echo(f"wrote {Path(out) / 'report.md'}, report.html, report.json (merged from {len(targets)} parts)")
+        return
     opts = ReproduceOptions(targets=targets or ("all",), scale=scale, data_dir=data_dir, device=device, jobs=jobs,
                             threads=threads, figures=not no_figures)
     opts.validate()
