@@ -77,6 +77,10 @@ def test_report_json_is_strict_and_complete(smoke: tuple[Path, str, float]) -> N
     # the eigenpairs each curvature stage computed are what its findings read; the small sample is checked
     budget = prov["eigenpairs"]
     assert budget["projected_frozen"] == {"k": 1, "for": {"F11": 1}} and budget["hessian_frozen"]["for"]["F9"] == 5
+    f11 = next(f for f in rec["findings"] if f["id"] == "F11")
+    projected = json.loads((out / f11["setting"]["stages"]["outstats_frozen"]["folder"] / "out" / "outstats.json")
+                           .read_text())["projected"]
+    assert projected["k"] == 1 and len(projected["eigenvalues"]) == 1  # F11 reads lambda1 only
     f9 = next(f for f in rec["findings"] if f["id"] == "F9")
     assert f9["sample"].startswith("two halves of the sample (20+20 images)") and f9["values"]["halves"]
     # every stage record is strict JSON too
