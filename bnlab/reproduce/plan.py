@@ -64,7 +64,9 @@ def _eigenpairs(frozen: int = 12, hessian: int = 10, ggn: int = 10) -> dict[str,
 def eigenpair_budget(scale: str) -> dict[str, dict[str, Any]]:
     """Per curvature stage (projected_M: the projected Hessian of outstats_M), the eigenpairs it computes and
     which findings read how many."""
-    return eigenpair_budget_of(SETTINGS[scale]["bn_eval"])
+    k = SETTINGS[scale]["eos_series"]["top_k"]  # F12's series: lambda1 and a few more, warm-started (k <= 4)
+    return dict(sorted({**eigenpair_budget_of(SETTINGS[scale]["bn_eval"]),
+                        "series_eos": {"k": k, "for": {"F12": k}}}.items()))
 
 
 def eigenpair_budget_of(bn_eval: dict[str, Any]) -> dict[str, dict[str, Any]]:
