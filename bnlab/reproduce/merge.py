@@ -112,10 +112,7 @@ def _provenance(parts: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
 
 def merge_records(folders: list[Path], out: Path) -> dict[str, Any]:
     """The merged report record of the parts in `folders` (figures copied into OUT/figures)."""
-    if not folders:
-        raise BnlabError("--merge needs the folders of the parts to merge")
-    parts = [(Path(f), read_part(Path(f))) for f in folders]
-    _check(parts)
+    parts = checked_parts(folders)
     findings = _findings(parts, out)
     first = parts[0][1]
     requested = [i for i in IDS if any(i in rec.get("requested", []) for _, rec in parts)]
@@ -132,6 +129,15 @@ def merge_records(folders: list[Path], out: Path) -> dict[str, Any]:
     }
 
 
+def checked_parts(folders: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """Each part's report record, refused (one line) unless they belong together."""
+    if not folders:
+        raise BnlabError("--merge needs the folders of the parts to merge")
+    parts = [(Path(f), read_part(Path(f))) for f in folders]
+    _check(parts)
+    return parts
+
+
 def merge_reports(folders: list[str | Path], out: str | Path) -> dict[str, Any]:
     """Merge the parts into OUT/report.json, report.md, report.html and OUT/figures; returns the record."""
     from ..io.folder import result_folder
@@ -139,11 +145,9 @@ def merge_reports(folders: list[str | Path], out: str | Path) -> dict[str, Any]:
     from .report import finish_record, markdown, to_html
 
     target = output_path(out)
-    resolved = {Path(f).resolve() for f in folders}
-    if target.resolve() in resolved:
+    if target.resolve() in {Path(f).resolve() for f in folders}:
         raise BnlabError(f"--out {target} is one of the parts; merge into a new folder")
-    for f in folders:
-        read_part(Path(f))  # every part is checked before OUT is made
+    checked_parts([Path(f) for f in folders])  # every refusal comes before OUT is made
     out = result_folder(target)
     record = finish_record(merge_records([Path(f) for f in folders], out))
     write_json(out / REPORT, record)
