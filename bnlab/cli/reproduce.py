@@ -36,16 +36,28 @@ _WORDS = {
               help="Reproduction folder: a new or empty one, or one of an earlier `bnlab reproduce` (continued: "
                    "finished stages are reused).")
 @options_from(ReproduceOptions, only=("threads", "jobs", "figures"), changes=_WORDS)
+@click.option("--merge", is_flag=True, help="TARGETS are the folders of parts run separately (their report.json "
+              "and figures suffice): merge them into one report in OUT; parts of other scales, versions or data, "
+              "or deciding a finding differently, are refused.")
 @force_option
 @options_from(ReproduceOptions, only=("device",), changes=_WORDS)
 @quiet_option
-def command(targets: tuple[str, ...], out: str, force: bool, quiet: bool, **options: Any) -> None:
+def command(targets: tuple[str, ...], out: str, force: bool, quiet: bool, merge: bool, **options: Any) -> None:
     """Run what TARGETS need (all | weight-decay | batch-norm | finding ids such as F2 F9; default all) and
     write OUT/report.md, report.html and report.json: one row per finding, PASS/FAIL against fixed thresholds
     (UNDECIDED where the scale is too small to test the claim).
 
-    Interrupted or partial runs continue where they stopped when rerun with the same --out.
+    Interrupted or partial runs continue where they stopped when rerun with the same --out. With --merge,
+    TARGETS are reproduction folders to combine: `bnlab reproduce --merge PART_A PART_B --out OUT`.
     """
+    if merge:
+        from ..reproduce.merge import merge_reports
+
+        record = merge_reports(list(targets), out)
+        for f in record["findings"]:
+            click.echo(f"{f['id']:<4}  {f['verdict']:<9}  {f['title']}: {f['measured']}")
+        click.echo(f"wrote {Path(out) / 'report.md'}, report.html, report.json (merged from {len(targets)} parts)")
+        return
     opts = ReproduceOptions(targets=targets or ReproduceOptions.targets, **options)
     opts.validate()
     result = run_reproduce(opts, out, force=force, quiet=quiet)

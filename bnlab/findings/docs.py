@@ -10,6 +10,8 @@ from .registry import REGISTRY
 
 START = "<!-- findings table: written by `python -m bnlab.findings.docs`; do not edit by hand -->"
 END = "<!-- end of the findings table -->"
+POSTS_START = "<!-- posts table: written by `python -m bnlab.findings.docs`; do not edit by hand -->"
+POSTS_END = "<!-- end of the posts table -->"
 DEFAULT_PAGE = Path(__file__).resolve().parents[2] / "docs" / "findings.md"
 
 
@@ -27,13 +29,29 @@ def table() -> str:
     return "\n".join(rows)
 
 
+def posts_table() -> str:
+    """Every number of the posts the report sets beside ours: its source (post, where in it) and finding."""
+    rows = ["| finding | quantity | model | the post's number | source |", "|---|---|---|---|---|"]
+    for f in REGISTRY:
+        for n in f.posts:
+            post = "part 6 (weight decay)" if "weight-decay" in n.link else "part 7 (batch norm) and its notebook"
+            rows.append(f"| {f.id} | {_cell(n.quantity)} | {n.model or '-'} | {_cell(n.source_text)} | "
+                        f"[{post}]({n.link}) |")
+    return "\n".join(rows)
+
+
+def _between(page: str, start: str, end: str, body: str) -> str:
+    if start not in page or end not in page:
+        raise ValueError(f"the page has no table markers ({start!r} ... {end!r})")
+    head, rest = page.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
 def with_table(page: str) -> str:
-    """`page` with the text between the markers replaced by the current table (ValueError without markers)."""
-    if START not in page or END not in page:
-        raise ValueError(f"the page has no findings-table markers ({START!r} ... {END!r})")
-    head, rest = page.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{table()}\n{END}{tail}"
+    """`page` with the text between each pair of markers replaced by the current table (ValueError without
+    markers)."""
+    return _between(_between(page, START, END, table()), POSTS_START, POSTS_END, posts_table())
 
 
 def main(argv: list[str] | None = None) -> int:

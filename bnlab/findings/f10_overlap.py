@@ -9,6 +9,7 @@ import numpy as np
 from ..io.jsonfile import read_json
 from .base import FindingDef
 from .common import P7
+from .posts import PostNumber
 from .record import Finding, FindingRecord, decide, num
 
 F10_TOP = 9
@@ -24,9 +25,16 @@ SPEC = Finding(
     f"the full span; random vectors' overlap ~ dim/P (within {num(F10_RANDOM_FACTOR)}x)")
 
 
-def f10_overlap(frozen: dict[str, Any]) -> FindingRecord:
+def _medians(o: dict[str, Any]) -> dict[str, float]:
+    e = o["eigen"]
+    return {"median_means": float(np.median(e["overlap_means"][:F10_TOP])),
+            "median_full": float(np.median(e["overlap_full"][:F10_TOP]))}
+
+
+def f10_overlap(frozen: dict[str, Any], no_bn: dict[str, Any] | None = None) -> FindingRecord:
     """F10: median squared overlap of the frozen net's top-9 eigenvectors with the means span and the full
-    span (outstats.json with eigenvectors), and the random-vector control against dim/P."""
+    span (outstats.json with eigenvectors), and the random-vector control against dim/P; the no-BN net's
+    medians reported beside them (no threshold)."""
     e, span = frozen["eigen"], frozen["span"]
     means = e["overlap_means"][:F10_TOP]
     full = e["overlap_full"][:F10_TOP]
@@ -43,7 +51,8 @@ def f10_overlap(frozen: dict[str, Any]) -> FindingRecord:
                 f"(full, {span['full_dim']}-D); random {rnd:.1e} vs dim/P {expect:.1e}")
     values = {"overlap_means": means, "overlap_full": full, "median_means": med_m, "median_full": med_f,
               "random_overlap": rnd, "random_expected": expect, "means_dim": span["means_dim"],
-              "full_dim": span["full_dim"]}
+              "full_dim": span["full_dim"],
+              "no_bn": _medians(no_bn) if no_bn and no_bn.get("eigen") else None}
     return decide(SPEC, checks, measured, values, needs=needs)
 
 
@@ -70,5 +79,16 @@ def figure(f: Any) -> Any:
     return fig
 
 
-FINDING = FindingDef(SPEC, ("outstats_frozen",),
-                     lambda outs: {"frozen": read_json(outs["outstats_frozen"] / "outstats.json")}, f10_overlap, figure)
+def load(outs: Any) -> dict[str, Any]:
+    return {"frozen": read_json(outs["outstats_frozen"] / "outstats.json"),
+            "no_bn": read_json(outs["outstats_no_bn"] / "outstats.json") if "outstats_no_bn" in outs else None}
+
+
+_MEANS, _FULL = "median ‖P v‖² of v1..v9, span of the mean gradients", "median ‖P v‖² of v1..v9, full span"
+POSTS = (PostNumber(_MEANS, "frozen BN", 0.845, "0.80-0.89", lambda v: v["median_means"]),
+         PostNumber(_FULL, "frozen BN", 0.985, "0.98-0.99", lambda v: v["median_full"]),
+         PostNumber(_MEANS, "no BN", 0.565, "0.35-0.78", lambda v: v["no_bn"]["median_means"]),
+         PostNumber(_FULL, "no BN", 0.885, "0.80-0.97", lambda v: v["no_bn"]["median_full"]),
+         PostNumber("‖P v‖² of a random vector, full span", "", 1e-5, "~1e-5", lambda v: v["random_overlap"]))
+
+FINDING = FindingDef(SPEC, ("outstats_frozen",), load, f10_overlap, figure, optional=("outstats_no_bn",), posts=POSTS)

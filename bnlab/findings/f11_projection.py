@@ -6,6 +6,7 @@ from typing import Any
 
 from .base import FindingDef
 from .common import MODELS, P7, three_outstats
+from .posts import PostNumber
 from .record import Finding, FindingRecord, decide, finite, fmt, num
 
 F11_FROZEN_CUT = 3.0
@@ -55,5 +56,10 @@ def figure(f: Any) -> Any:
     return fig
 
 
+_NAMES = {"bn": "BN", "frozen": "frozen BN", "no_bn": "no BN"}
+POSTS = tuple(PostNumber("lambda1 after projecting the statistics' span out, loss summed over a batch", _NAMES[m], src,
+                         f"{src:g}", lambda v, m=m: v["models"][m]["after"])
+              for m, src in (("bn", 115.4), ("frozen", 407.4), ("no_bn", 1324.1)))
+
 FINDING = FindingDef(SPEC, tuple(f"outstats_{m}" for m in MODELS), lambda outs: {"outstats": three_outstats(outs)},
-                     f11_projection, figure)
+                     f11_projection, figure, posts=POSTS)

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from .base import FindingDef, Outs
 from .common import P6, bn_preceded_rows, main_run
+from .posts import POST6, PostNumber
 from .record import Finding, FindingRecord, decide, finite, fmt, num
 
 F2_RELAX_TIMES = 5.0
@@ -89,4 +92,8 @@ def figure(f: Any) -> Any:
     return fig
 
 
-FINDING = FindingDef(SPEC, ("train_wd_main", "dynamics_wd_main"), load, f2_equilibrium, figure)
+POSTS = (PostNumber("measured / predicted equilibrium angle per step (median over the BN-preceded convs)", "BN", 1.0,
+                    "the formula sqrt(2 eta lambda / (1 + mu)): ratio 1", lambda v: float(np.median(
+                        [r for r in v["ratios"].values() if finite(r)])), link=POST6),)
+
+FINDING = FindingDef(SPEC, ("train_wd_main", "dynamics_wd_main"), load, f2_equilibrium, figure, posts=POSTS)

@@ -9,6 +9,7 @@ from typing import Any
 from ..io.jsonfile import read_json
 from .base import FindingDef, Outs
 from .common import P7, read_csv_rows
+from .posts import PostNumber
 from .record import Finding, FindingRecord, decide, finite, fmt, num
 
 F6_RATIO = 10.0
@@ -99,4 +100,12 @@ def figure(f: Any) -> Any:
     return fig
 
 
-FINDING = FindingDef(SPEC, ("train_stress_bn", "train_stress_no_bn"), load, f6_lr_stress, figure)
+def _failure_lr(run: dict[str, Any]) -> float | None:
+    return run["lr"] if run["failed"] else run["last_lr"]
+
+
+_FAILS = "lr where the LR stress test fails (never failing: its last lr)"
+POSTS = (PostNumber(_FAILS, "BN", 29.0, "stable up to ~29 (the test's end)", lambda v: _failure_lr(v["bn"])),
+         PostNumber(_FAILS, "no BN", 0.32, "NaN at 0.32 (epoch 12)", lambda v: _failure_lr(v["no_bn"])))
+
+FINDING = FindingDef(SPEC, ("train_stress_bn", "train_stress_no_bn"), load, f6_lr_stress, figure, posts=POSTS)

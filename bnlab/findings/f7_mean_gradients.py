@@ -8,6 +8,7 @@ import numpy as np
 
 from .base import FindingDef
 from .common import MODELS, P7, three_outstats
+from .posts import PostNumber
 from .record import Finding, FindingRecord, decide, num
 
 F7_RATIO = 3.0
@@ -72,5 +73,22 @@ def figure(f: Any) -> Any:
     return fig
 
 
+def _class0(v: dict[str, Any], m: str) -> float:
+    """‖∇mean_0‖², class 0's (the post's), summed over the layers."""
+    return float(sum(v["class0_layer_sq_norms"][m].values()))
+
+
+def _class0_share(v: dict[str, Any], m: str) -> float:
+    return v["class0_layer_sq_norms"][m]["classifier"] / _class0(v, m)
+
+
+_NAMES = {"bn": "BN", "frozen": "frozen BN", "no_bn": "no BN"}
+POSTS = (*(PostNumber("‖∇ mean logit 0‖², loss of a batch of 256", _NAMES[m], src, txt,
+                      lambda v, m=m: _class0(v, m))
+           for m, src, txt in (("bn", 2.76, "2.76"), ("frozen", 19.3, "19.3"), ("no_bn", 38.2, "38.2"))),
+         *(PostNumber("classifier's share of ‖∇ mean logit 0‖²", _NAMES[m], src, txt,
+                      lambda v, m=m: _class0_share(v, m))
+           for m, src, txt in (("bn", 0.836, "83.6%"), ("frozen", 0.119, "11.9%"), ("no_bn", 0.169, "16.9%"))))
+
 FINDING = FindingDef(SPEC, tuple(f"outstats_{m}" for m in MODELS), lambda outs: {"outstats": three_outstats(outs)},
-                     f7_mean_gradients, figure)
+                     f7_mean_gradients, figure, posts=POSTS)

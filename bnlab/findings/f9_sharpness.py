@@ -9,7 +9,8 @@ import numpy as np
 
 from ..io.jsonfile import read_json
 from .base import FindingDef, Outs
-from .common import MODELS, P7
+from .common import MODELS, P7, read_csv_rows
+from .posts import PostNumber
 from .record import Finding, FindingRecord, decide, finite, fmt, num
 
 F9_RATIO = 5.0
@@ -25,9 +26,33 @@ SPEC = Finding(
     f"{min(F9_GAP_K)}..{max(F9_GAP_K)}")
 
 
-def f9_sharpness(eig: dict[str, Sequence[float]]) -> FindingRecord:
+def outliers(eigenvalues: Sequence[float]) -> int:
+    """The outlier count of a spectrum: the k of its largest lambda_k / lambda_(k+1) when that reaches F9's gap,
+    else 0 (no separated top, as the post says of BN)."""
+    ev = [float(v) for v in eigenvalues]
+    gaps = {k: ev[k - 1] / ev[k] for k in range(1, len(ev)) if ev[k] > 0}
+    k = max(gaps, key=gaps.get) if gaps else 0
+    return k if k and gaps[k] >= F9_GAP else 0
+
+
+def _sample_check(halves: dict[str, dict[str, Any]]) -> str:
+    """lambda1 frozen/BN on each half of the sample, and how far each model's lambda1 moves between them."""
+    bn, fr = halves["bn"]["lambda1"], halves["frozen"]["lambda1"]
+    ratios = [f / b if b > 0 else float("nan") for f, b in zip(fr, bn)]
+    spread = {m: fmt(100 * (halves[m]["spread"] or 0), ".0f") for m in ("bn", "frozen")}
+    return (f"two halves of the sample ({'+'.join(map(str, halves['bn']['num_samples']))} images): lambda1 frozen/BN "
+            f"{fmt(ratios[0], '.1f')}x and {fmt(ratios[1], '.1f')}x; lambda1 spread BN {spread['bn']}%, frozen "
+            f"{spread['frozen']}%")
+
+
+def f9_sharpness(eig: dict[str, Sequence[float]], halves: dict[str, dict[str, Any]] | None = None,
+                 accuracy: dict[str, dict[str, float]] | None = None) -> FindingRecord:
     """F9: top eigenvalues of BN (batch mode) and frozen BN on the same weights and evaluation set
-    (`bnlab hessian`, same units); the frozen spectrum's largest gap lambda_k/lambda_(k+1), k in 8..11."""
+    (`bnlab hessian`, same units); the frozen spectrum's largest gap lambda_k/lambda_(k+1), k in 8..11.
+
+    Reported beside it, no threshold: each model's outlier count, its accuracy (train/test of the last epoch,
+    the frozen net's test accuracy after its BN refresh), and `halves` (lambda1 on two disjoint halves of a
+    sample smaller than the post's: `bnlab.curvature.halves`)."""
     bn, fr = list(eig["bn"]), list(eig["frozen"])
     ratio = fr[0] / bn[0] if bn and fr and bn[0] > 0 else float("nan")
     gaps = {k: fr[k - 1] / fr[k] for k in F9_GAP_K if k < len(fr) and fr[k] > 0}
@@ -43,12 +68,27 @@ def f9_sharpness(eig: dict[str, Sequence[float]]) -> FindingRecord:
     measured = (f"lambda1 BN {fmt(bn[0] if bn else None, '.4g')}, frozen {fmt(fr[0] if fr else None, '.4g')}{extra} "
                 f"({fmt(ratio, '.1f')}x); {gap_text}")
     values = {"eigenvalues": {m: list(v) for m, v in eig.items()}, "ratio": ratio, "gaps": gaps, "gap_k": k_best,
-              "gap": gap}
-    return decide(SPEC, checks, measured, values, needs=needs)
+              "gap": gap, "outliers": {m: outliers(v) for m, v in eig.items()}, "accuracy": accuracy,
+              "halves": halves}
+    sample = _sample_check(halves) if halves else None
+    return decide(SPEC, checks, measured, values, needs=needs, sample=sample)
+
+
+def _accuracy(outs: Outs) -> dict[str, dict[str, float]]:
+    acc = {}
+    for m, stage in (("bn", "train_simple_bn"), ("no_bn", "train_simple_no_bn")):
+        if stage in outs:
+            last = read_csv_rows(outs[stage] / "metrics.csv")[-1]
+            acc[m] = {"train": float(last["train_acc"]), "test": float(last["test_acc"])}
+    if "freeze_simple_bn" in outs:  # the frozen net's test accuracy, from its stage record
+        acc["frozen"] = {"test": read_json(outs["freeze_simple_bn"].parent / "stage.json")["outputs"]["test_acc"]}
+    return acc
 
 
 def load(outs: Outs) -> dict[str, Any]:
-    return {"eig": {m: read_json(outs[f"hessian_{m}"] / "hessian.json")["eigen"]["eigenvalues"] for m in MODELS}}
+    halves = {m: read_json(outs[f"halves_{m}"] / "halves.json") for m in ("bn", "frozen") if f"halves_{m}" in outs}
+    return {"eig": {m: read_json(outs[f"hessian_{m}"] / "hessian.json")["eigen"]["eigenvalues"] for m in MODELS},
+            "halves": halves if len(halves) == 2 else None, "accuracy": _accuracy(outs)}
 
 
 def figure(f: Any) -> Any:
@@ -73,4 +113,22 @@ def figure(f: Any) -> Any:
     return fig
 
 
-FINDING = FindingDef(SPEC, tuple(f"hessian_{m}" for m in MODELS), load, f9_sharpness, figure)
+_LAMBDA1 = "lambda1, loss summed over a batch (of 256 in the post)"
+POSTS = (
+    PostNumber("training accuracy", "BN", 0.858, "85.8%", lambda v: v["accuracy"]["bn"]["train"]),
+    PostNumber("test accuracy", "BN", 0.807, "80.7%", lambda v: v["accuracy"]["bn"]["test"]),
+    PostNumber("training accuracy", "no BN", 0.833, "83.3%", lambda v: v["accuracy"]["no_bn"]["train"]),
+    PostNumber("test accuracy", "no BN", 0.839, "83.9%", lambda v: v["accuracy"]["no_bn"]["test"]),
+    PostNumber(_LAMBDA1, "BN", 127.9, "127.9", lambda v: v["eigenvalues"]["bn"][0]),
+    PostNumber(_LAMBDA1, "frozen BN", 2246, "2246", lambda v: v["eigenvalues"]["frozen"][0]),
+    PostNumber(_LAMBDA1, "no BN", 3486, "3486", lambda v: v["eigenvalues"]["no_bn"][0]),
+    PostNumber("outlier count (eigenvalues before the largest gap)", "BN", 0, "none", lambda v: v["outliers"]["bn"]),
+    PostNumber("outlier count (eigenvalues before the largest gap)", "frozen BN", 9, "9",
+               lambda v: v["outliers"]["frozen"]),
+    PostNumber("outlier count (eigenvalues before the largest gap)", "no BN", 11, "11",
+               lambda v: v["outliers"]["no_bn"]),
+)
+
+FINDING = FindingDef(SPEC, tuple(f"hessian_{m}" for m in MODELS), load, f9_sharpness, figure,
+                     optional=("halves_bn", "halves_frozen", "train_simple_bn", "train_simple_no_bn",
+                               "freeze_simple_bn"), posts=POSTS)

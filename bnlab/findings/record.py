@@ -46,13 +46,15 @@ class FindingRecord:
     setting: dict[str, Any] = field(default_factory=dict)  # scale, widths, data, steps, stage keys
     figure: str | None = None  # path relative to the report folder
     notes: list[str] = field(default_factory=list)  # context a reader needs (not part of the verdict)
+    sample: str | None = None  # beside the verdict: whether a smaller sample than the post's suffices
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def decide(spec: Finding, checks: list[tuple[str, bool]], measured: str, values: dict[str, Any],
-           *, notes: list[str] | None = None, needs: list[tuple[str, bool]] | None = None) -> FindingRecord:
+           *, notes: list[str] | None = None, needs: list[tuple[str, bool]] | None = None,
+           sample: str | None = None) -> FindingRecord:
     """PASS when every (description, ok) check holds; the reason names the failing ones.
 
     `needs` are what the claim asks of the setting (steps, relaxation times, eigenpairs, depth): when one is
@@ -73,7 +75,7 @@ def decide(spec: Finding, checks: list[tuple[str, bool]], measured: str, values:
         reason = "all checks hold: " + "; ".join(what for what, _ in [*needs, *checks])
     return FindingRecord(id=spec.id, title=spec.title, claim=spec.claim, source=spec.source,
                          source_number=spec.source_number, threshold=spec.threshold, verdict=verdict,
-                         measured=measured, reason=reason, values=values, notes=list(notes or []))
+                         measured=measured, reason=reason, values=values, notes=list(notes or []), sample=sample)
 
 
 def not_run(spec: Finding, reason: str) -> FindingRecord:

@@ -27,6 +27,7 @@ from . import (
     f13_gauss_newton,
 )
 from .base import FindingDef
+from .posts import PostNumber
 from .record import Finding
 
 REGISTRY: tuple[FindingDef, ...] = tuple(m.FINDING for m in (
@@ -37,6 +38,7 @@ BY_ID: dict[str, FindingDef] = {f.id: f for f in REGISTRY}
 IDS: tuple[str, ...] = tuple(BY_ID)
 FINDINGS: tuple[Finding, ...] = tuple(f.spec for f in REGISTRY)
 FINDING_STAGES: dict[str, tuple[str, ...]] = {f.id: f.stages for f in REGISTRY}
+POST_NUMBERS: dict[str, tuple[PostNumber, ...]] = {f.id: f.posts for f in REGISTRY if f.posts}
 
 
 def in_group(group: str) -> tuple[str, ...]:

@@ -64,6 +64,8 @@ class OutstatsOptions:
     histograms: bool = opt(True, flag="--no-histograms", help="Skip activation histograms (at init and now).")
     hist_layers: tuple[str, ...] | None = opt(None, help="Comma-separated layers for activation histograms.",
                                               default_text="every parameterised top-level layer and logits")
+    project_k: int = opt(0, help="With --project: eigenpairs of the projected Hessian (0: as many as the "
+                         "eigenvectors given, or --num-eigs).", domain=">= 0")
 
     def validate(self) -> None:
         self.eval.validate()
@@ -71,6 +73,7 @@ class OutstatsOptions:
         check.choice("--moments", self.moments, MOMENTS)
         check.in_range("--delta", self.delta, 0.0, 1.0, low_open=True)
         check.integer("--num-eigs", self.num_eigs, 0, MAX_HVPS)
+        check.integer("--project-k", self.project_k, 0, MAX_HVPS)
         if not self.module.strip():
             raise BnlabError("--module must name the output to take statistics of (logits, logits_raw or a module)")
         check.choice("--loss-scale", self.loss_scale, LOSS_SCALES)
@@ -190,7 +193,7 @@ def run_outstats(ctx: AnalysisContext, opts: OutstatsOptions, *, quiet: bool = T
         mismatch = {} if ev is None else eval_set_mismatch(ev.settings, ctx.settings())
         summary["eigen"] = _eigen_overlaps(eig, basis_means, basis_all, mismatch)
     if opts.project:
-        k = max(opts.num_eigs, 1) if eig is None else max(opts.num_eigs, eig[0].shape[0])
+        k = opts.project_k or (max(opts.num_eigs, 1) if eig is None else max(opts.num_eigs, eig[0].shape[0]))
         res = solve_with_progress(ProjectedOperator(op, basis_all), k, tol=opts.tol, seed=opts.seed, verify=False,
                                   desc="outstats: projected Hessian", quiet=quiet)
         summary["projected"] = {"k": k, "eigenvalues": res.eigenvalues.tolist(),

@@ -236,7 +236,8 @@ class Outstats(StageKind):
     def cost(self, settings: Settings, inputs: dict[str, Settings], run: Settings | None) -> float:
         assert run is not None
         model, width, n = run.get("model", "davidnet"), run["width"], settings["num_samples"]
-        return hessian_cost(model, width, inputs["hessian"]["top_k"], n) + 40 * n * image_cost(model, width)
+        k = settings.get("project_k") or inputs["hessian"]["top_k"]  # the projected Hessian's eigenpairs
+        return hessian_cost(model, width, k, n) + 40 * n * image_cost(model, width)
 
 
 class Series(StageKind):
@@ -262,6 +263,33 @@ class Series(StageKind):
         n_ckpt = run["epochs"] // run["save_every"]
         return n_ckpt * 0.7 * hessian_cost(run.get("model", "davidnet"), run["width"], settings["top_k"],
                                            settings["num_samples"])
+
+
+class Halves(StageKind):
+    """lambda1 on two disjoint halves of the evaluation set (`bnlab.curvature.halves`): a sample check."""
+
+    name = "halves"
+
+    def check(self, settings: Settings) -> None:
+        _eval_options("hessian", {**settings, "top_k": 1})
+
+    def run(self, settings: Settings, out: Path, inputs: dict[str, Path], env: dict[str, Any]) -> dict[str, Any]:
+        from ..context import EvalSpec, build_context
+        from ..curvature.halves import lambda1_halves
+
+        s = dict(settings)
+        spec = EvalSpec(num_samples=s.pop("num_samples"), batch_size=s.pop("batch_size"))
+        rec = lambda1_halves(build_context(str(checkpoint_of(inputs)), spec, device=env["device"]),
+                             quiet=env["quiet"], **s)
+        write_json(fresh(out) / "halves.json", rec)
+        return {"lambda1": rec["lambda1"], "spread": rec["spread"]}
+
+    def describe(self, s: Settings) -> str:
+        return f"Hessian lambda1 on two disjoint halves of the evaluation set; {_evaluation_set(s)}"
+
+    def cost(self, settings: Settings, inputs: dict[str, Settings], run: Settings | None) -> float:
+        assert run is not None  # two k = 1 solves on half the images each
+        return hessian_cost(run.get("model", "davidnet"), run["width"], 1, settings["num_samples"])
 
 
 class Dynamics(StageKind):
@@ -389,8 +417,8 @@ class Exact(StageKind):
         return (3 * s["exp_steps"] + s["pythagoras_steps"]) * s["batch_size"] * 0.005  # float64: slow kernels
 
 
-KINDS: dict[str, StageKind] = {k.name: k for k in (Train(), Freeze(), Hessian(), Outstats(), Series(), Dynamics(),
-                                                   Sweep(), Collapse(), InitShares(), Exact())}
+KINDS: dict[str, StageKind] = {k.name: k for k in (Train(), Freeze(), Hessian(), Outstats(), Series(), Halves(),
+                                                   Dynamics(), Sweep(), Collapse(), InitShares(), Exact())}
 
 
 def kind(name: str) -> StageKind:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BnlabError
-from ..findings.registry import FINDING_STAGES
+from ..findings.registry import BY_ID, FINDING_STAGES  # noqa: F401 (FINDING_STAGES: a view)
 from .kinds import kind
 
 SCALES = ("smoke", "cpu", "full")
@@ -45,6 +45,40 @@ def _data(scale: str, subset: int | None, test_subset: int | None, synthetic: tu
     return {"dataset": "cifar10", "subset": subset, "test_subset": test_subset}
 
 
+POST_SAMPLES = 80 * 256  # the batch-norm post's Hessian sample; below it, lambda1 is also taken on two halves
+MODELS = ("bn", "frozen", "no_bn")
+
+
+def _eigenpairs(frozen: int = 12, hessian: int = 10, ggn: int = 10) -> dict[str, dict[str, int]]:
+    """Per finding, the eigenpairs it reads of each curvature stage; a stage computes the most any finding asks
+    (`eigenpair_budget`). F9: lambda1 of every model and the frozen gap at k = 8..11 (top 12); F10: v1..v9 of the
+    frozen net; F11: lambda1 of each projected Hessian (the outstats stages' `project_k`); F13: the top-10 spaces
+    of H and G, R's lambda1, and BN's H gap at k = 8..11 (its top 12)."""
+    return {"F9": {"hessian_bn": 1, "hessian_frozen": frozen, "hessian_no_bn": 1},
+            "F10": {"hessian_frozen": min(9, frozen)},
+            "F11": {f"projected_{m}": 1 for m in MODELS},
+            "F13": {**{f"hessian_{m}": hessian for m in MODELS}, "hessian_bn": max(hessian, frozen),
+                    **{f"ggn_{m}": ggn for m in MODELS}, **{f"residual_{m}": 1 for m in MODELS}}}
+
+
+def eigenpair_budget(scale: str) -> dict[str, dict[str, Any]]:
+    """Per curvature stage (projected_M: the projected Hessian of outstats_M), the eigenpairs it computes and
+    which findings read how many."""
+    k = SETTINGS[scale]["eos_series"]["top_k"]  # F12's series: lambda1 and a few more, warm-started (k <= 4)
+    return dict(sorted({**eigenpair_budget_of(SETTINGS[scale]["bn_eval"]),
+                        "series_eos": {"k": k, "for": {"F12": k}}}.items()))
+
+
+def eigenpair_budget_of(bn_eval: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for fid, needs in bn_eval["eigenpairs"].items():
+        for stage, k in needs.items():
+            entry = out.setdefault(stage, {"k": 0, "for": {}})
+            entry["k"] = max(entry["k"], k)
+            entry["for"][fid] = k
+    return dict(sorted(out.items()))
+
+
 SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": {
         # DavidNet, constant lr: F1-F3 (dynamics) and F12 (curvature series)
@@ -56,7 +90,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
                       grid="lr=0.2,0.4 wd=2.5e-3,5e-3"),
         "stress": dict(width=2, batch_size=32, epochs=6, lr=0.05, **_data("smoke", None, None, (256, 100))),
         "bn_post": dict(width=2, epochs=3, batch_size=32, lr_scale=0.25, **_data("smoke", None, None, (320, 100))),
-        "bn_eval": dict(num_samples=40, batch_size=20, top_k=3, frozen_top_k=5, residual_top_k=2, tol=1e-2),
+        "bn_eval": dict(num_samples=40, batch_size=20, tol=1e-2, eigenpairs=_eigenpairs(frozen=5, hessian=3, ggn=3)),
         "collapse": dict(depth=50, width=64, n_inputs=100),
         "init_shares": dict(width=2, num_samples=40, batch_size=20, **_data("smoke", None, None, (256, 100))),
         "exact": dict(width=2, images=64, batch_size=8, pythagoras_steps=10, exp_steps=40),
@@ -76,7 +110,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "stress": dict(width=8, batch_size=128, epochs=25, lr=0.005, **_data("cpu", 5120, 1000, (0, 0))),
         # the post's schedule compressed onto fewer, smaller batches: lr scaled with the batch (128/512)
         "bn_post": dict(width=8, epochs=10, batch_size=128, lr_scale=0.25, **_data("cpu", 5000, 1000, (0, 0))),
-        "bn_eval": dict(num_samples=640, batch_size=256, top_k=12, frozen_top_k=12, residual_top_k=2, tol=1e-3),
+        "bn_eval": dict(num_samples=640, batch_size=256, tol=1e-3, eigenpairs=_eigenpairs()),
         "collapse": dict(depth=50, width=2048, n_inputs=1000),
         "init_shares": dict(width=8, num_samples=640, batch_size=256, **_data("cpu", 3200, 1000, (0, 0))),
         "exact": dict(width=4, images=128, batch_size=16, pythagoras_steps=100, exp_steps=200),
@@ -91,8 +125,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
                       grid="lr=0.2,0.4 wd=2.5e-4,5e-4"),
         "stress": dict(width=64, batch_size=512, epochs=25, lr=0.005, **_data("full", None, None, (0, 0))),
         "bn_post": dict(width=64, epochs=10, batch_size=512, lr_scale=1.0, **_data("full", None, None, (0, 0))),
-        # the post: Hessian over 80 batches of 256, scipy eigsh k = 25
-        "bn_eval": dict(num_samples=20480, batch_size=256, top_k=20, frozen_top_k=20, residual_top_k=2, tol=1e-4),
+        # the post: Hessian over 80 batches of 256 (scipy eigsh k = 25; we compute what the findings read)
+        "bn_eval": dict(num_samples=20480, batch_size=256, tol=1e-4, eigenpairs=_eigenpairs()),
         "collapse": dict(depth=50, width=2048, n_inputs=1000),
         "init_shares": dict(width=64, num_samples=1280, batch_size=256, **_data("full", None, None, (0, 0))),
         "exact": dict(width=4, images=128, batch_size=16, pythagoras_steps=100, exp_steps=200),
@@ -172,18 +206,19 @@ def _batch_norm_stages(b: _Builder, s: dict[str, Any]) -> None:
     b.add("freeze_simple_bn", "freeze", {}, {"run": "train_simple_bn"})
     ckpt_of = {"bn": ("train_simple_bn", "run"), "frozen": ("freeze_simple_bn", "frozen"),
                "no_bn": ("train_simple_no_bn", "run")}
+    budget = {stage: e["k"] for stage, e in eigenpair_budget_of(ev).items()}
     for m, (src, role) in ckpt_of.items():
-        k = ev["frozen_top_k"] if m == "frozen" else ev["top_k"]
-        common = {"num_samples": ev["num_samples"], "batch_size": ev["batch_size"]}
-        b.add(f"hessian_{m}", "hessian", {**common, "top_k": k, "tol": ev["tol"], "loss_scale": "batch-sum"},
-              {role: src})
-        b.add(f"outstats_{m}", "outstats", {**common, "tol": ev["tol"], "loss_scale": "batch-sum", "project": True},
+        common = {"num_samples": ev["num_samples"], "batch_size": ev["batch_size"], "tol": ev["tol"],
+                  "loss_scale": "batch-sum"}
+        b.add(f"hessian_{m}", "hessian", {**common, "top_k": budget[f"hessian_{m}"]}, {role: src})
+        b.add(f"outstats_{m}", "outstats", {**common, "project": True, "project_k": budget[f"projected_{m}"]},
               {role: src, "hessian": f"hessian_{m}"})
         # F13: the Gauss-Newton part and the residual of the same Hessian (same batches, units, tol)
-        b.add(f"ggn_{m}", "hessian", {**common, "top_k": k, "tol": ev["tol"], "loss_scale": "batch-sum",
-                                      "matrix": "ggn"}, {role: src})
-        b.add(f"residual_{m}", "hessian", {**common, "top_k": ev["residual_top_k"], "tol": ev["tol"],
-                                           "loss_scale": "batch-sum", "matrix": "residual"}, {role: src})
+        b.add(f"ggn_{m}", "hessian", {**common, "top_k": budget[f"ggn_{m}"], "matrix": "ggn"}, {role: src})
+        b.add(f"residual_{m}", "hessian", {**common, "top_k": budget[f"residual_{m}"], "matrix": "residual"},
+              {role: src})
+        if ev["num_samples"] < POST_SAMPLES and m in ("bn", "frozen"):  # F9's sample check: lambda1 on two halves
+            b.add(f"halves_{m}", "halves", dict(common), {role: src})
 
 
 def with_deps(plan: dict[str, Stage], names: Iterable[str]) -> list[str]:
@@ -204,4 +239,4 @@ def with_deps(plan: dict[str, Stage], names: Iterable[str]) -> list[str]:
 
 def needed_stages(plan: dict[str, Stage], findings: tuple[str, ...]) -> list[str]:
     """The stages the findings read, with everything they depend on, in a valid run order."""
-    return with_deps(plan, (name for fid in findings for name in FINDING_STAGES[fid]))
+    return with_deps(plan, (name for fid in findings for name in BY_ID[fid].reads(plan)))

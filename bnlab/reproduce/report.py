@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..findings.record import VERDICTS
+from ..findings.posts import POST6, POST7, posts_table
+from ..findings.record import VERDICTS, fmt
+from ..findings.registry import POST_NUMBERS
 from ..io.jsonfile import read_json, write_json
 from ..io.textfile import write_text
 from .figures import FIGURES_DIR
@@ -37,8 +39,14 @@ def draw_figures(out: Path) -> str | None:
         return f"figures: {' '.join(str(e).split())[:200] or type(e).__name__}"
 
 
+def finish_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with its table of the posts' numbers beside ours (from its findings' values)."""
+    record["posts"] = posts_table(record.get("findings", []), POST_NUMBERS)
+    return record
+
+
 def write_report(result: Any, out: Path) -> list[Path]:
-    record = result.record
+    record = finish_record(result.record)
     paths = [write_json(out / "report.json", record)]
     problem = draw_figures(out) if result.draw_figures else "figures not drawn (--no-figures)"
     if getattr(result, "started", None) is not None:  # "took" spans the figures too, as the closing stderr line
@@ -85,7 +93,51 @@ def _header(record: dict[str, Any]) -> list[str]:
         "",
         f"Data: {p['data']['folder'] or 'synthetic'} (fingerprint {str(p['data']['fingerprint'])[:16]}). "
         f"Seeds: {p['seeds']}.",
+        *_budget_lines(p.get("eigenpairs")), *_parts_lines(record.get("parts")),
     ]
+
+
+def _budget_lines(budget: dict[str, Any] | None) -> list[str]:
+    if not budget:
+        return []
+    return ["", "Eigenpairs computed per curvature stage (the most its findings read; projected_M: the projected "
+            "Hessian of outstats_M): " + "; ".join(
+                f"{stage} {e['k']} ({', '.join(f'{fid} {k}' for fid, k in e['for'].items())})"
+                for stage, e in budget.items()) + "."]
+
+
+def _parts_lines(parts: list[dict[str, Any]] | None) -> list[str]:
+    if not parts:
+        return []
+    return ["", f"Merged from {len(parts)} parts: " + "; ".join(
+        f"{q['folder']} ({', '.join(q.get('requested') or [])}; {q.get('device')}, created {q.get('created')}, took "
+        f"{hms(q.get('wall_time_total'))})" for q in parts) + "."]
+
+
+POSTS_INTRO = (f"Every number the posts print ([weight decay]({POST6}), [batch norm]({POST7})) beside ours at "
+               "this scale, and ours / the post's (a range is compared with its midpoint). Our nets, data and "
+               "sample are the scale's, not the posts' (see each stage's setting): ratios far from 1 at cpu scale "
+               "say how far a small net is from the post's, not that a check failed.")
+
+
+def _num(x: Any) -> str:
+    return fmt(x, ".3g") if x is not None else "-"
+
+
+def _sample_md(f: dict[str, Any]) -> str:
+    return f" ({_cell(f['sample'])})" if f.get("sample") else ""
+
+
+def _posts_md(record: dict[str, Any]) -> list[str]:
+    rows = record.get("posts") or []
+    if not rows:
+        return []
+    lines = ["", "## The posts beside us", "", POSTS_INTRO, "",
+             "| quantity | model | the post | ours | ours / post | finding |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {_cell(r['quantity'])} | {r['model'] or '-'} | [{_cell(r['source_text'])}]({r['link']}) | "
+                     f"{_num(r['ours'])} | {_num(r['ratio'])} | [{r['finding']}](#{r['finding'].lower()}) |")
+    return lines
 
 
 def markdown(record: dict[str, Any]) -> str:
@@ -95,15 +147,18 @@ def markdown(record: dict[str, Any]) -> str:
     for f in record["findings"]:
         lines.append(f"| [{f['id']}](#{f['id'].lower()}) | {_cell(f['title'])} | {_cell(f['source'])} | "
                      f"{_cell(f['source_number'])} | {_cell(f['measured'])} | {_cell(f['threshold'])} | "
-                     f"**{f['verdict']}** |")
+                     f"**{f['verdict']}**{_sample_md(f)} |")
     if record.get("figures_problem"):
         lines += ["", f"*{record['figures_problem']}*"]
+    lines += _posts_md(record)
     for f in record["findings"]:
         lines += ["", f"## {f['id']}", "", f"**{f['title']}: {f['verdict']}.** {f['reason']}", "",
                   f"- Claim: {f['claim']}", f"- Source: {f['source']}; the source's number: {f['source_number']}",
                   f"- Threshold: {f['threshold']}", f"- Measured: {f['measured']}"]
         for note in f.get("notes", []):
             lines.append(f"- Note: {note}")
+        if f.get("sample"):
+            lines.append(f"- Sample check: {f['sample']}")
         if f.get("figure"):
             lines += ["", f"![{f['id']}]({f['figure']})"]
         stages = (f.get("setting") or {}).get("stages", {})
@@ -138,6 +193,22 @@ def _img(out: Path, rel: str | None) -> str:
     return f'<p><img alt="figure" src="data:image/png;base64,{data}"></p>'
 
 
+def _posts_html(record: dict[str, Any]) -> str:
+    e = html.escape
+    rows = record.get("posts") or []
+    if not rows:
+        return ""
+    # the posts' addresses as text: the page stays self-contained (nothing it shows or links is fetched)
+    intro = e(POSTS_INTRO.replace(f"[weight decay]({POST6})", f"weight decay: {POST6}")
+              .replace(f"[batch norm]({POST7})", f"batch norm: {POST7}"))
+    cells = "".join(
+        f"<tr><td>{e(r['quantity'])}</td><td>{e(r['model'] or '-')}</td><td>{e(r['source_text'])}</td>"
+        f"<td>{e(_num(r['ours']))}</td><td>{e(_num(r['ratio']))}</td>"
+        f"<td><a href='#{e(r['finding'])}'>{e(r['finding'])}</a></td></tr>" for r in rows)
+    return (f"<h2>The posts beside us</h2><p>{intro}</p><table><tr><th>quantity</th><th>model</th><th>the post</th>"
+            f"<th>ours</th><th>ours / post</th><th>finding</th></tr>{cells}</table>")
+
+
 def to_html(record: dict[str, Any], out: Path) -> str:
     e = html.escape
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(TITLE.replace('*', ''))}</title>"
@@ -153,8 +224,10 @@ def to_html(record: dict[str, Any], out: Path) -> str:
         parts.append(f"<tr><td><a href='#{e(f['id'])}'>{e(f['id'])}</a></td><td>{e(f['title'])}</td>"
                      f"<td>{e(f['source'])}</td><td>{e(f['source_number'])}</td><td>{e(f['measured'])}</td>"
                      f"<td>{e(f['threshold'])}</td>"
-                     f"<td class='{f['verdict'].replace(' ', '')}'>{e(f['verdict'])}</td></tr>")
+                     f"<td class='{f['verdict'].replace(' ', '')}'>{e(f['verdict'])}"
+                     f"{'<br>' + e(f['sample']) if f.get('sample') else ''}</td></tr>")
     parts.append("</table>")
+    parts.append(_posts_html(record))
     if record.get("figures_problem"):
         parts.append(f"<p><em>{e(record['figures_problem'])}</em></p>")
     for f in record["findings"]:

@@ -34,7 +34,7 @@ from ..runtime import worker_pool
 from ..version import __version__
 from .cache import STAGE_FILE, STAGE_FORMAT, data_fingerprint, finished, stage_dir, stage_keys
 from .kinds import kind
-from .plan import SCALES, SETTINGS, Stage, build_plan, needed_stages, with_deps
+from .plan import SCALES, SETTINGS, Stage, build_plan, eigenpair_budget, needed_stages, with_deps
 from .report import hms as _hms
 from .report import write_report
 from .stages import OUT, check_stage, run_stage
@@ -218,7 +218,7 @@ def _evaluate(fid: str, outs: dict[str, Path], plan: dict[str, Stage], opts: Rep
     rec.setting = {"scale": opts.scale,
                    "stages": {n: {"folder": str(stage_dir(Path("."), n, keys[n])), "key": keys[n],
                                   "summary": describe(plan[n]), "settings": plan[n].settings}
-                              for n in with_deps(plan, FINDING_STAGES[fid])}}
+                              for n in with_deps(plan, BY_ID[fid].reads(plan))}}
     failed = [n for n in FINDING_STAGES[fid] if n in outcomes and outcomes[n].status in ("failed", "skipped")]
     if failed and rec.verdict == "NOT RUN":
         rec.reason = "stage(s) failed: " + "; ".join(f"{n}: {outcomes[n].error}" for n in failed)
@@ -455,7 +455,8 @@ def _report_record(opts: ReproduceOptions, wanted: tuple[str, ...], records: lis
             "checkpoint_sha256": checkpoints, "wall_time_total": wall,
             "wall_time_stages_run": sum(o.wall_time or 0 for o in outcomes.values() if o.status == "ran"),
             "wall_time_stages_all": sum(o.wall_time or 0 for o in outcomes.values()),
-            "scale_settings": SETTINGS[opts.scale], "command": " ".join(sys.argv),
+            "scale_settings": SETTINGS[opts.scale], "eigenpairs": eigenpair_budget(opts.scale),
+            "command": " ".join(sys.argv),
         },
     }
 

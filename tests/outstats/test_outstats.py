@@ -339,3 +339,12 @@ def test_fc_collapse_follows_arccos_recursion() -> None:
     hist = fc_collapse(depth=3, width=64, n_inputs=50, seed=1, hist_layers=(3,), hist_channels=64, dtype=torch.float64)
     h = hist["values"][3].double().T  # (inputs, channels), stored as float32
     assert hist["shares"][2] == pytest.approx(float((h.mean(0) ** 2).sum() / (h ** 2).mean(0).sum()), rel=1e-5)
+
+
+def test_project_k_is_checked() -> None:
+    from bnlab.errors import BnlabError
+    from bnlab.outstats.run import OutstatsOptions
+
+    OutstatsOptions(project=True, project_k=1).validate()
+    with pytest.raises(BnlabError, match="--project-k"):
+        OutstatsOptions(project=True, project_k=-1).validate()

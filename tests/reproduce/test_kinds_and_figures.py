@@ -54,3 +54,26 @@ def test_report_figures_drawn_in_process_and_a_broken_one_is_one_line(tmp_path: 
     problem = draw_report_figures(tmp_path / "b", {"findings": [_f4b_record(broken), not_run]})
     assert problem.startswith("figures: no figure for F4b (TypeError") and "\n" not in problem
     assert not (tmp_path / "b" / "figures" / "F4b.png").exists()
+
+
+@pytest.mark.parametrize("scale", ["cpu", "full"])
+def test_eigenpair_budgets_give_each_finding_what_it_reads_and_no_more(scale: str) -> None:
+    from bnlab.findings.f9_sharpness import F9_GAP_K
+    from bnlab.findings.f10_overlap import F10_TOP
+    from bnlab.findings.f13_gauss_newton import F13_CLASSES, F13_GAP_K
+    from bnlab.reproduce.plan import eigenpair_budget
+
+    budget = eigenpair_budget(scale)
+    plan = build_plan(scale)
+    assert budget["hessian_frozen"]["for"]["F9"] == max(F9_GAP_K) + 1  # the gap at k = 8..11 needs lambda_12
+    assert budget["hessian_frozen"]["for"]["F10"] == F10_TOP
+    assert budget["hessian_bn"]["for"]["F13"] == max(F13_GAP_K) + 1 and budget["ggn_no_bn"]["k"] == F13_CLASSES
+    assert all(budget[f"projected_{m}"]["k"] == 1 for m in ("bn", "frozen", "no_bn"))  # F11: lambda1 only
+    assert budget["series_eos"]["k"] <= 4
+    for stage, entry in budget.items():  # each stage computes the most its readers ask, nothing more
+        assert entry["k"] == max(entry["for"].values())
+        if stage.startswith(("hessian_", "ggn_", "residual_")):
+            assert plan[stage].settings["top_k"] == entry["k"]
+        elif stage.startswith("projected_"):
+            assert plan[f"outstats_{stage.split('_', 1)[1]}"].settings["project_k"] == entry["k"]
+    assert ("halves_bn" in plan) == (scale == "cpu")  # only below the post's 80 batches of 256

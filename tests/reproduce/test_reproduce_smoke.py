@@ -72,6 +72,17 @@ def test_report_json_is_strict_and_complete(smoke: tuple[Path, str, float]) -> N
     assert {"versions", "device", "checkpoint_sha256", "wall_time_total", "data"} <= set(prov)
     assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in prov["checkpoint_sha256"].values())
     assert all(s["status"] in ("ran", "cached") and s["wall_time"] is not None for s in rec["stages"])
+    # the posts' numbers beside ours: every one measured (smoke decides every finding), ratio where it has one
+    assert len(rec["posts"]) == 27 and all(p["ours"] is not None for p in rec["posts"])
+    # the eigenpairs each curvature stage computed are what its findings read; the small sample is checked
+    budget = prov["eigenpairs"]
+    assert budget["projected_frozen"] == {"k": 1, "for": {"F11": 1}} and budget["hessian_frozen"]["for"]["F9"] == 5
+    f11 = next(f for f in rec["findings"] if f["id"] == "F11")
+    projected = json.loads((out / f11["setting"]["stages"]["outstats_frozen"]["folder"] / "out" / "outstats.json")
+                           .read_text())["projected"]
+    assert projected["k"] == 1 and len(projected["eigenvalues"]) == 1  # F11 reads lambda1 only
+    f9 = next(f for f in rec["findings"] if f["id"] == "F9")
+    assert f9["sample"].startswith("two halves of the sample (20+20 images)") and f9["values"]["halves"]
     # every stage record is strict JSON too
     for path in (out / "stages").glob("*/stage.json"):
         _strict(path.read_text())
@@ -90,6 +101,8 @@ def test_markdown_and_html(smoke: tuple[Path, str, float]) -> None:
     assert all(r.count(" | ") + 1 == 7 for r in (row.replace("\\|", "") for row in rows))  # 7 columns, pipes escaped
     for fid in IDS:
         assert f"## {fid}\n" in md and f"![{fid}](figures/{fid}.png)" in md
+    posts = md.split("## The posts beside us")[1].split("\n## ")[0]
+    assert posts.count("\n| ") == 28 and "https://myrtle.ai/learn/how-to-train-your-resnet-7-batch-norm/" in posts
     page = (out / "report.html").read_text()
     assert f"<p class='warning'>{html.escape(SMOKE_WARNING)}</p>" in page
     assert page.count("src=\"data:image/png;base64,") == len(IDS)
