@@ -17,7 +17,10 @@ and, where the run kept one, the EMA, each without and with TTA, so that what ea
 evaluation is visible; "reported" is what the run itself reports. Per row: those accuracies, the
 wall time of the training call (per-epoch evaluation included), the summed training time and img/s
 of the last epoch. Results go to OUT/recipe_pairs.json and OUT/recipe_pairs.md, rewritten after
-every row (an interrupted invocation keeps what finished).
+every seed (an interrupted invocation keeps what finished). `--parallel` trains a seed's runs at the
+same time, each in its own process with `--threads` threads: for a machine too loaded or too slow to
+run them one after another; their times are then of runs sharing the cores, comparable with each
+other but not with runs made alone.
 
     python benchmarks/recipe_pairs.py --data-dir DATA/cifar-10-batches-py --reference ~/src/cifar10-fast \\
         --width 16 --epochs 10 --seeds 0 --threads 2 --out results/recipe_pairs
@@ -33,6 +36,7 @@ import platform
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +72,21 @@ def evaluations(final_pt: Path, data: Any, device: str) -> dict[str, float | Non
     return out
 
 
+def recipe(kind: str, args: argparse.Namespace) -> Any:
+    """The validated TrainConfig of bnlab run `kind` at the benchmark's setting."""
+    from bnlab.recipes import recipe_config
+
+    return recipe_config(kind, width=args.width, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
+                         log_every=0, **_args_data(args))
+
+
 def child_bnlab(args: argparse.Namespace) -> dict[str, Any]:
     import csv
 
     from bnlab.data import load_data
-    from bnlab.recipes import recipe_config
     from bnlab.train import train
 
-    config = recipe_config(args.child, width=args.width, epochs=args.epochs, seed=args.seed,
-                           batch_size=args.batch_size, log_every=0, **_args_data(args))
+    config = recipe(args.child, args)
     data = load_data(config.data, args.device, seed=0)  # the same images for every seed and run
     with tempfile.TemporaryDirectory() as d:
         run = Path(d) / "run"
@@ -131,7 +141,8 @@ def markdown(settings: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [f"{settings['date']}, {settings['cpu']}, {settings['threads']} threads, device {settings['device']}, "
              f"width {settings['width']}, {settings['images']} training / {settings['test_images']} test images "
              f"({settings['data']}), {settings['epochs']} epochs, batch {settings['batch_size']}, "
-             f"seeds {settings['seeds']}", "",
+             f"seeds {settings['seeds']}"
+             + (", the runs of a seed trained at the same time" if settings.get("parallel") else ""), "",
              "| run | seed | reported | raw | raw + TTA | EMA | EMA + TTA | wall s | train s | img/s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -167,27 +178,41 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     ap.add_argument("--test-images", type=int, default=None, help="test images (default: all; synthetic 512)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--parallel", action="store_true",
+                    help="train a seed's runs at the same time (each its own --threads; times then shared)")
     ap.add_argument("--out", default=None, help="folder for recipe_pairs.json and recipe_pairs.md")
     ap.add_argument("--child", choices=RUNS, help=argparse.SUPPRESS)
     ap.add_argument("--child-seed", dest="seed", type=int, default=0, help=argparse.SUPPRESS)
     return ap, ap.parse_args(argv)
 
 
+def _refuse(ap: argparse.ArgumentParser, message: str) -> None:
+    ap.exit(2, f"{ap.prog}: error: {message}\n")  # one line, without argparse's usage block
+
+
 def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
-    """The runs to make; a bad option is one line and exit code 2 (argparse's error)."""
+    """The runs to make; a bad option is one line on stderr and exit code 2."""
     for name in ("width", "epochs", "batch_size", "threads"):
         if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+            _refuse(ap, f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
-        ap.error(f"--seeds must be distinct non-negative integers, got {args.seeds}")
+        _refuse(ap, f"--seeds must be distinct non-negative integers, got {args.seeds}")
     if not args.out:
-        ap.error("--out is required")
+        _refuse(ap, "--out is required")
     runs = args.runs or [r for r in RUNS if r != "reference" or args.reference]
     if "reference" in runs:
         ref = Path(args.reference or "").expanduser()
         if not args.reference or not (ref / "torch_backend.py").is_file() or not (ref / "dawn_utils.py").is_file():
-            ap.error(f"--reference {args.reference!r} is not a cifar10-fast checkout (no torch_backend.py/"
+            _refuse(ap, f"--reference {args.reference!r} is not a cifar10-fast checkout (no torch_backend.py/"
                      "dawn_utils.py); pass one, or leave 'reference' out of --runs")
+    from bnlab.errors import BnlabError
+
+    for kind in runs:  # refused here in one line, not in a child after the runs before it
+        try:
+            if kind != "reference":
+                recipe(kind, args)
+        except BnlabError as e:
+            _refuse(ap, f"{kind}: {e}")
     return runs
 
 
@@ -209,13 +234,16 @@ def main(argv: list[str] | None = None) -> None:
                                                                          SYNTHETIC_IMAGES[0]),
                 "test_images": args.test_images or ("all" if args.data_dir else SYNTHETIC_IMAGES[1]),
                 "data": args.data_dir or "synthetic", "seeds": args.seeds, "runs": runs,
-                "reference": args.reference}
+                "reference": args.reference,
+                "parallel": args.parallel}
     out, rows = Path(args.out), []
     print(f"{'run':>14} {'seed':>4} " + " ".join(f"{k:>9}" for k in ACC_KEYS) + f" {'wall s':>7} {'img/s':>7}",
           flush=True)
     for seed in args.seeds:
-        for kind in runs:
-            r = {"run": kind, "seed": seed, **run_child(__file__, child_argv(kind, seed, args), args.threads)}
+        with ThreadPoolExecutor(len(runs) if args.parallel else 1) as pool:  # threads that wait on children
+            futures = [pool.submit(run_child, __file__, child_argv(kind, seed, args), args.threads) for kind in runs]
+        for kind, future in zip(runs, futures):
+            r = {"run": kind, "seed": seed, **future.result()}
             rows.append(r)
             write(out, settings, rows)
             print(f"{kind:>14} {seed:>4} " + " ".join(f"{_pct(r[k]):>9}" for k in ACC_KEYS)
