@@ -21,7 +21,7 @@ FAKE = Path(__file__).resolve().parent / "fake_cifar10_fast"
 
 
 def run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=1200)
 
 
 def test_pairs_on_fixture_data(tmp_path: Path) -> None:
