@@ -33,6 +33,7 @@ import datetime
 import json
 import math
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -121,13 +122,9 @@ def child_argv(kind: str, seed: int, args: argparse.Namespace) -> list[str]:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    names = re.findall(r"^model name\s*:\s*(.+)$", info.read_text() if info.is_file() else "", re.MULTILINE)
+    return names[0].strip() if names else platform.machine()
 
 
 def _pct(v: float | None) -> str:
