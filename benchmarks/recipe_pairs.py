@@ -17,7 +17,7 @@ and, where the run kept one, the EMA, each without and with TTA, so that what ea
 evaluation is visible; "reported" is what the run itself reports. Per row: those accuracies, the
 wall time of the training call (per-epoch evaluation included), the summed training time and img/s
 of the last epoch. Results go to OUT/recipe_pairs.json and OUT/recipe_pairs.md, rewritten after
-every seed (an interrupted invocation keeps what finished). `--parallel` trains a seed's runs at the
+every run (an interrupted invocation keeps what finished). `--parallel` trains a seed's runs at the
 same time, each in its own process with `--threads` threads: for a machine too loaded or too slow to
 run them one after another; their times are then of runs sharing the cores, comparable with each
 other but not with runs made alone.
@@ -37,7 +37,7 @@ import re
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -236,15 +236,19 @@ def main(argv: list[str] | None = None) -> None:
     out, rows = Path(args.out), []
     print(f"{'run':>14} {'seed':>4} " + " ".join(f"{k:>9}" for k in ACC_KEYS) + f" {'wall s':>7} {'img/s':>7}",
           flush=True)
+    def position(row: dict[str, Any]) -> tuple[int, int]:
+        return args.seeds.index(row["seed"]), runs.index(row["run"])
+
     for seed in args.seeds:
         with ThreadPoolExecutor(len(runs) if args.parallel else 1) as pool:  # threads that wait on children
-            futures = [pool.submit(run_child, __file__, child_argv(kind, seed, args), args.threads) for kind in runs]
-        for kind, future in zip(runs, futures):
-            r = {"run": kind, "seed": seed, **future.result()}
-            rows.append(r)
-            write(out, settings, rows)
-            print(f"{kind:>14} {seed:>4} " + " ".join(f"{_pct(r[k]):>9}" for k in ACC_KEYS)
-                  + f" {r['wall']:7.1f} {r['img_per_s']:7.1f}", flush=True)
+            futures = {pool.submit(run_child, __file__, child_argv(kind, seed, args), args.threads): kind
+                       for kind in runs}
+            for future in as_completed(futures):  # each row kept as soon as its run ends
+                r = {"run": futures[future], "seed": seed, **future.result()}
+                rows = sorted([*rows, r], key=position)
+                write(out, settings, rows)
+                print(f"{r['run']:>14} {seed:>4} " + " ".join(f"{_pct(r[k]):>9}" for k in ACC_KEYS)
+                      + f" {r['wall']:7.1f} {r['img_per_s']:7.1f}", flush=True)
     print(f"wrote {out / 'recipe_pairs.json'} and {out / 'recipe_pairs.md'}")
 
 

@@ -28,10 +28,11 @@ def test_pairs_on_fixture_data(tmp_path: Path) -> None:
     ref = Path(shutil.copytree(FAKE, tmp_path / "cifar10-fast"))
     data = write_cifar_folder(tmp_path / "data", per_batch=64)  # 320 training, 64 test images
     p = run("--data-dir", str(data), "--reference", str(ref), "--width", "4", "--epochs", "2", "--batch-size", "128",
-            "--seeds", "3", "--threads", "1", "--out", str(tmp_path / "out"))
+            "--seeds", "3", "--threads", "1", "--parallel", "--out", str(tmp_path / "out"))
     assert p.returncode == 0, p.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "recipe_pairs.json").read_text())
     rows = {r["run"]: r for r in result["rows"]}
+    # In the runs' order, whichever finished first (the fake reference does, under --parallel).
     assert list(rows) == ["baseline", "bag-of-tricks", "reference"] and {r["seed"] for r in rows.values()} == {3}
     base, tricks, refrow = rows["baseline"], rows["bag-of-tricks"], rows["reference"]
     # What each run reports is its own evaluation: the trained weights plainly for the baseline, the
@@ -55,6 +56,7 @@ def test_pairs_on_fixture_data(tmp_path: Path) -> None:
     assert calls["lrs"] == pytest.approx(expect.tolist())
     md = (tmp_path / "out" / "recipe_pairs.md").read_text()
     assert "width 4, all training / all test images" in md and "2 epochs, batch 128, seeds [3]" in md
+    assert "the runs of a seed trained at the same time" in md
     table = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| run")]
     assert [ln.split(" | ")[0][2:] for ln in table] == ["baseline", "bag-of-tricks", "reference"]
     assert table[2].split(" | ")[2:4] == ["0.30%", "0.30%"]
