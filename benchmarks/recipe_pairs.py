@@ -67,9 +67,8 @@ def evaluations(final_pt: Path, data: Any, device: str) -> dict[str, float | Non
     for weights in ("raw", "ema"):
         ck = load_checkpoint(final_pt, device, weights) if weights == "raw" or has_ema else None
         for tta in (False, True):
-            key = weights + ("_tta" if tta else "")
-            config = None if ck is None else dataclasses.replace(ck.config, tta=tta)
-            out[key] = None if ck is None else evaluate(ck.model, data, config, torch.device(device))[1]
+            out[weights + ("_tta" if tta else "")] = None if ck is None else evaluate(
+                ck.model, data, dataclasses.replace(ck.config, tta=tta), torch.device(device))[1]
     return out
 
 
@@ -132,7 +131,8 @@ def _pct(v: float | None) -> str:
 
 
 def markdown(settings: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """The rows as a markdown table, then, with several seeds, each run's mean ± s.e. per column."""
+    """The rows as a markdown table, then, with several seeds, each run's reported accuracy (mean ± s.e.)
+    and mean wall time."""
     from bnlab.ablate import mean_se
 
     lines = [f"{settings['date']}, {settings['cpu']}, {settings['threads']} threads, device {settings['device']}, "

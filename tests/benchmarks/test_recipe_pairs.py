@@ -73,3 +73,20 @@ def test_bad_options_are_one_line(argv: list[str], message: str, tmp_path: Path)
     assert p.returncode == 2 and message in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_several_seeds_summarised_as_mean_and_standard_error() -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import recipe_pairs
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    settings = {"date": "d", "cpu": "c", "threads": 2, "device": "cpu", "width": 16, "images": "all",
+                "test_images": "all", "data": "x", "epochs": 10, "batch_size": 512, "seeds": [0, 1]}
+    row = {"raw_tta": None, "ema": None, "ema_tta": None, "train_s": 1.0, "img_per_s": 1.0}
+    rows = [{**row, "run": "baseline", "seed": s, "reported": a, "raw": a, "wall": w}
+            for s, a, w in ((0, 0.5, 10.0), (1, 0.7, 30.0))]
+    md = recipe_pairs.markdown(settings, rows)
+    # two seeds: mean 0.6, sample std 0.1414, s.e. = std / sqrt(2) = 0.1
+    assert "| baseline | 2 | 60.00 ± 10.00% | 20 |" in md.splitlines()
+    assert "| baseline | 1 | 70.00% | 70.00% | – | – | – | 30 | 1 | 1.0 |" in md.splitlines()
