@@ -27,19 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def _usage() -> tuple[float, float]:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime, r.ru_stime
+from _bench import data_options, train_reference, usage
+from _bench import run_child as bench_child
 
 
 def child_bnlab(args: argparse.Namespace) -> dict:
@@ -54,14 +49,14 @@ def child_bnlab(args: argparse.Namespace) -> dict:
 
     assert args.child != "baseline" or Path(bnlab.__file__).is_relative_to(Path(args.baseline).resolve())
     config = make_config("bn", width=args.width, batch_size=args.batch_size, epochs=args.epochs,
-                         **_data_options(args))
+                         **data_options(args))
     data = load_data(config.data, args.device if args.device != "auto" else "cpu", seed=config.seed)
     with tempfile.TemporaryDirectory() as d:
-        u0, s0 = _usage()
+        u0, s0 = usage()
         t0 = time.perf_counter()
         train(config, Path(d) / "run", device=args.device, quiet=True, data=data)
         wall = time.perf_counter() - t0
-        u1, s1 = _usage()
+        u1, s1 = usage()
         with open(Path(d) / "run" / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
     return {"img_per_s": float(rows[-1]["img_per_s"]), "wall": wall, "user": u1 - u0, "sys": s1 - s0,
@@ -97,92 +92,35 @@ def child_bare(args: argparse.Namespace) -> dict:
     steps = max(args.images // args.batch_size, 1)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
-    u0, s0 = _usage()
+    u0, s0 = usage()
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
     sync()
     wall = time.perf_counter() - t0
-    u1, s1 = _usage()
+    u1, s1 = usage()
     return {"img_per_s": steps * args.batch_size / wall, "wall": wall, "user": u1 - u0, "sys": s1 - s0,
             "test_acc": float("nan")}
 
 
 def child_reference(args: argparse.Namespace) -> dict:
-    import numpy as np
-
-    np.float = float  # the reference predates numpy 1.24, which removed this alias
-    sys.path.insert(0, str(Path(args.reference).expanduser().resolve()))
-    import torch
-    import torch_backend as tb  # noqa: E402  (the reference's own modules)
-    from core import PiecewiseLinear, Table, Timer, normalise, pad, preprocess, transpose, union  # noqa: E402
-    from dawn_utils import net  # noqa: E402
-
     from bnlab.config import DataSpec
-    from bnlab.data import load_data
 
-    tb.device = torch.device(args.device if args.device != "auto" else "cpu")
-
-    def float_iter(self):  # dawn.py's DataLoader.__iter__ with the dtype as the only change
-        if self.set_random_choices:
-            self.dataset.set_random_choices()
-        return ({"input": x.to(tb.device).float(), "target": y.to(tb.device).long()} for (x, y) in self.dataloader)
-
-    tb.DataLoader.__iter__ = float_iter
-    spec = DataSpec(**_data_options(args))
-    data = load_data(spec, "cpu", seed=0)
-    # NHWC uint8 arrays and integer labels, as the reference's own cifar10() returns them.
-    dataset = {"train": {"data": data.train_x.permute(0, 2, 3, 1).numpy(), "targets": data.train_y.numpy()},
-               "valid": {"data": data.test_x.permute(0, 2, 3, 1).numpy(), "targets": data.test_y.numpy()}}
-    epochs, batch_size = args.epochs, args.batch_size
-    w = args.width
-    lr_schedule = PiecewiseLinear([0, 5 * epochs / 24, epochs], [0, 0.4, 0])
-    model = tb.Network(net(channels={"prep": w, "layer1": 2 * w, "layer2": 4 * w, "layer3": 8 * w})).to(tb.device)
-    timer = Timer()
-    mean, std = np.array(tb.cifar10_mean, dtype=np.float32), np.array(tb.cifar10_std, dtype=np.float32)
-    from functools import partial
-    transforms = [partial(normalise, mean=mean, std=std), partial(transpose, source="NHWC", target="NCHW")]
-    train_set = list(zip(*preprocess(dataset["train"], [partial(pad, border=4)] + transforms).values()))
-    test_set = list(zip(*preprocess(dataset["valid"], transforms).values()))
-    train_batches = tb.DataLoader(tb.Transform(train_set, [tb.Crop(32, 32), tb.FlipLR(), tb.Cutout(8, 8)]),
-                                  batch_size, shuffle=True, set_random_choices=True, drop_last=True)
-    test_batches = tb.DataLoader(test_set, batch_size, shuffle=False, drop_last=False)
-    n_batches = len(train_batches)
-    opts = [tb.SGD(tb.trainable_params(model).values(), {
-        "lr": (lambda step: lr_schedule(step / n_batches) / batch_size),
-        "weight_decay": tb.Const(5e-4 * batch_size), "momentum": tb.Const(0.9)})]
-    logs, state = Table(report=lambda data: False), {tb.MODEL: model, tb.LOSS: tb.x_ent_loss, tb.OPTS: opts}
-    u0, s0 = _usage()
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        logs.append(union({"epoch": epoch + 1}, tb.train_epoch(state, timer, train_batches, test_batches)))
-    wall = time.perf_counter() - t0
-    u1, s1 = _usage()
-    last = logs.log[-1]
-    return {"img_per_s": n_batches * batch_size / last["train"]["time"], "wall": wall, "user": u1 - u0,
-            "sys": s1 - s0, "test_acc": float(last["valid"]["acc"])}
-
-
-def _data_options(args: argparse.Namespace) -> dict:
-    if args.data_dir:
-        return {"data_dir": args.data_dir, "subset": args.images, "test_subset": args.test_images}
-    return {"dataset": "synthetic", "synthetic_train": args.images, "synthetic_test": args.test_images}
+    r = train_reference(args.reference, DataSpec(**data_options(args)), width=args.width, epochs=args.epochs,
+                        batch_size=args.batch_size, device=args.device if args.device != "auto" else "cpu")
+    return {k: r[k] for k in ("img_per_s", "wall", "user", "sys", "test_acc")}
 
 
 def run_child(kind: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--width", str(args.width), "--batch-size", str(args.batch_size),
-           "--images", str(args.images), "--test-images", str(args.test_images), "--epochs", str(args.epochs),
-           "--device", args.device, "--threads", str(args.threads)]
+    argv = ["--child", kind, "--width", str(args.width), "--batch-size", str(args.batch_size),
+            "--images", str(args.images), "--test-images", str(args.test_images), "--epochs", str(args.epochs),
+            "--device", args.device, "--threads", str(args.threads)]
     if args.data_dir:
-        cmd += ["--data-dir", args.data_dir]
+        argv += ["--data-dir", args.data_dir]
     for opt in ("reference", "baseline"):
         if getattr(args, opt):
-            cmd += [f"--{opt}", getattr(args, opt)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if out.returncode:
-        raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+            argv += [f"--{opt}", getattr(args, opt)]
+    return bench_child(__file__, argv, args.threads)
 
 
 def main() -> None:
