@@ -66,8 +66,9 @@ class HessianOptions:
     top_k: int = opt(20, help="Number of eigenpairs (0: none).", domain=f"0..{_MAX}, at most the dimension")
     which: str = opt("LA", choices=WHICH, help="LA largest algebraic, SA smallest, LM largest magnitude.")
     tol: float = tol_opt()
-    eigensolver: str = opt("lanczos", choices=EIG_METHODS, help="Thick-restart Lanczos (ours) or ARPACK (scipy "
-                           "eigsh).")
+    eigensolver: str = opt("lanczos", choices=EIG_METHODS, help="Thick-restart Lanczos (ours), ARPACK (scipy "
+                           "eigsh), or block: thick-restart block Lanczos, 4 vectors per pass (fewer passes, more "
+                           "products).")
     ncv: int | None = opt(None, help="Krylov subspace size.", domain="> --top-k", default_text="max(2k+10, 20)")
     max_hvps: int | None = opt(None, help="Stop after this many HVPs (unconverged pairs flagged).",
                                domain=f"1..{_MAX}", default_text="no limit")
