@@ -110,9 +110,8 @@ def _provenance(parts: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
             "command": " ".join(sys.argv), "load_average": None}
 
 
-def merge_records(folders: list[Path], out: Path) -> dict[str, Any]:
-    """The merged report record of the parts in `folders` (figures copied into OUT/figures)."""
-    parts = checked_parts(folders)
+def merge_records(parts: list[tuple[Path, dict[str, Any]]], out: Path) -> dict[str, Any]:
+    """The merged report record of the checked `parts` (figures copied into OUT/figures)."""
     findings = _findings(parts, out)
     first = parts[0][1]
     requested = [i for i in IDS if any(i in rec.get("requested", []) for _, rec in parts)]
@@ -147,9 +146,9 @@ def merge_reports(folders: list[str | Path], out: str | Path) -> dict[str, Any]:
     target = output_path(out)
     if target.resolve() in {Path(f).resolve() for f in folders}:
         raise BnlabError(f"--out {target} is one of the parts; merge into a new folder")
-    checked_parts([Path(f) for f in folders])  # every refusal comes before OUT is made
+    parts = checked_parts([Path(f) for f in folders])  # every refusal comes before OUT is made
     out = result_folder(target)
-    record = finish_record(merge_records([Path(f) for f in folders], out))
+    record = finish_record(merge_records(parts, out))
     write_json(out / REPORT, record)
     write_text(out / "report.md", markdown(record))
     write_text(out / "report.html", to_html(record, out))
