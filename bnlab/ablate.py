@@ -48,6 +48,12 @@ class AblationOptions:
                              "with them.", unit="x each step's epochs", domain="> 0")
     overrides: dict[str, Any] = field(default_factory=dict)  # flat make_config options applied to every step
     retries: int = opt(0, help="Retries of a run that crashed.", domain=">= 0")
+    # The post's 0.99 every 5 steps spans ~5 epochs of 97 steps; on a subset with fewer steps per epoch the
+    # average reaches back to the early weights, so small-scale ablations need a shorter horizon.
+    ema_momentum: float | None = opt(None, help="EMA momentum of the steps that average the weights (ema, tta); "
+                                     "on a subset of S steps per epoch, 0.99^(97/S) keeps the post's horizon.",
+                                     unit="per step", domain="(0, 1)",
+                                     default_text="the recipe's 0.99")
 
     def chosen(self) -> list[tuple[int, Step]]:
         names = self.steps or STEP_NAMES
@@ -66,14 +72,18 @@ class AblationOptions:
             raise BnlabError(f"--seeds repeats a seed: {list(self.seeds)}")
         check.positive("--epoch-scale", self.epoch_scale)
         check.integer("--retries", self.retries, 0)
-        for key in ("epochs", "lr_knots", "seed", "recipe"):
+        if self.ema_momentum is not None and not 0 < self.ema_momentum < 1:
+            raise BnlabError(f"--ema-momentum must lie in (0, 1), got {self.ema_momentum}")
+        hints = {"epochs": "(use --epoch-scale)", "ema_momentum": "(use --ema-momentum)"}
+        for key in ("epochs", "lr_knots", "seed", "recipe", "ema_momentum"):
             if key in self.overrides:
-                raise BnlabError(f"the ablation sets {key} per step; it cannot be overridden "
-                                 + ("(use --epoch-scale)" if key == "epochs" else ""))
+                raise BnlabError(f"the ablation sets {key} per step; it cannot be overridden " + hints.get(key, ""))
 
     def config(self, step: Step, seed: int) -> TrainConfig:
         epochs = max(1, round(step.epochs * self.epoch_scale))
-        return recipe_config(step.name, epochs=epochs, seed=seed, **{"log_every": 0, **self.overrides})
+        ema = ({"ema_momentum": self.ema_momentum}
+               if self.ema_momentum is not None and step.options.get("ema_momentum") else {})
+        return recipe_config(step.name, epochs=epochs, seed=seed, **{"log_every": 0, **self.overrides, **ema})
 
 
 def run_dir(out: Path, index: int, step: Step, seed: int) -> Path:
@@ -116,6 +126,7 @@ def run_ablation(out: str | os.PathLike, options: AblationOptions, *, device: st
     bar.close()
     rows = [summarise_step(out, i, s, options) for i, s in options.chosen()]
     settings = {"seeds": list(options.seeds), "epoch_scale": options.epoch_scale, "overrides": options.overrides,
+                "ema_momentum": options.ema_momentum,
                 "device": str(device), "torch_threads": torch.get_num_threads(),
                 "timing": "training time only (evaluation excluded), summed over the run's epochs"}
     return AblationResult(rows, settings)

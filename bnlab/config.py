@@ -132,7 +132,7 @@ class TrainConfig:
     bias_scale: float = opt(1.0, help="Biases train with lr x this and weight decay / this (Page: 64).",
                             unit="x --lr (and / --wd) for biases", domain="> 0")
     ema_momentum: float = opt(0.0, help="Evaluate an EMA of the weights with this momentum (0: off; Page: 0.99).",
-                              flag="--ema", unit="per EMA update", domain="[0, 1)")
+                              flag="--ema", unit="per step (applied as momentum^k every k steps)", domain="[0, 1)")
     ema_every: int = opt(5, help="Update the EMA every k steps.", unit="steps", domain=">= 1")
     tta: bool = opt(False, help="Evaluate the mean logits of each image and its mirror.", flag="--tta/--no-tta")
     recipe: str | None = opt(None, help="A whole recipe: baseline (24 epochs, 94%) or bag-of-tricks (Page's post 8, "

@@ -139,3 +139,20 @@ def test_figure_shows_accuracy_with_error_bars_and_both_times(ablation: Path, tm
     with pytest.raises(SystemExit) as e:
         plot_ablation.load(tmp_path / "nothing")
     assert e.value.code == 2
+
+
+def test_ema_momentum_changes_only_the_steps_that_average() -> None:
+    """Small-scale ablations shorten the EMA's horizon; the steps before the EMA still evaluate raw weights."""
+    from bnlab.recipes import STEPS
+
+    short, default = AblationOptions(ema_momentum=0.95), AblationOptions()
+    for step in STEPS:
+        averages = bool(step.options.get("ema_momentum"))
+        assert short.config(step, 0).ema_momentum == (0.95 if averages else 0.0)  # 0: no average
+        assert default.config(step, 0).ema_momentum == (0.99 if averages else 0.0)
+    assert [s.name for s in STEPS if s.options.get("ema_momentum")] == ["ema", "tta"]
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(BnlabError, match="--ema-momentum must lie in"):
+            AblationOptions(ema_momentum=bad).validate()
+    with pytest.raises(BnlabError, match="use --ema-momentum"):
+        AblationOptions(overrides={"ema_momentum": 0.9}).validate()

@@ -16,20 +16,21 @@ from .options import options_from
 @click.command("ablate")
 @click.option("--out", "-o", "out", type=click.Path(), required=True,
               help="Ablation folder (created; rerunning the same command reuses finished runs and resumes the rest).")
-@options_from(AblationOptions, only=("steps", "seeds", "epoch_scale"))
+@options_from(AblationOptions, only=("steps", "seeds", "epoch_scale", "ema_momentum"))
 @options_from(ModelSpec, only=("width",), overrides=True)
 @options_from(DataSpec, only=("dataset", "data_dir", "subset", "test_subset"), overrides=True)
 @options_from(TrainConfig, only=("batch_size", "amp"), overrides=True)
 @options_from(AblationOptions, only=("retries",))
 @device_option
 @quiet_option
-def command(out: str, steps: tuple[str, ...] | None, seeds: tuple[int, ...], epoch_scale: float, retries: int,
-            device: str, quiet: bool, **overrides: Any) -> None:
+def command(out: str, steps: tuple[str, ...] | None, seeds: tuple[int, ...], epoch_scale: float,
+            ema_momentum: float | None, retries: int, device: str, quiet: bool, **overrides: Any) -> None:
     """Train the post's nine steps (baseline, max-pool before BN, label smoothing, CELU, ghost BN, frozen
     BN scales, patch whitening, EMA, TTA), each with all the tricks before it, once per seed; write
     ablation.json and ablation.csv (accuracy mean ± s.e., training time per run and per step).
     Plot with figures/plot_ablation.py."""
-    options = AblationOptions(steps=steps, seeds=seeds, epoch_scale=epoch_scale, retries=retries,
+    options = AblationOptions(steps=steps, seeds=seeds, epoch_scale=epoch_scale, ema_momentum=ema_momentum,
+                              retries=retries,
                               overrides={k: v for k, v in overrides.items() if v is not None})
     result = run_ablation(out, options, device=str(resolve_device(device)), quiet=quiet)
     paths = result.write(out)
