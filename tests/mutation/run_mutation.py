@@ -63,7 +63,7 @@ OLD_CURVATURE = "tests/curvature/test_curvature.py"
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "curvature.operator": (["bnlab/curvature/operator.py"], ["tests/curvature/test_operator.py",
                                                             "tests/distributed/test_subgroups.py"]),
-    "curvature.base": (["bnlab/curvature/base.py"], ["tests/curvature/test_operator.py",
+    "curvature.base": (["bnlab/curvature/base.py"], ["tests/curvature/test_base.py", "tests/curvature/test_operator.py",
                                                     "tests/distributed/test_subgroups.py"]),
     "curvature.ggn": (["bnlab/curvature/ggn.py", "bnlab/curvature/linop.py"], ["tests/curvature/test_ggn.py",
                                                                               "tests/curvature/test_linop.py",
