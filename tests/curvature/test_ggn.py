@@ -328,3 +328,31 @@ def test_options_refuse_what_the_gauss_newton_matrix_does_not_have() -> None:
     with pytest.raises(BnlabError, match="Gauss-Newton"):
         HessianOptions(matrix="ggn", cache_graphs="on").validate()
     HessianOptions(matrix="residual", cache_graphs="on").validate()
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_a_rank_without_batches_sends_zeros_of_the_others_shape(cross: bool) -> None:
+    """Under torchrun a rank may hold no batch (more ranks than batches): its part of a mean term is a zero block of
+    the shape and dtype the other ranks send. Simulated in one process: the reduction adds what the holder of
+    every batch sent, and the idle rank's term must equal the holder's."""
+    model, batches = net("mlp", True), data("mlp")
+    term = "cross_class_means" if cross else "class_means"
+    holder = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch")
+    sent: list[torch.Tensor] = []
+    holder._sum_over_ranks = lambda t: sent.append(t) or t
+    want = dense(getattr(holder, term)())
+    idle = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch")
+    idle._shard = range(0, 0)
+    got: list[torch.Tensor] = []
+    idle._sum_over_ranks = lambda t: got.append(t) or t + sent[0]
+    close(dense(getattr(idle, term)()), want)
+    rows = C * (C - 1) if cross else C
+    assert got[0].shape == sent[0].shape == (rows, holder.dim + 1) and not got[0].any()
+    # the block is in the model's dtype (the collective needs one dtype on every rank): bfloat16 here
+    half = GGNOperator(net("mlp", True).to(torch.bfloat16), [(x.to(torch.bfloat16), y) for x, y in batches],
+                       loss_fn=F.cross_entropy, bn_mode="batch")
+    half._shard = range(0, 0)
+    seen: list[torch.Tensor] = []
+    half._sum_over_ranks = lambda t: seen.append(t) or t
+    assert getattr(half, term)().rank_bound == 0  # no class has an example anywhere: nothing left
+    assert seen[0].dtype == torch.bfloat16 and seen[0].shape == (rows, half.dim + 1)

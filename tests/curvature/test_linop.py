@@ -99,3 +99,27 @@ def test_the_base_class_defaults() -> None:
     assert op.device == torch.device("cpu") and op.dtype == torch.float64 and op.shape == (3, 3)
     torch.testing.assert_close(op @ torch.ones(3, dtype=torch.float64), torch.tensor([1.0, 2.0, 3.0],
                                                                                      dtype=torch.float64))
+
+
+class Recording(SymmetricOperator):
+    """A dense matrix that records what its matmat receives (a subclass relying on the interface's promise)."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        self.matrix, self.dim, self.calls = matrix, matrix.shape[0], []
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        self.calls.append((V.dtype, tuple(V.shape)))
+        return V @ self.matrix
+
+
+def test_the_scipy_adapter_hands_float64_blocks_and_probes_nothing() -> None:
+    M = sym(4)
+    op = Recording(M)
+    lin = op.as_linear_operator()
+    assert op.calls == [] and lin.dtype == np.float64  # dtype given: scipy does not probe with a product
+    x = np.arange(DIM, dtype=np.float32)
+    np.testing.assert_allclose(lin.matvec(x), M.numpy() @ x, rtol=1e-12)
+    assert op.calls == [(torch.float64, (1, DIM))]  # float32 in: float64 to matmat, as the interface says
+    X = np.random.default_rng(1).standard_normal((DIM, 3)).astype(np.float32)
+    np.testing.assert_allclose(lin.matmat(X), M.numpy() @ X.astype(np.float64), rtol=1e-12, atol=1e-12)
+    assert op.calls[1:] == [(torch.float64, (3, DIM))]  # one block product, not three matvecs
