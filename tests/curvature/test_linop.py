@@ -123,3 +123,18 @@ def test_the_scipy_adapter_hands_float64_blocks_and_probes_nothing() -> None:
     X = np.random.default_rng(1).standard_normal((DIM, 3)).astype(np.float32)
     np.testing.assert_allclose(lin.matmat(X), M.numpy() @ X.astype(np.float64), rtol=1e-12, atol=1e-12)
     assert op.calls[1:] == [(torch.float64, (3, DIM))]  # one block product, not three matvecs
+
+
+def test_low_rank_eigenpairs_in_closed_form_rank_zero_and_one() -> None:
+    from bnlab.curvature.linop import LowRankOperator
+
+    lam, vecs = LowRankOperator(torch.zeros(0, DIM)).eigenpairs()
+    assert lam.shape == (0,) and vecs.shape == (0, DIM) and lam.dtype == vecs.dtype == torch.float64
+    f = 0.1 * torch.arange(1.0, DIM + 1, dtype=torch.float64)  # one row of norm < 1: F^T F = f f^T
+    lam, vecs = LowRankOperator(f[None]).eigenpairs()
+    torch.testing.assert_close(lam, (f @ f)[None], rtol=1e-12, atol=0)
+    torch.testing.assert_close(vecs[0].abs(), (f / f.norm()), rtol=1e-12, atol=0)  # unit, whatever λ's size
+    F2 = 1e-3 * torch.randn(2, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    lam, vecs = LowRankOperator(F2).eigenpairs()
+    torch.testing.assert_close(vecs.norm(dim=1), torch.ones(2, dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(lam, torch.linalg.eigvalsh(F2.T @ F2).flip(0)[:2], rtol=1e-9, atol=1e-18)
