@@ -135,16 +135,18 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 
 class _Builder:
-    """Collects the stages of a plan in order; each stage's cost comes from its kind, given the settings of
-    the stages it reads and of the training run it analyses."""
+    """Collects the stages of a plan in order; each stage's settings are checked by its kind and its cost comes
+    from it, given the settings of the stages it reads and of the training run it analyses."""
 
     def __init__(self) -> None:
         self.stages: dict[str, Stage] = {}
 
     def add(self, name: str, kind_name: str, settings: dict[str, Any], deps: dict[str, str] | None = None) -> None:
         deps = dict(deps or {})
+        k = kind(kind_name)
+        k.check(settings, name)  # a bad SETTINGS entry is refused here, naming the stage, before any stage runs
         inputs = {role: self.stages[d].settings for role, d in deps.items()}
-        cost = kind(kind_name).cost(settings, inputs, self.run_of(deps))
+        cost = k.cost(settings, inputs, self.run_of(deps))
         self.stages[name] = Stage(name, kind_name, settings, deps, cost=cost)
 
     def run_of(self, deps: dict[str, str]) -> dict[str, Any] | None:
@@ -157,7 +159,8 @@ class _Builder:
 
 
 def build_plan(scale: str) -> dict[str, Stage]:
-    """Every stage of `scale`, by name (a DAG: deps name earlier stages)."""
+    """Every stage of `scale`, by name (a DAG: deps name earlier stages), each stage's settings checked against
+    its kind's `settings_type` (BnlabError naming the stage and the field)."""
     if scale not in SETTINGS:
         raise BnlabError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     b = _Builder()
