@@ -412,12 +412,12 @@ class Collapse(StageKind):
 MAX_STEPS = 100_000  # of an exact simulation: far above any useful count; a larger one is a typo (days of float64)
 
 
-def _check_batches(what: str, n: int, batch_size: int) -> None:
+def _check_batches(n: int, batch_size: int) -> None:
     """n images in fixed batches of batch_size, the last one smaller: each batch needs 2 images (BN statistics)."""
-    check.integer(f"{what} batch_size", batch_size, 2, n)
+    check.integer("batch_size", batch_size, 2, n)
     if min(batch_sizes(n, batch_size)) < 2:
-        raise BnlabError(f"{what}: {n} images in batches of {batch_size} leave a last batch of 1 image; batch "
-                         "statistics need 2")
+        raise BnlabError(f"batch_size {batch_size} leaves a last batch of 1 image of the {n}; batch statistics "
+                         "need 2")
 
 
 @dataclass(frozen=True)
@@ -438,7 +438,7 @@ class InitSharesSettings:
         if self.num_samples > self.data.train_size():
             raise BnlabError(f"num_samples {self.num_samples} is larger than the training set "
                              f"({self.data.train_size()} images)")
-        _check_batches("init shares", self.num_samples, self.batch_size)
+        _check_batches(self.num_samples, self.batch_size)
 
 
 class InitShares(StageKind):
@@ -481,7 +481,7 @@ class ExactSettings:
     def validate(self) -> None:
         check.integer("width", self.width, 1, MAX_WIDTH)
         check.integer("images", self.images, 10, MAX_SYNTHETIC)  # the synthetic task's training set
-        _check_batches("exact", self.images, self.batch_size)
+        _check_batches(self.images, self.batch_size)
         check.integer("pythagoras_steps", self.pythagoras_steps, 1, MAX_STEPS)
         check.integer("exp_steps", self.exp_steps, 1, MAX_STEPS)
 
