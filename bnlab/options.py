@@ -150,7 +150,7 @@ def convert(hint: Any, value: Any, where: _Where = _Where()) -> Any:
             return value
         if not isinstance(value, Mapping):
             raise _Mismatch
-        return hint(**_load_fields(hint, value, where))
+        return _make(hint, _load_fields(hint, value, where), where)
     origin = typing.get_origin(hint)
     if origin is tuple:
         return _convert_tuple(hint, value, where)
@@ -219,9 +219,17 @@ def _load_fields(cls: type, d: Mapping[str, Any], where: _Where) -> dict[str, An
     return out
 
 
+def _make(cls: type[T], fields: dict[str, Any], where: _Where) -> T:
+    """cls(**fields), a field without a default that `fields` lacks refused in one line."""
+    for f in dataclasses.fields(cls):
+        if f.name not in fields and field_default(f) is MISSING:
+            raise BnlabError(f"not a valid bnlab {where.what} (field {where.prefix}{f.name} missing)")
+    return cls(**fields)
+
+
 def load(cls: type[T], d: Any, *, what: str = "configuration", unknown: str = "drop") -> T:
     """An instance of dataclass `cls` from a JSON-loaded mapping, every field type-checked (see load_fields)."""
-    return cls(**load_fields(cls, d, what=what, unknown=unknown))
+    return _make(cls, load_fields(cls, d, what=what, unknown=unknown), _Where(what, unknown))
 
 
 def flat_classes(cls: type) -> tuple[type, ...]:

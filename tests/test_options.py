@@ -116,6 +116,9 @@ def test_a_flat_dict_loads_into_its_class_and_its_nested_ones() -> None:
         load_flat_into(Needs, {"count": 1, "n": 2.5}, what="options")
     with pytest.raises(BnlabError, match="unknown option 'inner'"):  # given flat, never nested
         load_flat_into(Needs, {"count": 1, "inner": {"n": 2}}, what="options")
+    with pytest.raises(BnlabError, match=r"^not a valid bnlab options \(field count missing\)$"):
+        load(Needs, {"inner": {"n": 2}}, what="options")  # `load` (nested, not flat) refuses it too
+    assert load(Needs, {"count": 2, "inner": {"n": 3}}, what="options") == Needs(count=2, inner=Inner(n=3))
 
 
 def test_type_names_read_as_the_source_writes_them() -> None:

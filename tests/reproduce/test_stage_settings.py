@@ -92,7 +92,6 @@ BAD_ENTRIES = [
     ("init_shares", {"num_samples": 300}, "", "init_shares", "num_samples 300 is larger than the training set (256"),
     ("init_shares", {"synthetic_train": "256"}, "", "init_shares", "field synthetic_train: expected int"),
     ("sweep", {"grid": "lr=0.2,abc"}, "", "sweep_wd", "stage sweep_wd: bad value 'abc' for grid key lr"),
-    ("sweep", {"grid": ["lr=0.2"]}, "", "sweep_wd", "field grid: expected the --grid spec as a str"),
     ("sweep", {"base": {"width": 2, "epoch": 3}}, "", "sweep_wd", "stage sweep_wd base (unknown option 'epoch'"),
 ]
 
@@ -107,10 +106,36 @@ def test_a_bad_settings_entry_is_refused_at_plan_time_naming_stage_and_field(
     assert f"stage {stage}" in text and message in text and "\n" not in text, text
 
 
+@pytest.mark.parametrize("entry, value, message", [
+    ("bn_eval", {"num_samples": 40, "batch_size": 20, "tols": 1e-2, "eigenpairs": {}}, "unknown field bn_eval.tols"),
+    ("bn_eval", {"num_samples": 40, "batch_size": 20, "eigenpairs": {}}, "field bn_eval.tol missing"),
+    ("bn_eval", {"num_samples": "40", "batch_size": 20, "tol": 1e-2, "eigenpairs": {}},
+     "field bn_eval.num_samples: expected int, got '40'"),
+    ("sweep", {"base": {}, "grid": ["lr=0.2"]}, "field sweep.grid: expected str, got ['lr=0.2']"),
+    ("eos", 5, "field eos: expected dict[str, any value] | None, got 5"),
+    ("wd_mian", {}, "unknown field wd_mian"),
+])
+def test_a_bad_scale_entry_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch, entry: str, value: object,
+                                                  message: str) -> None:
+    monkeypatch.setitem(SETTINGS["smoke"], entry, value)
+    with pytest.raises(BnlabError) as e:
+        build_plan("smoke")
+    text = str(e.value)
+    assert text.startswith("not a valid bnlab scale smoke settings (") and message in text and "\n" not in text, text
+
+
+def test_a_missing_scale_entry_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(SETTINGS["smoke"], "exact")
+    with pytest.raises(BnlabError, match=r"^not a valid bnlab scale smoke settings \(field exact missing\)$"):
+        build_plan("smoke")
+
+
 @pytest.mark.parametrize("kind_name, settings, message", [
     ("freeze", {"epochs": 1}, "unknown option 'epochs'"),  # a freeze has no settings
     ("outstats", {"num_samples": 40, "batch_size": 20, "eigvecs": "x"}, "unknown option 'eigvecs'"),  # its input's
     ("halves", {"num_samples": 40, "batch_size": 20, "top_k": 3}, "unknown option 'top_k'"),  # always 1
+    ("sweep", {"grid": ["lr=0.2"], "base": {}}, "field grid: expected the --grid spec as a str"),
+    ("sweep", {"grid": "lr=0.2", "base": {}, "threads": 2}, "unknown option 'threads'"),  # the reproduction's
     ("dynamics", {"channels": "yes"}, "field channels: expected bool, got 'yes'"),
     ("dynamics", {"window": 2.0}, "--window must be in (0, 1]"),
     ("hessian", [1, 2], "(a list, not an object)"),
