@@ -6,14 +6,17 @@ option: its default, help text, unit, domain and command-line flag are written t
 - `bnlab.cli.options.options_from` builds a command's click options from such fields (so `--help` shows
   the dataclass's default and a default exists once);
 - `units_table` writes the table of docs/presets-and-units.md from them (a test checks docs against code);
-- `load` / `load_fields` check a JSON-loaded mapping (config.json, grid.json, a stage's settings) against
-  the dataclass's type hints (`typing.get_type_hints`), with one-line errors naming the field and the type.
+- `load` / `load_fields` check a JSON-loaded mapping (config.json, grid.json) against the dataclass's type
+  hints (`typing.get_type_hints`), with one-line errors naming the field and the type; `load_flat` /
+  `load_flat_into` do the same for flat option dicts (a grid's base, a `bnlab reproduce` stage's settings),
+  where a nested dataclass's fields stand beside the outer class's.
 
 This module imports neither click nor torch: the dataclasses that use it stay light.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import types
 import typing
@@ -147,7 +150,7 @@ def convert(hint: Any, value: Any, where: _Where = _Where()) -> Any:
             return value
         if not isinstance(value, Mapping):
             raise _Mismatch
-        return hint(**_load_fields(hint, value, where))
+        return _make(hint, _load_fields(hint, value, where), where)
     origin = typing.get_origin(hint)
     if origin is tuple:
         return _convert_tuple(hint, value, where)
@@ -216,27 +219,77 @@ def _load_fields(cls: type, d: Mapping[str, Any], where: _Where) -> dict[str, An
     return out
 
 
+def _make(cls: type[T], fields: dict[str, Any], where: _Where) -> T:
+    """cls(**fields), a field without a default that `fields` lacks refused in one line."""
+    for f in dataclasses.fields(cls):
+        if f.name not in fields and field_default(f) is MISSING:
+            raise BnlabError(f"not a valid bnlab {where.what} (field {where.prefix}{f.name} missing)")
+    return cls(**fields)
+
+
 def load(cls: type[T], d: Any, *, what: str = "configuration", unknown: str = "drop") -> T:
     """An instance of dataclass `cls` from a JSON-loaded mapping, every field type-checked (see load_fields)."""
-    return cls(**load_fields(cls, d, what=what, unknown=unknown))
+    return _make(cls, load_fields(cls, d, what=what, unknown=unknown), _Where(what, unknown))
 
 
-def load_flat(classes: typing.Sequence[type], d: Any, *, what: str) -> dict[str, Any]:
+def flat_classes(cls: type) -> tuple[type, ...]:
+    """`cls` and the dataclasses of its nested dataclass fields: the classes whose fields a flat option dict of
+    `cls` gives side by side (HessianOptions's top_k beside its eval's num_samples)."""
+    hints = type_hints(cls)
+    return (cls, *(hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])))
+
+
+def flat_fields(classes: typing.Sequence[type]) -> dict[str, type]:
+    """Each option of a flat dict over `classes` and the class that declares it: the first class that has a
+    field of that name (nested dataclass fields are not options; their own fields are)."""
+    owner: dict[str, type] = {}
+    for cls in reversed(classes):
+        hints = type_hints(cls)
+        owner.update({f.name: cls for f in dataclasses.fields(cls) if not dataclasses.is_dataclass(hints[f.name])})
+    return owner
+
+
+def load_flat(classes: typing.Sequence[type], d: Any, *, what: str,
+              only: typing.Collection[str] | None = None) -> dict[str, Any]:
     """A flat option dict (make_config's options, a grid's base, a stage's settings) with every value converted
-    to the type of the field of that name in the first of `classes` that has one; an unknown key is refused.
+    to the type of the field of that name in the first of `classes` that has one; an unknown key is refused,
+    and so is one outside `only` where given (a field the reader of the dict does not read).
 
     E.g. ``load_flat((HessianOptions, EvalSpec), {"top_k": 3, "num_samples": 40}, what="stage hessian_bn")``.
     """
     if not isinstance(d, Mapping):
         raise BnlabError(f"not a valid bnlab {what} (a {type(d).__name__}, not an object)")
-    owner: dict[str, type] = {}
-    for cls in reversed(classes):  # the first class that declares a name wins; nested dataclasses are not options
-        hints = type_hints(cls)
-        owner.update({f.name: cls for f in dataclasses.fields(cls) if not dataclasses.is_dataclass(hints[f.name])})
-    unknown = [k for k in d if k not in owner]
+    owner = flat_fields(classes)
+    known = [k for k in owner if only is None or k in only]
+    unknown = [k for k in d if k not in known]
     if unknown:
-        raise BnlabError(f"not a valid bnlab {what} (unknown option {unknown[0]!r})")
+        close = difflib.get_close_matches(str(unknown[0]), known, n=1)
+        raise BnlabError(f"not a valid bnlab {what} (unknown option {unknown[0]!r}"
+                         f"{f'; did you mean {close[0]!r}?' if close else ''})")
     return {k: _load_fields(owner[k], {k: v}, _Where(what, "refuse"))[k] for k, v in d.items()}
+
+
+def from_flat(cls: type[T], values: Mapping[str, Any], *, what: str) -> T:
+    """An instance of `cls` from flat option values (as `load_flat` over `flat_classes(cls)` returns them): its
+    nested dataclass fields built from their own fields' values; a field without a default that `values`
+    lacks is refused."""
+    hints = type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            sub = hints[f.name]
+            out[f.name] = sub(**{g.name: values[g.name] for g in dataclasses.fields(sub) if g.name in values})
+        elif f.name in values:
+            out[f.name] = values[f.name]
+        elif field_default(f) is MISSING:
+            raise BnlabError(f"not a valid bnlab {what} (option {f.name!r} missing)")
+    return cls(**out)
+
+
+def load_flat_into(cls: type[T], d: Any, *, what: str, only: typing.Collection[str] | None = None) -> T:
+    """An instance of `cls` from a flat option dict over it and its nested dataclasses (see `load_flat` and
+    `from_flat`): unknown keys, wrong types and missing required fields refused, each in one line."""
+    return from_flat(cls, load_flat(flat_classes(cls), d, what=what, only=only), what=what)
 
 
 def format_default(value: Any) -> str:

@@ -16,7 +16,17 @@ from bnlab import version
 from bnlab.config import DataSpec, TrainConfig, make_config
 from bnlab.errors import BnlabError
 from bnlab.models import ModelSpec
-from bnlab.options import load, load_fields, load_flat, opt, option_meta, type_name, units_table
+from bnlab.options import (
+    flat_classes,
+    load,
+    load_fields,
+    load_flat,
+    load_flat_into,
+    opt,
+    option_meta,
+    type_name,
+    units_table,
+)
 from bnlab.recipes import recipe_config
 from bnlab.sweep import Grid, parse_value
 
@@ -82,6 +92,33 @@ def test_flat_option_dicts_are_typed_by_the_class_that_declares_each_key() -> No
         load_flat((TrainConfig,), {"model": {}}, what="options")
     with pytest.raises(BnlabError, match="field width: expected int, got '8'"):
         load_flat((TrainConfig, ModelSpec), {"width": "8"}, what="options")
+    with pytest.raises(BnlabError, match=r"unknown option 'widht'; did you mean 'width'\?\)"):
+        load_flat((TrainConfig, ModelSpec), {"widht": 8}, what="options")
+    with pytest.raises(BnlabError, match="unknown option 'lr'"):  # a field the reader does not read
+        load_flat((TrainConfig, ModelSpec), {"lr": 0.1}, what="options", only=("width",))
+
+
+@dataclass(frozen=True)
+class Needs:
+    count: int = opt(help="A count without a default.")
+    inner: Inner = field(default_factory=Inner)
+    rate: float = 0.5
+
+
+def test_a_flat_dict_loads_into_its_class_and_its_nested_ones() -> None:
+    assert flat_classes(Needs) == (Needs, Inner)
+    got = load_flat_into(Needs, {"count": 3, "n": 2, "xs": [1, 2]}, what="options")
+    assert got == Needs(count=3, inner=Inner(n=2, xs=(1.0, 2.0)), rate=0.5)
+    assert type(got.inner.xs[0]) is float
+    with pytest.raises(BnlabError, match=r"^not a valid bnlab options \(option 'count' missing\)$"):
+        load_flat_into(Needs, {"n": 2}, what="options")
+    with pytest.raises(BnlabError, match=r"field n: expected int, got 2\.5"):
+        load_flat_into(Needs, {"count": 1, "n": 2.5}, what="options")
+    with pytest.raises(BnlabError, match="unknown option 'inner'"):  # given flat, never nested
+        load_flat_into(Needs, {"count": 1, "inner": {"n": 2}}, what="options")
+    with pytest.raises(BnlabError, match=r"^not a valid bnlab options \(field count missing\)$"):
+        load(Needs, {"inner": {"n": 2}}, what="options")  # `load` (nested, not flat) refuses it too
+    assert load(Needs, {"count": 2, "inner": {"n": 3}}, what="options") == Needs(count=2, inner=Inner(n=3))
 
 
 def test_type_names_read_as_the_source_writes_them() -> None:

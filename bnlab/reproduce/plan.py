@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import BnlabError
 from ..findings.registry import BY_ID, FINDING_STAGES  # noqa: F401 (FINDING_STAGES: a view)
+from ..options import load, opt
 from .kinds import kind
 
 SCALES = ("smoke", "cpu", "full")
@@ -65,13 +66,13 @@ def eigenpair_budget(scale: str) -> dict[str, dict[str, Any]]:
     """Per curvature stage (projected_M: the projected Hessian of outstats_M), the eigenpairs it computes and
     which findings read how many."""
     k = SETTINGS[scale]["eos_series"]["top_k"]  # F12's series: lambda1 and a few more, warm-started (k <= 4)
-    return dict(sorted({**eigenpair_budget_of(SETTINGS[scale]["bn_eval"]),
+    return dict(sorted({**eigenpair_budget_of(SETTINGS[scale]["bn_eval"]["eigenpairs"]),
                         "series_eos": {"k": k, "for": {"F12": k}}}.items()))
 
 
-def eigenpair_budget_of(bn_eval: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def eigenpair_budget_of(eigenpairs: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for fid, needs in bn_eval["eigenpairs"].items():
+    for fid, needs in eigenpairs.items():
         for stage, k in needs.items():
             entry = out.setdefault(stage, {"k": 0, "for": {}})
             entry["k"] = max(entry["k"], k)
@@ -134,17 +135,61 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+# -- what a scale's settings are: the entries the plan reads, each a stage's settings or read by name -----------
+
+@dataclass(frozen=True)
+class SweepEntry:
+    base: dict[str, Any] = opt(help="make_config's flat options of every point (a train stage's settings).")
+    grid: str = opt(help="The --grid spec of the points, e.g. \"lr=0.2,0.4 wd=2.5e-4,5e-4\".")
+
+
+@dataclass(frozen=True)
+class BnEvalEntry:
+    num_samples: int = opt(help="The curvature stages' evaluation set.", unit="images", domain="multiple of 10")
+    batch_size: int = opt(help="Its fixed batches.", unit="images per batch", domain=">= 1")
+    tol: float = opt(help="Lanczos tolerance of every curvature stage.", domain="(0, 1)")
+    eigenpairs: dict[str, dict[str, int]] = opt(help="Per finding, the eigenpairs it reads of each curvature stage "
+                                                "(`_eigenpairs`).", unit="eigenpairs")
+
+
+@dataclass(frozen=True)
+class ScaleSettings:
+    """`SETTINGS[scale]`: each entry the settings of the stages of that name (their kinds type and check their
+    keys), the sweep's and the batch-norm post's evaluation set as the plan reads them."""
+
+    wd_main: dict[str, Any] = opt(help="The constant-lr BN DavidNet of F1-F3 (train options).")
+    eos: dict[str, Any] | None = opt(help="F12's own run (train options); None: F12 reads wd_main's checkpoints.")
+    eos_series: dict[str, Any] = opt(help="F12's curvature series (hessian options).")
+    sweep: SweepEntry = opt(help="F4's lr x wd sweep.")
+    stress: dict[str, Any] = opt(help="F6's exponential-lr stress runs (train options).")
+    bn_post: dict[str, Any] = opt(help="The batch-norm post's simple nets (train options, lr_scale: x the post's lr).")
+    bn_eval: BnEvalEntry = opt(help="The curvature stages of F7-F11 and F13.")
+    collapse: dict[str, Any] = opt(help="F5's fully connected net at init (collapse options).")
+    init_shares: dict[str, Any] = opt(help="F7's channel-mean shares at init.")
+    exact: dict[str, Any] = opt(help="The float64 simulations of F1 and F4b.")
+
+
+def scale_settings(scale: str) -> ScaleSettings:
+    """SETTINGS[scale], typed: a missing, unknown or wrongly typed entry (or key of the sweep's and bn_eval's) is
+    refused in one line; the stages' own keys are their kinds' to check (`_Builder.add`)."""
+    if scale not in SETTINGS:
+        raise BnlabError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    return load(ScaleSettings, SETTINGS[scale], what=f"scale {scale} settings", unknown="refuse")
+
+
 class _Builder:
-    """Collects the stages of a plan in order; each stage's cost comes from its kind, given the settings of
-    the stages it reads and of the training run it analyses."""
+    """Collects the stages of a plan in order; each stage's settings are checked by its kind and its cost comes
+    from it, given the settings of the stages it reads and of the training run it analyses."""
 
     def __init__(self) -> None:
         self.stages: dict[str, Stage] = {}
 
     def add(self, name: str, kind_name: str, settings: dict[str, Any], deps: dict[str, str] | None = None) -> None:
         deps = dict(deps or {})
+        k = kind(kind_name)
+        k.check(settings, name)  # a bad SETTINGS entry is refused here, naming the stage, before any stage runs
         inputs = {role: self.stages[d].settings for role, d in deps.items()}
-        cost = kind(kind_name).cost(settings, inputs, self.run_of(deps))
+        cost = k.cost(settings, inputs, self.run_of(deps))
         self.stages[name] = Stage(name, kind_name, settings, deps, cost=cost)
 
     def run_of(self, deps: dict[str, str]) -> dict[str, Any] | None:
@@ -157,46 +202,45 @@ class _Builder:
 
 
 def build_plan(scale: str) -> dict[str, Stage]:
-    """Every stage of `scale`, by name (a DAG: deps name earlier stages)."""
-    if scale not in SETTINGS:
-        raise BnlabError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    """Every stage of `scale`, by name (a DAG: deps name earlier stages), each stage's settings checked against
+    its kind's `settings_type` (BnlabError naming the stage and the field)."""
+    s = scale_settings(scale)
     b = _Builder()
-    _weight_decay_stages(b, SETTINGS[scale])
-    _batch_norm_stages(b, SETTINGS[scale])
+    _weight_decay_stages(b, s)
+    _batch_norm_stages(b, s)
     return b.stages
 
 
 _SGD = dict(momentum=0.9, nesterov=True)
 
 
-def _weight_decay_stages(b: _Builder, s: dict[str, Any]) -> None:
+def _weight_decay_stages(b: _Builder, s: ScaleSettings) -> None:
     """One constant-lr BN DavidNet (F1-F3; F12 where "eos" is None), a sweep (F4), exact simulations (F1, F4b);
     F12's own run at the largest stable lr where "eos" is set."""
-    main = dict(s["wd_main"])
+    main = dict(s.wd_main)
     main.update(variant="bn", lr_schedule="const", **_SGD, log_channels=True, log_every=main.get("log_every", 1))
     b.add("train_wd_main", "train", main)
     b.add("dynamics_wd_main", "dynamics", {"channels": True}, {"run": "train_wd_main"})
     eos_run = "train_wd_main"
-    if s["eos"] is not None:
-        eos = dict(s["eos"])
+    if s.eos is not None:
+        eos = dict(s.eos)
         eos.update(variant="bn", lr_schedule="const", **_SGD, log_every=0)
         b.add("train_eos", "train", eos)
         eos_run = "train_eos"
-    b.add("series_eos", "series", dict(s["eos_series"]), {"run": eos_run})
-    sw = s["sweep"]
-    base = dict(sw["base"], lr_schedule="const", **_SGD, log_every=sw["base"].get("log_every", 1))
-    b.add("sweep_wd", "sweep", {"base": base, "grid": sw["grid"], "variant": "bn"})
-    b.add("exact_invariant", "exact", dict(s["exact"]))
+    b.add("series_eos", "series", dict(s.eos_series), {"run": eos_run})
+    base = dict(s.sweep.base, lr_schedule="const", **_SGD, log_every=s.sweep.base.get("log_every", 1))
+    b.add("sweep_wd", "sweep", {"base": base, "grid": s.sweep.grid, "variant": "bn"})
+    b.add("exact_invariant", "exact", dict(s.exact))
 
 
-def _batch_norm_stages(b: _Builder, s: dict[str, Any]) -> None:
+def _batch_norm_stages(b: _Builder, s: ScaleSettings) -> None:
     """Collapse at init, the LR stress test, and the three simple nets with their curvature analyses."""
-    b.add("collapse_fc", "collapse", dict(s["collapse"]))
-    b.add("init_shares", "init_shares", dict(s["init_shares"]))
+    b.add("collapse_fc", "collapse", dict(s.collapse))
+    b.add("init_shares", "init_shares", dict(s.init_shares))
     for variant in ("bn", "no_bn"):
-        b.add(f"train_stress_{variant}", "train", dict(s["stress"], variant=variant, lr_schedule="exp",
+        b.add(f"train_stress_{variant}", "train", dict(s.stress, variant=variant, lr_schedule="exp",
                                                         weight_decay=1e-4, **_SGD, log_every=0))
-    bp, ev = s["bn_post"], s["bn_eval"]
+    bp, ev = s.bn_post, s.bn_eval
     f = bp["epochs"] / 10  # the post's [0, 4, 20] schedule, stopped at half-way (epoch 10), compressed in time
     for variant, lr in (("bn", 5.0), ("no_bn", 0.2)):
         cfg = {k: v for k, v in bp.items() if k != "lr_scale"}
@@ -206,9 +250,9 @@ def _batch_norm_stages(b: _Builder, s: dict[str, Any]) -> None:
     b.add("freeze_simple_bn", "freeze", {}, {"run": "train_simple_bn"})
     ckpt_of = {"bn": ("train_simple_bn", "run"), "frozen": ("freeze_simple_bn", "frozen"),
                "no_bn": ("train_simple_no_bn", "run")}
-    budget = {stage: e["k"] for stage, e in eigenpair_budget_of(ev).items()}
+    budget = {stage: e["k"] for stage, e in eigenpair_budget_of(ev.eigenpairs).items()}
     for m, (src, role) in ckpt_of.items():
-        common = {"num_samples": ev["num_samples"], "batch_size": ev["batch_size"], "tol": ev["tol"],
+        common = {"num_samples": ev.num_samples, "batch_size": ev.batch_size, "tol": ev.tol,
                   "loss_scale": "batch-sum"}
         b.add(f"hessian_{m}", "hessian", {**common, "top_k": budget[f"hessian_{m}"]}, {role: src})
         b.add(f"outstats_{m}", "outstats", {**common, "project": True, "project_k": budget[f"projected_{m}"]},
@@ -217,7 +261,7 @@ def _batch_norm_stages(b: _Builder, s: dict[str, Any]) -> None:
         b.add(f"ggn_{m}", "hessian", {**common, "top_k": budget[f"ggn_{m}"], "matrix": "ggn"}, {role: src})
         b.add(f"residual_{m}", "hessian", {**common, "top_k": budget[f"residual_{m}"], "matrix": "residual"},
               {role: src})
-        if ev["num_samples"] < POST_SAMPLES and m in ("bn", "frozen"):  # F9's sample check: lambda1 on two halves
+        if ev.num_samples < POST_SAMPLES and m in ("bn", "frozen"):  # F9's sample check: lambda1 on two halves
             b.add(f"halves_{m}", "halves", dict(common), {role: src})
 
 

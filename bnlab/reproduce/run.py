@@ -37,7 +37,7 @@ from .kinds import kind
 from .plan import SCALES, SETTINGS, Stage, build_plan, eigenpair_budget, needed_stages, with_deps
 from .report import hms as _hms
 from .report import write_report
-from .stages import OUT, check_stage, run_stage
+from .stages import OUT, run_stage
 
 MANIFEST = "reproduce.json"
 MANIFEST_FORMAT = "bnlab-reproduce"
@@ -168,11 +168,9 @@ def run_reproduce(opts: ReproduceOptions, out: str | Path, *, force: bool = Fals
     context = _context(opts, dev)
     data_folder = context.pop("data_folder", None)
     resume = out.is_dir() and _is_reproduction(out) and not force
-    plan = build_plan(opts.scale)
+    plan = build_plan(opts.scale)  # every stage's settings checked: what its command would refuse is refused now
     wanted = opts.findings
     names = needed_stages(plan, wanted)
-    for n in names:  # everything a stage's command would refuse is refused now, before OUT is touched
-        check_stage(plan[n].kind, plan[n].settings)
     keys = stage_keys(plan, list(plan), context)
     jobs = opts.jobs or (1 if dev.type == "cuda" else max(1, (os.cpu_count() or 1) // opts.threads))
     log = _Log(None if quiet else (stream or sys.stderr))

@@ -41,6 +41,7 @@ def output_files(out: Path) -> dict[str, int]:
             if p.is_file() and not p.name.startswith(".")}
 
 
-def check_stage(kind_name: str, settings: dict[str, Any]) -> None:
-    """Refuse (BnlabError) settings the stage's command would refuse, before anything runs."""
-    kind(kind_name).check(settings)
+def check_stage(kind_name: str, settings: dict[str, Any], stage: str | None = None) -> None:
+    """Refuse (BnlabError naming `stage` and the field) settings that are not the kind's `settings_type` or that
+    the stage's command would refuse, before anything runs."""
+    kind(kind_name).check(settings, stage)
