@@ -156,13 +156,15 @@ class _Builder:
         return None
 
 
-def build_plan(scale: str) -> dict[str, Stage]:
-    """Every stage of `scale`, by name (a DAG: deps name earlier stages)."""
+def build_plan(scale: str, settings: dict[str, Any] | None = None) -> dict[str, Stage]:
+    """Every stage of `scale`, by name (a DAG: deps name earlier stages); `settings`: the scale's with some
+    replaced (`ReproduceOptions.settings`), default SETTINGS[scale]."""
     if scale not in SETTINGS:
         raise BnlabError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    s = SETTINGS[scale] if settings is None else settings
     b = _Builder()
-    _weight_decay_stages(b, SETTINGS[scale])
-    _batch_norm_stages(b, SETTINGS[scale])
+    _weight_decay_stages(b, s)
+    _batch_norm_stages(b, s)
     return b.stages
 
 
