@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from ..errors import BnlabError
 from ..options import OptionMeta
 from ..reproduce.plan import SCALES
 from ..reproduce.run import ReproduceOptions, run_reproduce
@@ -39,10 +40,15 @@ _WORDS = {
 @click.option("--merge", is_flag=True, help="TARGETS are the folders of parts run separately (their report.json "
               "and figures suffice): merge them into one report in OUT; parts of other scales, versions or data, "
               "or deciding a finding differently, are refused.")
+@click.option("--widths", default=None, metavar="W,W,...",
+              help="The width trend of F7 and F9: one reproduction per width of the batch-norm post's simple nets "
+                   "(OUT/width_W, everything else as --scale says), then OUT/width_trend.json, .md and .png (share "
+                   "and gap against width). TARGETS: F7, F9 or both (default).")
 @force_option
 @options_from(ReproduceOptions, only=("device",), changes=_WORDS)
 @quiet_option
-def command(targets: tuple[str, ...], out: str, force: bool, quiet: bool, merge: bool, **options: Any) -> None:
+def command(targets: tuple[str, ...], out: str, force: bool, quiet: bool, merge: bool, widths: str | None,
+            **options: Any) -> None:
     """Run what TARGETS need (all | weight-decay | batch-norm | finding ids such as F2 F9; default all) and
     write OUT/report.md, report.html and report.json: one row per finding, PASS/FAIL against fixed thresholds
     (UNDECIDED where the scale is too small to test the claim).
@@ -50,6 +56,11 @@ def command(targets: tuple[str, ...], out: str, force: bool, quiet: bool, merge:
     Interrupted or partial runs continue where they stopped when rerun with the same --out. With --merge,
     TARGETS are reproduction folders to combine: `bnlab reproduce --merge PART_A PART_B --out OUT`.
     """
+    if merge and widths is not None:
+        raise BnlabError("--merge combines finished parts and --widths runs a width trend; use one of them")
+    if widths is not None:
+        _trend(targets, widths, out, force, quiet, options)
+        return
     if merge:
         from ..reproduce.merge import merge_reports
 
@@ -65,3 +76,13 @@ def command(targets: tuple[str, ...], out: str, force: bool, quiet: bool, merge:
     for f in result.findings:
         click.echo(f"{f.id:<{width}}  {f.verdict:<9}  {f.title}: {f.measured}")
     click.echo(f"wrote {Path(out) / 'report.md'}, report.html, report.json")
+
+
+def _trend(targets: tuple[str, ...], widths: str, out: str, force: bool, quiet: bool, options: dict[str, Any]) -> None:
+    from ..reproduce.trend import parse_widths, trend_findings, width_trend
+    from ..reproduce.trend_report import table
+
+    ws, findings = parse_widths(widths), trend_findings(targets)
+    result = width_trend(out, ws, findings=findings, force=force, quiet=quiet, **options)
+    click.echo(table(result.record))
+    click.echo(f"wrote {Path(out) / 'width_trend.md'}, width_trend.json, width_trend.png")

@@ -54,6 +54,7 @@ def _check(parts: list[tuple[Path, dict[str, Any]]]) -> None:
     _same(parts, "bnlab versions", lambda r: (r.get("version"), r.get("provenance", {}).get("versions", {})
                                               .get("bnlab")))
     _same(parts, "data", lambda r: r.get("provenance", {}).get("data", {}).get("fingerprint"))
+    _same(parts, "scale settings", lambda r: r.get("overrides") or {})  # e.g. two widths of the width trend
     decided: dict[str, tuple[str, str]] = {}
     for folder, rec in parts:
         for f in rec["findings"]:

@@ -169,12 +169,13 @@ class ScaleSettings:
     exact: dict[str, Any] = opt(help="The float64 simulations of F1 and F4b.")
 
 
-def scale_settings(scale: str) -> ScaleSettings:
+def scale_settings(scale: str, settings: dict[str, Any] | None = None) -> ScaleSettings:
     """SETTINGS[scale], typed: a missing, unknown or wrongly typed entry (or key of the sweep's and bn_eval's) is
     refused in one line; the stages' own keys are their kinds' to check (`_Builder.add`)."""
     if scale not in SETTINGS:
         raise BnlabError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
-    return load(ScaleSettings, SETTINGS[scale], what=f"scale {scale} settings", unknown="refuse")
+    raw = SETTINGS[scale] if settings is None else settings
+    return load(ScaleSettings, raw, what=f"scale {scale} settings", unknown="refuse")
 
 
 class _Builder:
@@ -201,10 +202,11 @@ class _Builder:
         return None
 
 
-def build_plan(scale: str) -> dict[str, Stage]:
+def build_plan(scale: str, settings: dict[str, Any] | None = None) -> dict[str, Stage]:
     """Every stage of `scale`, by name (a DAG: deps name earlier stages), each stage's settings checked against
-    its kind's `settings_type` (BnlabError naming the stage and the field)."""
-    s = scale_settings(scale)
+    its kind's `settings_type` (BnlabError naming the stage and the field). `settings`: the scale's with some
+    replaced (`ReproduceOptions.settings`), default SETTINGS[scale]."""
+    s = scale_settings(scale, settings)
     b = _Builder()
     _weight_decay_stages(b, s)
     _batch_norm_stages(b, s)

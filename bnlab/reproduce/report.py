@@ -94,7 +94,15 @@ def _header(record: dict[str, Any]) -> list[str]:
         f"Data: {p['data']['folder'] or 'synthetic'} (fingerprint {str(p['data']['fingerprint'])[:16]}). "
         f"Seeds: {p['seeds']}.",
         *_budget_lines(p.get("eigenpairs")), *_parts_lines(record.get("parts")),
+        *_override_lines(record.get("overrides")),
     ]
+
+
+def _override_lines(overrides: dict[str, Any] | None) -> list[str]:
+    if not overrides:
+        return []
+    return ["", "Scale settings replaced (the rest as the scale says): "
+            + "; ".join(f"{k} = {v}" for k, v in overrides.items()) + "."]
 
 
 def _budget_lines(budget: dict[str, Any] | None) -> list[str]:

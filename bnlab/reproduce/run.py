@@ -29,6 +29,7 @@ from ..findings.record import VERDICTS, FindingRecord
 from ..findings.registry import BY_ID, FINDING_STAGES, IDS, in_group
 from ..io.folder import result_folder
 from ..io.jsonfile import read_json, write_json
+from ..models import MAX_WIDTH
 from ..rundir import claim_out_dir, output_path
 from ..runtime import worker_pool
 from ..version import __version__
@@ -77,10 +78,15 @@ class ReproduceOptions:
     # Torch threads of every stage, whatever `jobs` is: CPU kernels reduce in an order that depends on
     # the thread count, so a fixed count (part of every stage key) makes a stage's result independent of -j.
     threads: int = 1
+    # The batch-norm post's simple nets at this width instead of the scale's (None: the scale's); the width
+    # trend (`bnlab.reproduce.trend`) runs one reproduction per width. Part of the settings, so of the keys.
+    simple_width: int | None = None
 
     def validate(self) -> None:
         check.choice("--scale", self.scale, SCALES)
         resolve_targets(self.targets)
+        if self.simple_width is not None:
+            check.integer("simple_width", self.simple_width, 1, MAX_WIDTH)
         if self.jobs is not None:
             check.integer("--jobs", self.jobs, 1, check.MAX_WORKERS)
         check.integer("--threads", self.threads, 1, check.MAX_WORKERS)
@@ -90,6 +96,18 @@ class ReproduceOptions:
     @property
     def findings(self) -> tuple[str, ...]:
         return resolve_targets(self.targets)
+
+    def overrides(self) -> dict[str, Any]:
+        """The scale's settings this reproduction replaces ("group.field": value); empty when none."""
+        return {} if self.simple_width is None else {"bn_post.width": self.simple_width}
+
+    def settings(self) -> dict[str, Any]:
+        """The scale's settings (`SETTINGS[scale]`) with the overrides in place (a copy; SETTINGS is untouched)."""
+        s = dict(SETTINGS[self.scale])
+        for path, value in self.overrides().items():
+            group, name = path.split(".")
+            s[group] = {**s[group], name: value}
+        return s
 
 
 @dataclass
@@ -168,7 +186,7 @@ def run_reproduce(opts: ReproduceOptions, out: str | Path, *, force: bool = Fals
     context = _context(opts, dev)
     data_folder = context.pop("data_folder", None)
     resume = out.is_dir() and _is_reproduction(out) and not force
-    plan = build_plan(opts.scale)  # every stage's settings checked: what its command would refuse is refused now
+    plan = build_plan(opts.scale, opts.settings())  # every stage's settings checked: refused now, not mid-run
     wanted = opts.findings
     names = needed_stages(plan, wanted)
     keys = stage_keys(plan, list(plan), context)
@@ -181,7 +199,8 @@ def run_reproduce(opts: ReproduceOptions, out: str | Path, *, force: bool = Fals
         manifest = read_manifest(out) if resume else {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
                                                        "runs": []}
         manifest["runs"].append({"started": _now(), "scale": opts.scale, "findings": list(wanted),
-                                 "argv": sys.argv, "device": str(dev), "jobs": jobs, "threads": opts.threads})
+                                 "argv": sys.argv, "device": str(dev), "jobs": jobs, "threads": opts.threads,
+                                 **({"overrides": opts.overrides()} if opts.overrides() else {})})
         write_json(out / MANIFEST, manifest)
         env = {"data_dir": str(data_folder) if data_folder else None, "device": str(dev), "quiet": quiet or jobs > 1,
                "threads": opts.threads}
@@ -442,6 +461,7 @@ def _report_record(opts: ReproduceOptions, wanted: tuple[str, ...], records: lis
                    for n, o in outcomes.items() if o.outputs.get("final_sha256") or o.outputs.get("frozen_sha256")}
     return {
         "format": REPORT_FORMAT, "version": 1, "scale": opts.scale, "requested": list(wanted),
+        **({"overrides": opts.overrides()} if opts.overrides() else {}),
         "summary": summary, "findings": [r.to_dict() for r in records], "stages": stages,
         "provenance": {
             "created": _now(), "versions": versions(), "device": str(dev),
@@ -453,7 +473,7 @@ def _report_record(opts: ReproduceOptions, wanted: tuple[str, ...], records: lis
             "checkpoint_sha256": checkpoints, "wall_time_total": wall,
             "wall_time_stages_run": sum(o.wall_time or 0 for o in outcomes.values() if o.status == "ran"),
             "wall_time_stages_all": sum(o.wall_time or 0 for o in outcomes.values()),
-            "scale_settings": SETTINGS[opts.scale], "eigenpairs": eigenpair_budget(opts.scale),
+            "scale_settings": opts.settings(), "eigenpairs": eigenpair_budget(opts.scale),
             "command": " ".join(sys.argv),
         },
     }
