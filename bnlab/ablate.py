@@ -72,8 +72,8 @@ class AblationOptions:
             raise BnlabError(f"--seeds repeats a seed: {list(self.seeds)}")
         check.positive("--epoch-scale", self.epoch_scale)
         check.integer("--retries", self.retries, 0)
-        if self.ema_momentum is not None and not 0 < self.ema_momentum < 1:
-            raise BnlabError(f"--ema-momentum must lie in (0, 1), got {self.ema_momentum}")
+        if self.ema_momentum is not None:
+            check.in_range("--ema-momentum", self.ema_momentum, 0.0, 1.0, low_open=True, high_open=True)
         hints = {"epochs": "(use --epoch-scale)", "ema_momentum": "(use --ema-momentum)"}
         for key in ("epochs", "lr_knots", "seed", "recipe", "ema_momentum"):
             if key in self.overrides:

@@ -152,7 +152,7 @@ def test_ema_momentum_changes_only_the_steps_that_average() -> None:
         assert default.config(step, 0).ema_momentum == (0.99 if averages else 0.0)
     assert [s.name for s in STEPS if s.options.get("ema_momentum")] == ["ema", "tta"]
     for bad in (0.0, 1.0, 1.5):
-        with pytest.raises(BnlabError, match="--ema-momentum must lie in"):
+        with pytest.raises(BnlabError, match=r"^--ema-momentum must be in \(0, 1\), got "):
             AblationOptions(ema_momentum=bad).validate()
     with pytest.raises(BnlabError, match="use --ema-momentum"):
         AblationOptions(overrides={"ema_momentum": 0.9}).validate()

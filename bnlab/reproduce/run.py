@@ -418,12 +418,12 @@ class _Eta:
 
 
 class _Log:
-    def __init__(self, stream: TextIO | None) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None, prefix: str = "") -> None:
+        self.stream, self.prefix = stream, prefix
 
     def line(self, text: str) -> None:
         if self.stream is not None:
-            self.stream.write(f"{dt.datetime.now():%H:%M:%S} {text}\n")
+            self.stream.write(f"{dt.datetime.now():%H:%M:%S} {self.prefix}{text}\n")
             self.stream.flush()
 
 

@@ -9,7 +9,6 @@ width_trend.png (`bnlab.reproduce.trend_report`).
 """
 from __future__ import annotations
 
-import datetime as dt
 import math
 import sys
 from dataclasses import dataclass, replace
@@ -27,7 +26,7 @@ from ..io.jsonfile import read_json, write_json
 from ..models import MAX_WIDTH
 from ..rundir import claim_out_dir, output_path
 from .plan import build_plan, needed_stages
-from .run import ReproduceOptions, _critical_path, resolve_targets, run_reproduce
+from .run import ReproduceOptions, _critical_path, _Log, _now, resolve_targets, run_reproduce
 
 TREND_FINDINGS = ("F7", "F9")  # what the trend reads; other findings have their own widths (or none)
 TREND_FILE = "width_trend.json"
@@ -96,7 +95,7 @@ def width_trend(out: str | Path, widths: tuple[int, ...] | list[int], *, finding
     base.validate()  # every refusal before OUT is touched
     out = output_path(out)
     resume = _is_trend(out, scale) and not force
-    say = _Say(None if quiet else (stream or sys.stderr))
+    say = _Log(None if quiet else (stream or sys.stderr), prefix="trend: ").line
     inputs = [] if scale == "smoke" else [("data folder", p) for p in cifar.input_paths(data_dir)]
     errors: dict[int, str] = {}
     with claim_out_dir(out, force=force, resume=resume, inputs=inputs):
@@ -126,8 +125,8 @@ def width_trend(out: str | Path, widths: tuple[int, ...] | list[int], *, finding
 def _record(scale: str, findings: tuple[str, ...], widths: tuple[int, ...], rows: list[dict[str, Any]],
             status: str) -> dict[str, Any]:
     return {"format": TREND_FORMAT, "version": TREND_VERSION, "scale": scale, "findings": list(findings),
-            "widths": list(widths), "status": status, "created": dt.datetime.now(dt.timezone.utc)
-            .isoformat(timespec="seconds"), "post": post_values(), "thresholds": thresholds(), "rows": rows}
+            "widths": list(widths), "status": status, "created": _now(),
+            "post": post_values(), "thresholds": thresholds(), "rows": rows}
 
 
 def _is_trend(out: Path, scale: str) -> bool:
@@ -221,13 +220,3 @@ def trend_row(width: int, folder: Path, error: str | None = None) -> dict[str, A
     row["posts"] = [p for p in rep.get("posts", []) if p["finding"] in TREND_FINDINGS]
     row["simple_width"] = rep.get("provenance", {}).get("scale_settings", {}).get("bn_post", {}).get("width")
     return row
-
-
-class _Say:
-    def __init__(self, stream: TextIO | None) -> None:
-        self.stream = stream
-
-    def __call__(self, text: str) -> None:
-        if self.stream is not None:
-            self.stream.write(f"{dt.datetime.now():%H:%M:%S} trend: {text}\n")
-            self.stream.flush()
