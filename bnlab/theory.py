@@ -38,6 +38,10 @@ the 1/(1-mu) steps of the momentum memory):
 * Relaxation: ``v = ||w||^4`` obeys ``v_{t+1} = v_t - 4 eta_t lambda A v_t + 2 eta_t^2 A^2 L_t``, so it
   relaxes to equilibrium exponentially with time constant ``(1 - mu) / (4 eta lambda)`` steps.
   Under a time-varying lr the same recursion gives the *lagged* equilibrium (`lagged_norm4`).
+* Correlated gradients: when cos(g_t, g_{t-k}) = rho_k is not zero, the same two sums become S_rho and
+  S_rho + 2 C_rho (`correlation_sums`) and the angle ``theta^2 = 2 eta lambda A S_rho / (S_rho + 2 C_rho)``
+  (`correlated_angle`). For heavy ball this is 2 eta lambda / (1 + mu) whatever rho is; for torch's Nesterov
+  an oscillating gradient (rho_1 < 0) raises it (rho_1 = -0.4 alone: x1.16 at mu = 0.9).
 
 Which quantity each prediction is for: ``theta`` is the angular update between w_t and w_{t+1} (the
 log's ``angle``). The log's ``rel_step = ||w_{t+1} - w_t|| / ||w_t||`` also contains the radial part;
@@ -139,6 +143,56 @@ def lagged_angle(lrs: np.ndarray, norm4: np.ndarray, grad_scale: np.ndarray | fl
                  nesterov: bool) -> np.ndarray:
     """Angle per step predicted from a norm trajectory: theta^2 = eta^2 S2 L / ||w||^4."""
     return np.asarray(lrs) * np.sqrt(noise_gain(momentum, nesterov) * np.asarray(grad_scale) / np.asarray(norm4))
+
+
+def filter_coefficients(momentum: float, nesterov: bool, length: int) -> np.ndarray:
+    """The first `length` coefficients a_k of the momentum filter s_t = sum_k a_k d_{t-k}."""
+    _check(momentum, nesterov)
+    k = np.arange(length, dtype=float)
+    a = momentum ** k
+    if nesterov:
+        a = momentum ** (k + 1)
+        a[0] = 1 + momentum
+    return a
+
+
+def correlation_sums(momentum: float, nesterov: bool, rho: np.ndarray) -> tuple[float, float]:
+    """(S_rho, C_rho): the noise gain and the momentum cross term when successive gradients correlate.
+
+    `rho` is the gradients' autocorrelation rho_0 = 1, rho_1, ..., rho_K (cos(g_t, g_{t-k}), zero beyond K).
+    S_rho = sum_{j,k} a_j a_k rho_|j-k| is E||s_t||^2 / ||g||^2 (the tangential step), and
+    C_rho = sum_{k>=1} a_k sum_{m=1..k} sum_j a_j rho_|k-m-j| collects <w_t, g_{t-k}> = -eta sum_m <s_{t-m},
+    g_{t-k}> (first order). Uncorrelated (rho = [1]): S_rho = S2 and S_rho + 2 C_rho = A^2.
+    """
+    rho = np.asarray(rho, dtype=float)
+    if rho.ndim != 1 or len(rho) == 0 or not np.all(np.isfinite(rho)) or rho[0] != 1:
+        raise BnlabError("rho must be a finite autocorrelation sequence starting with rho_0 = 1")
+    # long enough for the filter's tail to vanish in float64 (mu^n < 1e-17), plus the correlation's reach
+    n = len(rho) + 2 + (int(math.ceil(-39.2 / math.log(momentum))) if momentum > 0 else 1)
+    a = filter_coefficients(momentum, nesterov, n)
+    sym = np.concatenate([rho[:0:-1], rho])  # rho_-K .. rho_K
+    u = np.convolve(a, sym)[len(rho) - 1:len(rho) - 1 + n]  # u_m = sum_j a_j rho_|m-j|, m = 0..n-1
+    S = float(a @ u)
+    prefix = np.concatenate([[0.0], np.cumsum(u)[:-1]])  # sum_{m<k} u_m
+    C = float(a @ prefix)
+    return S, C
+
+
+def correlated_angle(lr: float | np.ndarray, wd: float | np.ndarray, momentum: float, nesterov: bool,
+                     rho: np.ndarray) -> float | np.ndarray:
+    """Equilibrium angle per step when successive gradients correlate (`correlation_sums`):
+    theta^2 = 2 eta lambda A S_rho / (S_rho + 2 C_rho); with rho = [1] it is `equilibrium_angle`.
+
+    Heavy ball's (and plain SGD's) angle does not depend on rho at all; torch's Nesterov's does: positively
+    correlated gradients turn it less, anticorrelated ones (an oscillation) more (tests/test_theory.py).
+    """
+    S, C = correlation_sums(momentum, nesterov, rho)
+    return np.sqrt(2 * np.asarray(lr) * np.asarray(wd) * filter_sum(momentum) * S / (S + 2 * C))
+
+
+def correlation_factor(momentum: float, nesterov: bool, rho: np.ndarray) -> float:
+    """correlated_angle / equilibrium_angle: how much the gradients' autocorrelation moves the prediction."""
+    return float(correlated_angle(1.0, 1.0, momentum, nesterov, rho) / equilibrium_angle(1.0, 1.0, momentum, nesterov))
 
 
 def stability_threshold(momentum: float = 0.0, nesterov: bool = False) -> float:

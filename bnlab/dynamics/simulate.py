@@ -29,22 +29,29 @@ def stable_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def simulate_sphere(lrs: np.ndarray, wd: float, momentum: float = 0.0, nesterov: bool = False, *,
                     grad_scale: float = 1.0, dim: int = 256, rows: int = 64, norm0: float = 1.0,
-                    seed: int = 0) -> SphereRun:
-    """Run len(lrs) SGD steps (lr lrs[t] at step t) from random w with ||w|| = norm0, in float64."""
+                    seed: int = 0, grad_corr: float = 0.0) -> SphereRun:
+    """Run len(lrs) SGD steps (lr lrs[t] at step t) from random w with ||w|| = norm0, in float64.
+
+    grad_corr: the noise is AR(1) in the ambient space, xi_t = c xi_{t-1} + sqrt(1 - c^2) z_t, so successive
+    gradients correlate as cos(g_t, g_{t-k}) ~ c^k (up to O(1/dim) from projecting out w)."""
+    if not -1 < grad_corr < 1:
+        raise ValueError(f"grad_corr must be in (-1, 1), got {grad_corr}")
     gen = torch.Generator().manual_seed(seed)
     w0 = torch.randn(rows, dim, generator=gen, dtype=torch.float64)
     w = torch.nn.Parameter(w0 * (norm0 / w0.norm(dim=1, keepdim=True)))
     opt = torch.optim.SGD([w], lr=float(lrs[0]), momentum=momentum, nesterov=nesterov, weight_decay=wd)
     n = len(lrs)
+    xi = torch.randn(rows, dim, generator=gen, dtype=torch.float64)
     norm, angle, rel = (np.empty((n, rows)) for _ in range(3))
     for t in range(n):
         with torch.no_grad():
             before = w.detach().clone()
-            xi = torch.randn(rows, dim, generator=gen, dtype=torch.float64)
+            z = torch.randn(rows, dim, generator=gen, dtype=torch.float64)
+            xi = grad_corr * xi + (1 - grad_corr ** 2) ** 0.5 * z if grad_corr else z
             u = before / before.norm(dim=1, keepdim=True)
-            xi -= (xi * u).sum(1, keepdim=True) * u  # orthogonal to w: the scale-invariance identity
+            g = xi - (xi * u).sum(1, keepdim=True) * u  # orthogonal to w: the scale-invariance identity
             wn = before.norm(dim=1, keepdim=True)
-            w.grad = xi * (grad_scale ** 0.5 / (xi.norm(dim=1, keepdim=True) * wn))
+            w.grad = g * (grad_scale ** 0.5 / (g.norm(dim=1, keepdim=True) * wn))
         for group in opt.param_groups:
             group["lr"] = float(lrs[t])
         opt.step()
