@@ -120,6 +120,9 @@ class TrainConfig:
     seed: int = opt(0, help="Seed of init, data order, augmentation.", domain="0..2^32-1")
     log_every: int = opt(1, help="Dynamics log every k steps (0: off).", unit="steps", domain=">= 0")
     log_channels: bool = opt(False, help="Also log per-output-channel dynamics.")
+    log_grad_lags: int = opt(0, help="Also log cos(g_t, g_{t-k}), k = 1..K, per tensor at each logged step "
+                             "(dynamics_gradcorr.csv; keeps K gradient copies): the autocorrelation the "
+                             "correlated equilibrium angle reads.", unit="optimizer steps", domain="0..32")
     save_every: int = opt(0, help="ckpt_epoch_NNN.pt every k epochs (0: only last.pt and final.pt).",
                           unit="epochs", domain=">= 0")
     amp: str = opt("auto", help="auto: bf16 autocast on CUDA, fp32 on CPU; off forces fp32.",
@@ -186,6 +189,9 @@ class TrainConfig:
         check.non_negative("--wd", self.weight_decay)
         check.in_range("--label-smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
         check.integer("--log-every", self.log_every, 0)
+        check.integer("--log-grad-lags", self.log_grad_lags, 0, 32)
+        if self.log_grad_lags and not self.log_every:
+            raise BnlabError("--log-grad-lags needs the dynamics log: give --log-every >= 1")
         check.integer("--save-every", self.save_every, 0)
         check.positive("--bias-scale", self.bias_scale)
         check.in_range("--ema", self.ema_momentum, 0.0, 1.0, high_open=True)

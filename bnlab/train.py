@@ -50,7 +50,7 @@ from .checkpoint import load_weights, read_checkpoint, remove_stale_temp_files, 
 from .config import TrainConfig
 from .data import Data, eval_batches, load_data, train_batches
 from .data.dataset import data_inputs
-from .dynamics.log import truncate_csv
+from .dynamics.log import GRADCORR_FILE, truncate_csv
 from .dynamics.tracker import DynamicsTracker
 from .ema import WeightEMA
 from .errors import BnlabError
@@ -234,7 +234,7 @@ class _Run:
 
     def flush_dynamics(self) -> None:
         if self.tracker is not None:
-            self.tracker.flush(self.out / "dynamics.csv", self.out / "dynamics_channels.csv")
+            self.tracker.flush(self.out / "dynamics.csv", self.out / "dynamics_channels.csv", self.out / GRADCORR_FILE)
 
 
 def train(config: TrainConfig | None, out_dir: str | Path, *, device: str | torch.device = "auto",
@@ -402,17 +402,17 @@ def _open_run(config: TrainConfig, out: Path, dev: torch.device, data: Data, ste
     def prepare_files() -> None:  # rank 0's
         remove_stale_temp_files(out)  # of writes a kill interrupted; we own the folder now
         if payload is None:
-            for name in ("dynamics.csv", "dynamics_channels.csv", "metrics.csv"):  # a restart from scratch
+            for name in ("dynamics.csv", "dynamics_channels.csv", GRADCORR_FILE, "metrics.csv"):  # from scratch
                 (out / name).unlink(missing_ok=True)
             write_json(out / "config.json", config.to_dict())
             run.write_status("running")
         else:
-            for name in ("dynamics.csv", "dynamics_channels.csv"):
+            for name in ("dynamics.csv", "dynamics_channels.csv", GRADCORR_FILE):
                 truncate_csv(out / name, run.step)
 
     distributed.on_main(prepare_files)
     if config.log_every and main:
-        run.tracker = DynamicsTracker(model, channels=config.log_channels)
+        run.tracker = DynamicsTracker(model, channels=config.log_channels, grad_lags=config.log_grad_lags)
     if world > 1:
         run.forward = ddp.wrap(model, dev)
     return run
@@ -550,6 +550,8 @@ def _train_one_epoch(run: _Run, epoch: int, bar: Progress) -> tuple[dict[str, An
                         "reason": reason}
             return {"loss_sum": loss_sum.item(), "correct": correct.item(), "seen": seen, "lr": lr}, diverged
         log = run.tracker is not None and (run.step + 1) % config.log_every == 0
+        if run.tracker is not None and run.tracker.grad_lags:
+            run.tracker.observe_grads(log)  # every step: the lags are optimizer steps, not logged ones
         if log:
             run.tracker.before_step()
         opt.step()

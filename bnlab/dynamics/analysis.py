@@ -77,6 +77,11 @@ class LayerResult:
     relaxation_steps: float | None  # theory's time constant (1-mu)/(4 eta lambda) at the final lr
     invariance: str = "no"  # "exact", "approximate" (see invariance.APPROX_*; theory applied, flagged) or "no"
     angle_ref: float | None = None  # the prediction `ratio` compares with: angle_pred or angle_lagged_pred
+    # Where the run logged the gradients' autocorrelation (--log-grad-lags): its final-window means
+    # rho_1..rho_K, and the correlated prediction (`theory.correlated_angle`) as a factor on the uncorrelated one.
+    grad_autocorr: list[float] | None = None
+    corr_factor: float | None = None  # correlation_factor(rho): the correlated / the uncorrelated prediction
+    ratio_corr: float | None = None  # ratio / corr_factor: the measured angle against the correlated prediction
 
 
 @dataclass
@@ -277,8 +282,28 @@ def _steps_to_equilibrium(s: _Series, angle_smooth: np.ndarray, ratio: np.ndarra
     return to_pred, to_end
 
 
+def grad_autocorr(gc: Table, steps: np.ndarray) -> list[float] | None:
+    """rho_1..rho_K of one tensor: the mean of its logged cos(g_t, g_{t-k}) over the logged `steps` (the final
+    window); None where no lag was logged there (NaN lags: fewer steps kept, after a start or a resume)."""
+    lags = sorted((c for c in gc.columns if c.startswith("gcos_")), key=lambda c: int(c.split("_")[1]))
+    rows = np.isin(gc["step"], steps)
+    if not lags or not rows.any():
+        return None
+    rho = [_nanmean(gc[c][rows]) for c in lags]
+    return None if not all(math.isfinite(r) for r in rho) else [float(r) for r in rho]
+
+
+def _correlated(rho: list[float] | None, ratio: float | None, hyper: Hyper, has_theory: bool
+                ) -> tuple[float | None, float | None]:
+    """(corr_factor, ratio_corr) from the measured autocorrelation, where there is theory to correct."""
+    if rho is None or not has_theory:
+        return None, None
+    factor = theory.correlation_factor(hyper.momentum, hyper.nesterov, np.array([1.0, *rho]))
+    return factor, (ratio / factor if ratio is not None else None)
+
+
 def _analyse_tensor(name: str, t: Table, hyper: Hyper, *, smooth: int, window: float, eq_tol: float,
-                    cos_tol: float, checkpoint_cos: float | None, compare_to: str
+                    cos_tol: float, checkpoint_cos: float | None, compare_to: str, gradcorr: Table | None = None
                     ) -> tuple[LayerResult, dict[str, np.ndarray]]:
     """One parameter tensor's LayerResult and its per-step series columns."""
     s = _series(t)
@@ -296,6 +321,8 @@ def _analyse_tensor(name: str, t: Table, hyper: Hyper, *, smooth: int, window: f
     w = _window_theory(pred, win) if has_theory else _WindowTheory()
     lr_final = float(s.lr[-1])
     to_pred, to_end = _steps_to_equilibrium(s, angle_smooth, ratio, eq_tol, has_theory)
+    rho = grad_autocorr(gradcorr, s.step[win]) if gradcorr is not None else None
+    factor, ratio_corr = _correlated(rho, _ratio(angle, w.angle_ref), hyper, has_theory)
     result = LayerResult(
         param=name, numel=int(t["numel"][0]) if "numel" in t else -1, scale_invariant=bool(cs.invariant),
         median_abs_cos=cs.median_abs_cos, p90_abs_cos=cs.p90_abs_cos, checkpoint_abs_cos=_fin(checkpoint_cos),
@@ -312,7 +339,7 @@ def _analyse_tensor(name: str, t: Table, hyper: Hyper, *, smooth: int, window: f
         relaxation_steps=_fin(float(theory.relaxation_steps(lr_final, hyper.wd, hyper.momentum)))
         if hyper.wd > 0 else None,
         invariance="exact" if cs.invariant else "approximate" if cs.approximate else "no",
-        angle_ref=_fin(w.angle_ref),
+        angle_ref=_fin(w.angle_ref), grad_autocorr=rho, corr_factor=_fin(factor), ratio_corr=_fin(ratio_corr),
     )
     nan = np.full(n, np.nan)
     cols = {"step": s.step, "epoch": t["epoch"] if "epoch" in t else nan, "lr": s.lr,
@@ -381,7 +408,9 @@ def analyse_log(log: RunLog, *, layers: list[str] | None = None, window: float =
         result, cols = _analyse_tensor(name, table.select(table["param"] == name), hyper, smooth=smooth,
                                        window=window, eq_tol=eq_tol, cos_tol=cos_tol,
                                        checkpoint_cos=None if checkpoint_cos is None else checkpoint_cos.get(name),
-                                       compare_to=compare_to)
+                                       compare_to=compare_to,
+                                       gradcorr=None if log.gradcorr is None
+                                       else log.gradcorr.select(log.gradcorr["param"] == name))
         results.append(result)
         for k, v in cols.items():
             series_cols.setdefault(k, []).append(v)

@@ -23,6 +23,14 @@ from ..io.textfile import write_text
 COLUMNS = ("step", "epoch", "lr", "loss", "acc", "param", "numel", "w_norm", "g_norm", "dw_norm",
            "rel_step", "cos_wg", "angle")
 CHANNEL_COLUMNS = ("step", "param", "channel", "w_norm", "g_norm", "dw_norm", "cos_wg", "angle")
+GRADCORR_FILE = "dynamics_gradcorr.csv"
+
+
+def gradcorr_columns(lags: int) -> tuple[str, ...]:
+    """The header of dynamics_gradcorr.csv: cos(g_t, g_{t-k}) per tensor for k = 1..lags."""
+    return ("step", "param", *(f"gcos_{k}" for k in range(1, lags + 1)))
+
+
 NUMERIC = tuple(c for c in COLUMNS + CHANNEL_COLUMNS if c != "param")
 REQUIRED = ("step", "lr", "param", "w_norm", "g_norm", "dw_norm", "rel_step", "cos_wg", "angle")
 REQUIRED_CHANNELS = CHANNEL_COLUMNS
@@ -78,7 +86,7 @@ def read_table(path: Path, required: tuple[str, ...]) -> Table:
     for name, col in cols.items():
         if name == "param":
             out[name] = col.astype(str)
-        elif name in NUMERIC:
+        elif name in NUMERIC or name.startswith("gcos_"):
             try:
                 out[name] = np.where(col == "", "nan", col).astype(float)
             except ValueError:
@@ -112,6 +120,7 @@ class RunLog:
     dynamics: Table
     channels: Table | None
     status: dict = field(default_factory=dict)
+    gradcorr: Table | None = None  # dynamics_gradcorr.csv, where the run logged it (--log-grad-lags)
 
     @property
     def live(self) -> bool:
@@ -152,7 +161,10 @@ def read_run(run_dir: str | Path, channels: bool = False) -> RunLog:
             raise BnlabError(f"{run_dir} has no dynamics_channels.csv; train with --log-channels for per-channel "
                              "analysis")
         chan = read_table(cpath, REQUIRED_CHANNELS)
-    return RunLog(run_dir=run_dir, config=config, dynamics=table, channels=chan, status=read_status(run_dir))
+    gpath = run_dir / GRADCORR_FILE
+    gradcorr = read_table(gpath, ("step", "param", "gcos_1")) if gpath.is_file() else None
+    return RunLog(run_dir=run_dir, config=config, dynamics=table, channels=chan, status=read_status(run_dir),
+                  gradcorr=gradcorr)
 
 
 class append_rows:

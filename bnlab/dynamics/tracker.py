@@ -2,6 +2,10 @@
 
 For each logged step and parameter tensor: ‖w‖ after the step, ‖g‖ (loss gradient, no weight
 decay), ‖Δw‖, ‖Δw‖/‖w_before‖, cos(w_before, g) and the angle between w_before and w_after.
+With `grad_lags` K > 0 it also keeps the last K loss gradients (one copy per optimizer step) and logs, at
+each logged step, cos(g_t, g_{t-k}) for k = 1..K per tensor (``dynamics_gradcorr.csv``): the autocorrelation
+that the equilibrium angle's correlated form reads (`bnlab.theory.correlated_angle`).
+
 Values stay on the device until `flush` (every ~20 s and at each epoch end), so logging every step
 costs a few small reductions and no host syncs.
 
@@ -15,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .log import CHANNEL_COLUMNS, COLUMNS, append_rows
+from .log import CHANNEL_COLUMNS, COLUMNS, append_rows, gradcorr_columns
 
 
 def _angle(dw2: torch.Tensor, dwb: torch.Tensor, na: torch.Tensor, nb: torch.Tensor) -> torch.Tensor:
@@ -45,7 +49,7 @@ def _dots(a: list[torch.Tensor], b: list[torch.Tensor], lengths: torch.Tensor) -
 class DynamicsTracker:
     """Call `before_step` after backward and `after_step` after optimizer.step()."""
 
-    def __init__(self, model: nn.Module, channels: bool = False) -> None:
+    def __init__(self, model: nn.Module, channels: bool = False, grad_lags: int = 0) -> None:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
@@ -57,6 +61,41 @@ class DynamicsTracker:
         self.rows: list[tuple[int, float, float, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.ch_rows: list[tuple[int, list[torch.Tensor]]] = []
         self._before: tuple[torch.Tensor, ...] = ()
+        self.grad_lags = grad_lags
+        self._ring: list[list[torch.Tensor]] = []  # the last grad_lags gradients, oldest overwritten first
+        self._ring_norms: list[torch.Tensor] = []
+        self._ring_pos = 0
+        self._gcos: torch.Tensor | None = None
+        self.gc_rows: list[tuple[int, torch.Tensor]] = []
+
+    @torch.no_grad()
+    def observe_grads(self, log: bool) -> None:
+        """Every optimizer step after backward (when `grad_lags` > 0): on a logged step (`log`), the cosines of
+        this gradient with the kept ones (NaN where fewer than k steps were kept: the run's first steps, or
+        after a resume); then keep this one."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        norms = torch.stack(torch._foreach_norm(grads))
+        K, kept = self.grad_lags, len(self._ring)
+        if log:
+            nan = torch.tensor(float("nan"), device=norms.device)
+            cols = []
+            for k in range(1, K + 1):
+                if k > kept:
+                    cols.append(torch.full_like(norms, float("nan")))
+                    continue
+                slot = (self._ring_pos - k) % kept
+                dots = _dots(grads, self._ring[slot], self.lengths)
+                den = norms * self._ring_norms[slot]
+                cols.append(torch.where(den > 0, dots / den.clamp_min(1e-300), nan))
+            self._gcos = torch.stack(cols, 1).float()
+        if kept < K:  # still filling: the newest is the last appended
+            self._ring.append([g.detach().clone() for g in grads])
+            self._ring_norms.append(norms)
+            self._ring_pos = len(self._ring) % K
+        else:  # full: overwrite the oldest
+            torch._foreach_copy_(self._ring[self._ring_pos], grads)
+            self._ring_norms[self._ring_pos] = norms
+            self._ring_pos = (self._ring_pos + 1) % K
 
     @torch.no_grad()
     def before_step(self) -> None:
@@ -87,6 +126,9 @@ class DynamicsTracker:
         ang = torch.where((wa > 0) & (wb > 0), _angle(dn**2, dwb, wa, wb).float(), nan)
         stats = torch.stack([wa, gn, dn, rel, cos, ang], dim=1)
         self.rows.append((step, epoch, lr, loss.detach().float(), acc.detach().float(), stats))
+        if self._gcos is not None:
+            self.gc_rows.append((step, self._gcos))
+            self._gcos = None
         if self.channels:
             out = []
             for i, (cwb, cgn, cwg) in zip(self.ch_idx, self._ch_before):
@@ -99,7 +141,7 @@ class DynamicsTracker:
                 out.append(torch.stack([cwa, cgn, cdn, ccos, cang], 1))
             self.ch_rows.append((step, out))
 
-    def flush(self, path: Path, channel_path: Path | None = None) -> None:
+    def flush(self, path: Path, channel_path: Path | None = None, gradcorr_path: Path | None = None) -> None:
         """Append the buffered rows to the CSV file(s) (header on a new file), then clear the buffer."""
         if self.rows:
             steps, epochs, lrs, losses, accs, stats = zip(*self.rows)
@@ -117,5 +159,11 @@ class DynamicsTracker:
                     for i, t in zip(self.ch_idx, per_param):
                         for c, vals in enumerate(t.cpu().tolist()):
                             w.writerow([s, self.names[i], c, *(f"{v:.8g}" for v in vals)])
+        if self.gc_rows and gradcorr_path is not None:
+            with append_rows(gradcorr_path, gradcorr_columns(self.grad_lags)) as w:
+                for s, t in self.gc_rows:
+                    for name, vals in zip(self.names, t.cpu().tolist()):
+                        w.writerow([s, name, *(f"{v:.6g}" for v in vals)])
         self.rows.clear()
         self.ch_rows.clear()
+        self.gc_rows.clear()

@@ -721,3 +721,53 @@ def test_checkpoint_lookup_final_first_then_last(tmp_path: Path, monkeypatch: py
     assert asked == []
     assert analyse_run(tmp_path / "logged").layer(INV).checkpoint_abs_cos == 0.5
     assert asked == [tmp_path / "logged"]
+
+
+def write_gradcorr(path: Path, steps: np.ndarray, rho: dict[str, list[float]], early: list[float] | None = None,
+                   from_step: int = 0) -> None:
+    """dynamics_gradcorr.csv: per tensor the lags `rho` at every step >= from_step, `early` before it."""
+    k = len(next(iter(rho.values())))
+    lines = ["step,param," + ",".join(f"gcos_{i}" for i in range(1, k + 1))]
+    for s in steps:
+        for name, r in rho.items():
+            vals = r if s >= from_step or early is None else early
+            lines.append(f"{s},{name}," + ",".join("" if math.isnan(v) else f"{v:.12g}" for v in vals))
+    (path / "dynamics_gradcorr.csv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_the_logged_autocorrelation_corrects_the_prediction(tmp_path: Path, nesterov: bool) -> None:
+    """rho from the final window only (other values before it), the correction factor is theory's for that rho
+    (Nesterov moves, heavy ball does not), ratio_corr = ratio / factor; no theory, no correction."""
+    lrs = np.full(400, LR)
+    t = write_run(tmp_path / "run", lrs, nesterov=nesterov)
+    rho = [-0.4, 0.1, 0.0]
+    write_gradcorr(tmp_path / "run", t["step"], {INV: rho, CLF: rho}, early=[0.9, 0.8, 0.7], from_step=301)
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False, smooth=1)
+    r = rep.layer(INV)
+    assert r.grad_autocorr == pytest.approx(rho, abs=1e-12)
+    # the factor by the derivation's sums written out (tests/test_theory.py checks those against simulation)
+    a = np.array([(1 + MU if k == 0 else MU ** (k + 1)) if nesterov else MU ** k for k in range(400)])
+    full = np.concatenate([[1.0], rho])
+    corr = lambda m: full[abs(m)] if abs(m) < len(full) else 0.0  # noqa: E731
+    S = sum(a[j] * a[k] * corr(j - k) for j in range(400) for k in range(max(0, j - 4), min(400, j + 4)))
+    u = [sum(a[j] * corr(m - j) for j in range(max(0, m - 3), min(400, m + 4))) for m in range(400)]
+    C = sum(a[k] * sum(u[:k]) for k in range(1, 400))
+    factor = math.sqrt((S / (S + 2 * C)) / ((1 - MU) * s2(MU, nesterov)) / (1 - MU))
+    assert r.corr_factor == pytest.approx(factor, rel=1e-9)
+    assert (r.corr_factor > 1.05) if nesterov else (r.corr_factor == pytest.approx(1.0, abs=1e-9))
+    assert r.ratio_corr == pytest.approx(r.ratio / r.corr_factor, rel=1e-12)
+    c = rep.layer(CLF)
+    assert c.grad_autocorr == pytest.approx(rho) and c.corr_factor is None and c.ratio_corr is None
+
+
+def test_no_autocorrelation_where_the_window_has_none(tmp_path: Path) -> None:
+    """Without the file, or with a lag that is NaN all through the final window, nothing is corrected."""
+    lrs = np.full(200, LR)
+    t = write_run(tmp_path / "a", lrs)
+    r = analyse_run(tmp_path / "a", check_checkpoint=False).layer(INV)
+    assert r.grad_autocorr is None and r.corr_factor is None and r.ratio_corr is None
+    t = write_run(tmp_path / "b", lrs)
+    write_gradcorr(tmp_path / "b", t["step"], {INV: [0.2, math.nan], CLF: [0.2, math.nan]})
+    r = analyse_run(tmp_path / "b", check_checkpoint=False).layer(INV)
+    assert r.grad_autocorr is None and r.corr_factor is None and r.ratio_corr is None
