@@ -52,8 +52,34 @@ def f2_equilibrium(summary: dict[str, Any], bn_preceded: Sequence[str], lr_sched
                 f"(prediction {fmt(pred, '.3e')} rad/step), {fmt(times, '.1f')} relaxation times")
     values = {"ratios": ratios, "angle_pred": pred, "relaxation_steps": relax, "last_step": last,
               "relaxation_times": times, "missing": missing, "without_theory": no_theory,
-              "invariance": {r["param"]: r.get("invariance") for r in rows}}
-    return decide(SPEC, checks, measured, values, needs=needs)
+              "invariance": {r["param"]: r.get("invariance") for r in rows}, **_correlated(rows)}
+    return decide(SPEC, checks, measured, values, needs=needs, notes=_correlation_notes(values))
+
+
+def _correlated(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the run logged its gradients' autocorrelation (--log-grad-lags): per conv rho_1, the correction
+    factor of the prediction (`theory.correlation_factor`) and the ratio against the corrected prediction."""
+    return {"autocorr_lag1": {r["param"]: (r.get("grad_autocorr") or [None])[0] for r in rows},
+            "corr_factors": {r["param"]: r.get("corr_factor") for r in rows},
+            "ratios_corrected": {r["param"]: r.get("ratio_corr") for r in rows}}
+
+
+def _correlation_notes(values: dict[str, Any]) -> list[str]:
+    """The explanation the verdict does not use (thresholds are the uncorrelated formula's): how far the measured
+    autocorrelation of each conv's gradients moves its prediction, and what the ratio is against that."""
+    corrected = {p: v for p, v in values["ratios_corrected"].items() if finite(v)}
+    if not corrected:
+        return []
+    ratios = values["ratios"]
+    plain = [v for v in ratios.values() if finite(v)]
+    worst = max(corrected, key=lambda p: abs(ratios[p] - 1) if finite(ratios.get(p)) else 0.0)
+    return [f"with the gradients' measured autocorrelation (cos(g_t, g_t-k), the final window) the correlated "
+            f"prediction gives measured/predicted {fmt(min(corrected.values()), '.3f')}.."
+            f"{fmt(max(corrected.values()), '.3f')} over {len(corrected)} convs (uncorrelated: "
+            f"{fmt(min(plain), '.3f')}..{fmt(max(plain), '.3f')}); "
+            f"the conv furthest off, {worst}, has rho_1 {fmt(values['autocorr_lag1'].get(worst), '+.2f')}, "
+            f"correction x{fmt(values['corr_factors'].get(worst), '.3f')}, ratio {fmt(ratios.get(worst), '.3f')} -> "
+            f"{fmt(corrected[worst], '.3f')}"]
 
 
 def load(outs: Outs) -> dict[str, Any]:
