@@ -83,7 +83,7 @@ def eigenpair_budget_of(eigenpairs: dict[str, dict[str, int]]) -> dict[str, dict
 SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": {
         # DavidNet, constant lr: F1-F3 (dynamics) and F12 (curvature series)
-        "wd_main": dict(width=4, batch_size=32, epochs=6, lr=0.2, weight_decay=5e-3, save_every=3,
+        "wd_main": dict(width=4, batch_size=32, epochs=6, lr=0.2, weight_decay=5e-3, save_every=3, log_grad_lags=8,
                         **_data("smoke", None, None, (256, 100))),
         "eos": None,  # F12 reads the F1-F3 run's checkpoints
         "eos_series": dict(top_k=2, num_samples=40, batch_size=20, tol=1e-2),
@@ -98,7 +98,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
     "cpu": {
         # lr*wd = 2.5e-4 -> relaxation time 0.1/(4 * 2.5e-4) = 100 steps; 2000 steps = 20 of them.
-        "wd_main": dict(width=16, batch_size=32, epochs=20, lr=0.05, weight_decay=5e-3, save_every=2,
+        # log_grad_lags: the gradients' autocorrelation, which F2's note turns into the correlated prediction
+        "wd_main": dict(width=16, batch_size=32, epochs=20, lr=0.05, weight_decay=5e-3, save_every=2, log_grad_lags=8,
                         **_data("cpu", 3200, 1000, (0, 0))),
         # F12: DavidNet at the recipe's peak lr and batch (the largest stable lr of part 5's search), constant,
         # on a subset; the Hessian on fixed batches of the training batch size.
@@ -119,6 +120,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "full": {
         # The post's DavidNet at constant lr (F2 needs one): lr*wd = 2e-4 -> 125 steps; 2328 steps = 18.6 of them.
         "wd_main": dict(width=64, batch_size=512, epochs=24, lr=0.4, weight_decay=5e-4, save_every=2, log_every=4,
+                        log_grad_lags=8,
                         **_data("full", None, None, (0, 0))),
         "eos": None,  # the F1-F3 run is the recipe's DavidNet at constant lr already
         "eos_series": dict(top_k=4, num_samples=5120, batch_size=512, tol=1e-3),
