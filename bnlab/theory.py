@@ -190,6 +190,13 @@ def correlated_angle(lr: float | np.ndarray, wd: float | np.ndarray, momentum: f
     return np.sqrt(2 * np.asarray(lr) * np.asarray(wd) * filter_sum(momentum) * S / (S + 2 * C))
 
 
+def correlation_norm_factor(momentum: float, nesterov: bool, rho: np.ndarray) -> float:
+    """The correlated equilibrium ||w|| over the uncorrelated one: ((S_rho + 2 C_rho) / A^2)^(1/4), from
+    ||w||^4 = eta L (S_rho + 2 C_rho) / (2 lambda A) (for heavy ball too, whose angle does not move)."""
+    S, C = correlation_sums(momentum, nesterov, rho)
+    return float(((S + 2 * C) / filter_sum(momentum) ** 2) ** 0.25)
+
+
 def correlation_factor(momentum: float, nesterov: bool, rho: np.ndarray) -> float:
     """correlated_angle / equilibrium_angle: how much the gradients' autocorrelation moves the prediction."""
     return float(correlated_angle(1.0, 1.0, momentum, nesterov, rho) / equilibrium_angle(1.0, 1.0, momentum, nesterov))

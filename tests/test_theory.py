@@ -244,6 +244,8 @@ def test_correlated_angle_vs_simulation(corr: float) -> None:
     assert angle == pytest.approx(pred, rel=0.015)
     assert abs(angle / theory.equilibrium_angle(lr, wd, mu, True) - 1) >= 0.04
     assert np.mean(run.norm[300:] ** 4) == pytest.approx(v_eq, rel=0.015)
+    v_plain = theory.equilibrium_norm(lr, wd, mu, 1.0) ** 4
+    assert theory.correlation_norm_factor(mu, True, rho) == pytest.approx((v_eq / v_plain) ** 0.25, rel=1e-12)
 
 
 @pytest.mark.parametrize("rho", [[], [0.9, 0.1], [1.0, float("nan")], [[1.0]]])

@@ -82,6 +82,8 @@ class LayerResult:
     grad_autocorr: list[float] | None = None
     corr_factor: float | None = None  # correlation_factor(rho): the correlated / the uncorrelated prediction
     ratio_corr: float | None = None  # ratio / corr_factor: the measured angle against the correlated prediction
+    norm_corr_factor: float | None = None  # the correlated equilibrium norm / the uncorrelated one
+    norm_ratio_corr: float | None = None  # norm_ratio / norm_corr_factor
 
 
 @dataclass
@@ -293,13 +295,17 @@ def grad_autocorr(gc: Table, steps: np.ndarray) -> list[float] | None:
     return None if not all(math.isfinite(r) for r in rho) else [float(r) for r in rho]
 
 
-def _correlated(rho: list[float] | None, ratio: float | None, hyper: Hyper, has_theory: bool
-                ) -> tuple[float | None, float | None]:
-    """(corr_factor, ratio_corr) from the measured autocorrelation, where there is theory to correct."""
+def _correlated(rho: list[float] | None, ratio: float | None, norm_ratio: float | None, hyper: Hyper,
+                has_theory: bool) -> dict[str, float | None]:
+    """The corrections by the measured autocorrelation (angle and norm), where there is theory to correct."""
     if rho is None or not has_theory:
-        return None, None
-    factor = theory.correlation_factor(hyper.momentum, hyper.nesterov, np.array([1.0, *rho]))
-    return factor, (ratio / factor if ratio is not None else None)
+        return {}
+    full = np.array([1.0, *rho])
+    factor = theory.correlation_factor(hyper.momentum, hyper.nesterov, full)
+    nfactor = theory.correlation_norm_factor(hyper.momentum, hyper.nesterov, full)
+    return {"corr_factor": _fin(factor), "ratio_corr": _fin(ratio / factor) if ratio is not None else None,
+            "norm_corr_factor": _fin(nfactor),
+            "norm_ratio_corr": _fin(norm_ratio / nfactor) if norm_ratio is not None else None}
 
 
 def _analyse_tensor(name: str, t: Table, hyper: Hyper, *, smooth: int, window: float, eq_tol: float,
@@ -322,7 +328,8 @@ def _analyse_tensor(name: str, t: Table, hyper: Hyper, *, smooth: int, window: f
     lr_final = float(s.lr[-1])
     to_pred, to_end = _steps_to_equilibrium(s, angle_smooth, ratio, eq_tol, has_theory)
     rho = grad_autocorr(gradcorr, s.step[win]) if gradcorr is not None else None
-    factor, ratio_corr = _correlated(rho, _ratio(angle, w.angle_ref), hyper, has_theory)
+    corrected = _correlated(rho, _ratio(angle, w.angle_ref), _ratio(float(s.w_after[-1]), w.norm_lagged), hyper,
+                            has_theory)
     result = LayerResult(
         param=name, numel=int(t["numel"][0]) if "numel" in t else -1, scale_invariant=bool(cs.invariant),
         median_abs_cos=cs.median_abs_cos, p90_abs_cos=cs.p90_abs_cos, checkpoint_abs_cos=_fin(checkpoint_cos),
@@ -339,7 +346,7 @@ def _analyse_tensor(name: str, t: Table, hyper: Hyper, *, smooth: int, window: f
         relaxation_steps=_fin(float(theory.relaxation_steps(lr_final, hyper.wd, hyper.momentum)))
         if hyper.wd > 0 else None,
         invariance="exact" if cs.invariant else "approximate" if cs.approximate else "no",
-        angle_ref=_fin(w.angle_ref), grad_autocorr=rho, corr_factor=_fin(factor), ratio_corr=_fin(ratio_corr),
+        angle_ref=_fin(w.angle_ref), grad_autocorr=rho, **corrected,
     )
     nan = np.full(n, np.nan)
     cols = {"step": s.step, "epoch": t["epoch"] if "epoch" in t else nan, "lr": s.lr,

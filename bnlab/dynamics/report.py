@@ -16,7 +16,7 @@ LAYER_COLUMNS = ("param", "numel", "scale_invariant", "invariance", "median_abs_
                  "w_norm_init", "w_norm_final", "norm_lagged_pred", "norm_ratio", "angle", "angle_pred", "ratio",
                  "angle_lagged_pred", "ratio_lagged", "rel_step", "rel_step_pred", "rel_step_ratio", "radial_cos",
                  "pythagoras_residual", "steps_to_equilibrium", "steps_to_settle", "relaxation_steps", "angle_ref",
-                 "corr_factor", "ratio_corr")
+                 "corr_factor", "ratio_corr", "norm_corr_factor", "norm_ratio_corr")
 
 
 def write_columns(path: Path, cols: dict[str, np.ndarray]) -> None:

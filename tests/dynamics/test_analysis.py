@@ -757,8 +757,13 @@ def test_the_logged_autocorrelation_corrects_the_prediction(tmp_path: Path, nest
     assert r.corr_factor == pytest.approx(factor, rel=1e-9)
     assert (r.corr_factor > 1.05) if nesterov else (r.corr_factor == pytest.approx(1.0, abs=1e-9))
     assert r.ratio_corr == pytest.approx(r.ratio / r.corr_factor, rel=1e-12)
+    # the norm: ||w||^4 at equilibrium scales with S_rho + 2 C_rho (A^2 uncorrelated), for either filter
+    assert r.norm_corr_factor == pytest.approx(((S + 2 * C) / (1 / (1 - MU)) ** 2) ** 0.25, rel=1e-9)
+    assert r.norm_corr_factor < 0.97  # anticorrelated lag 1: less drive, a smaller norm
+    assert r.norm_ratio_corr == pytest.approx(r.norm_ratio / r.norm_corr_factor, rel=1e-12)
     c = rep.layer(CLF)
     assert c.grad_autocorr == pytest.approx(rho) and c.corr_factor is None and c.ratio_corr is None
+    assert c.norm_corr_factor is None and c.norm_ratio_corr is None
 
 
 def test_no_autocorrelation_where_the_window_has_none(tmp_path: Path) -> None:
@@ -771,3 +776,4 @@ def test_no_autocorrelation_where_the_window_has_none(tmp_path: Path) -> None:
     write_gradcorr(tmp_path / "b", t["step"], {INV: [0.2, math.nan], CLF: [0.2, math.nan]})
     r = analyse_run(tmp_path / "b", check_checkpoint=False).layer(INV)
     assert r.grad_autocorr is None and r.corr_factor is None and r.ratio_corr is None
+    assert r.norm_corr_factor is None and r.norm_ratio_corr is None
