@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnlab.curvature import HessianOperator, dense_hessian, top_eigenpairs
-from bnlab.curvature.block_lanczos import DEFAULT_BLOCK, orthonormal_block, start_block
+from bnlab.curvature.block_lanczos import DEFAULT_BLOCK, block_lanczos, orthonormal_block, start_block
 from bnlab.curvature.lanczos import EIG_METHODS
 from bnlab.curvature.linop import SymmetricOperator
 
@@ -180,3 +180,58 @@ def test_tiny_network_hessian_against_dense_truth() -> None:
     assert res.converged.all() and res.verified
     # One pass over the two batches per block (plus one for the verification's matmat of 5).
     assert op.passes == res.info["passes"] + 1 and op.hvp_count == res.hvp_count + 5
+
+
+# --- Progress reports, scale invariance, seeded fresh directions (written against mutation survivors) ---
+
+
+def test_callback_gets_the_products_so_far_and_the_measured_relative_residuals() -> None:
+    # After every block: the products spent so far (the running sum of the matmat rows the operator saw)
+    # and ‖A v − θ v‖/|θ| of the k wanted pairs; the last report is the returned result's.
+    op = Counted(outliers_and_bulk())
+    seen: list[tuple[int, np.ndarray]] = []
+    res = top_eigenpairs(op, 3, tol=1e-8, method="block", block_size=3,
+                         callback=lambda h, rel: seen.append((h, np.array(rel, copy=True))))
+    assert [h for h, _ in seen] == list(np.cumsum(op.calls)) and len(seen) == res.info["passes"] > 2
+    assert all(rel.shape == (3,) for _, rel in seen)
+    final = res.residuals.numpy() / np.abs(res.eigenvalues.numpy())
+    np.testing.assert_allclose(seen[-1][1], final, rtol=1e-12)
+    assert np.all(seen[-1][1] <= 1e-8) and not np.all(seen[0][1] <= 1e-8)  # it stopped at the first block that met tol
+    assert not np.all(seen[-2][1] <= 1e-8)
+
+
+@pytest.mark.parametrize("scale", [2.0 ** -12, 2.0 ** 12])
+def test_convergence_is_relative_to_the_eigenvalue(scale: float) -> None:
+    # c·A (c a power of two: every product, norm and projection scales exactly) has the same Krylov
+    # spaces and the same relative residuals, so it takes the same blocks; only the eigenvalues and
+    # the absolute residuals scale. (Eigenvalues far below 1 and far above: a criterion that is not
+    # relative to |λ|, or floors |λ| at 1, stops at another block.)
+    base = Counted(outliers_and_bulk())
+    ref = top_eigenpairs(base, 3, tol=1e-7, method="block", block_size=2)
+    scaled = Counted(outliers_and_bulk())
+    scaled.A = scaled.A * scale
+    res = top_eigenpairs(scaled, 3, tol=1e-7, method="block", block_size=2)
+    assert scaled.calls == base.calls and res.converged.all() and ref.converged.all()
+    np.testing.assert_allclose(res.eigenvalues.numpy(), scale * np.array([30.0, 20.0, 12.0]), rtol=1e-9)
+    np.testing.assert_allclose(res.residuals.numpy(), scale * ref.residuals.numpy(), rtol=1e-6, atol=scale * 1e-14)
+
+
+def test_fresh_directions_come_from_the_seed_not_the_global_generator() -> None:
+    # A start block with a repeated row (its copy is replaced by a fresh random direction) and a spectrum
+    # of two distinct eigenvalues, 2 (three-fold) and 1: two blocks span an invariant subspace holding the
+    # whole eigenspace of 2, and which orthonormal basis of it comes back depends on the fresh direction.
+    # It must depend on `seed` only, not on torch's global generator state.
+    op = Counted([2.0] * 3 + [1.0] * 5, seed=2)
+    g = torch.Generator().manual_seed(9)
+    row = torch.randn(8, generator=g, dtype=torch.float64)
+    start = torch.stack([row, row, torch.randn(8, generator=g, dtype=torch.float64)])
+    runs = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        runs.append(block_lanczos(op, 3, "LA", 1e-10, start, 8, 100, 3, None))
+    for res in runs:
+        np.testing.assert_allclose(res.eigenvalues.numpy(), [2.0] * 3, rtol=1e-12)
+        assert np.all(cosines(op.Q[:, :3], res.eigenvectors) > 1 - 1e-10)  # the whole eigenspace of 2
+    assert torch.equal(runs[0].eigenvectors, runs[1].eigenvectors)
+    other = block_lanczos(op, 3, "LA", 1e-10, start, 8, 100, 4, None)  # another seed: other fresh directions
+    assert not torch.allclose(other.eigenvectors, runs[0].eigenvectors, atol=1e-3)
