@@ -235,3 +235,74 @@ def test_fresh_directions_come_from_the_seed_not_the_global_generator() -> None:
     assert torch.equal(runs[0].eigenvectors, runs[1].eigenvectors)
     other = block_lanczos(op, 3, "LA", 1e-10, start, 8, 100, 4, None)  # another seed: other fresh directions
     assert not torch.allclose(other.eigenvectors, runs[0].eigenvectors, atol=1e-3)
+
+
+def test_restarts_keep_the_basis_within_ncv_on_a_schedule_worked_out_by_hand() -> None:
+    # k = 2, b = 2: the basis floor k + 8b = 18 overrides the ncv of 5 asked for. A tolerance no pair can
+    # meet and a budget of 60 products: the basis grows 2, 4, ..., 18 (18 products); the next block would
+    # exceed 18, so it restarts on k + (18 − b − k)//2 = 9 Ritz vectors and grows 11, 13, 15, 17 before the
+    # next restart, i.e. restarts after products 18, 26, 34, 42, 50 and 58, and stops at the budget (60).
+    op = Counted(outliers_and_bulk(200))
+    res = top_eigenpairs(op, 2, tol=1e-30, method="block", block_size=2, ncv=5, max_hvps=60)
+    assert res.info["ncv"] == 18 and res.restarts == 6
+    assert res.hvp_count == 60 and res.info["passes"] == 30 and op.calls == [2] * 30
+    np.testing.assert_allclose(res.eigenvalues.numpy(), [30.0, 20.0], rtol=1e-9)  # restarts lost nothing
+    assert not res.converged.any()
+
+
+@pytest.mark.parametrize("k,b,ncv,dim,expect", [(3, 4, None, 200, 35), (3, 1, None, 200, 20), (3, 4, 50, 200, 50),
+                                                 (3, 4, None, 30, 30)])
+def test_the_basis_size_is_at_least_k_plus_8_blocks(k: int, b: int, ncv, dim: int, expect: int) -> None:
+    # ncv = min(dim, max(ncv asked (top_eigenpairs's default max(2k + 10, 20)), k + 8b)): the module's
+    # measured floor; the record says which size ran, and the result's fields say what was asked.
+    op = Counted(outliers_and_bulk(dim))
+    res = top_eigenpairs(op, k, which="SA", tol=1e-3, method="block", block_size=b, ncv=ncv)
+    assert res.info == {"ncv": expect, "block_size": b, "passes": len(op.calls)}
+    assert (res.which, res.tol, res.method) == ("SA", 1e-3, "block")
+
+
+def test_a_basis_spanning_the_space_stops_the_solver_even_unconverged() -> None:
+    # A singular operator: the zero eigenvalue can never meet a tolerance relative to |λ|, but once the
+    # basis spans the space (6 products for dim 6) the Ritz pairs are exact and nothing more is to be had.
+    op = Counted([3.0, 2.0, 1.0, 0.5, 0.0, 0.0])
+    res = top_eigenpairs(op, 2, which="SA", tol=1e-10, method="block", block_size=3, max_hvps=40)
+    assert op.calls == [3, 3] and res.hvp_count == 6
+    np.testing.assert_allclose(res.eigenvalues.numpy(), [0.0, 0.0], atol=1e-12)
+    assert np.all(res.residuals.numpy() < 1e-12) and not res.converged.any()
+
+
+def test_a_start_block_of_eigenvectors_stops_after_one_block() -> None:
+    # The stop test runs after every block, the first included: a start block that already spans the
+    # wanted eigenvectors (k = b) has exact Ritz pairs after its b products.
+    op = Counted(outliers_and_bulk())
+    start = torch.from_numpy(op.Q[:, :3].T.copy())
+    res = block_lanczos(op, 3, "LA", 1e-10, start, 20, 100, 0, None)
+    assert op.calls == [3] and res.hvp_count == 3 and res.info["passes"] == 1 and res.converged.all()
+    np.testing.assert_allclose(res.eigenvalues.numpy(), [30.0, 20.0, 12.0], rtol=1e-12)
+
+
+def test_a_residual_equal_to_tol_counts_as_converged() -> None:
+    # The criterion is ‖A v − θ v‖ ≤ tol·|θ|, equality included: for the stop (relative residual ≤ tol)
+    # and for the converged flags. Record the relative residuals block by block (every run below makes the
+    # same computations up to where it stops), and take for tol the worst one of a block that beats every
+    # earlier block, nudged up by a few ulps until tol·|θ| is that pair's residual exactly.
+    seen: list[np.ndarray] = []
+    top_eigenpairs(Counted(outliers_and_bulk()), 3, tol=1e-300, method="block", block_size=3, max_hvps=60,
+                   callback=lambda h, rel: seen.append(np.array(rel, copy=True)))
+    worst = [float(r.max()) for r in seen]
+    for j in (j for j in range(1, len(worst)) if worst[j] < min(worst[:j]) and worst[j] < 1e-3):
+        upto = top_eigenpairs(Counted(outliers_and_bulk()), 3, tol=1e-300, method="block", block_size=3,
+                              max_hvps=3 * (j + 1))  # the pairs at block j
+        i = int(np.argmax(seen[j]))
+        r, lam = float(upto.residuals[i]), abs(float(upto.eigenvalues[i]))
+        tols = [worst[j]]
+        while len(tols) < 8:
+            tols.append(float(np.nextafter(tols[-1], np.inf)))
+        exact = [t for t in tols if t * lam == r and t < min(worst[:j])]
+        if exact:
+            break
+    else:
+        pytest.fail("no block with a tolerance that meets a residual exactly")
+    res = top_eigenpairs(Counted(outliers_and_bulk()), 3, tol=exact[0], method="block", block_size=3, max_hvps=60)
+    assert res.info["passes"] == j + 1 and res.hvp_count == 3 * (j + 1)
+    assert float(res.residuals[i]) == exact[0] * lam and res.converged.all()
