@@ -306,3 +306,82 @@ def test_a_residual_equal_to_tol_counts_as_converged() -> None:
     res = top_eigenpairs(Counted(outliers_and_bulk()), 3, tol=exact[0], method="block", block_size=3, max_hvps=60)
     assert res.info["passes"] == j + 1 and res.hvp_count == 3 * (j + 1)
     assert float(res.residuals[i]) == exact[0] * lam and res.converged.all()
+
+
+class Recorded(Counted):
+    """Counted, keeping a copy of every block it was asked to multiply."""
+
+    def __init__(self, spectrum, seed: int = 0) -> None:
+        super().__init__(spectrum, seed)
+        self.blocks: list[torch.Tensor] = []
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        self.blocks.append(V.clone())
+        return super().matmat(V)
+
+
+def test_every_block_is_orthonormal_and_orthogonal_to_the_one_before_across_restarts() -> None:
+    # Block Lanczos multiplies orthonormal blocks, each orthogonal to the whole basis so far, and the
+    # first block after a thick restart to the whole basis it restarted from (the restart keeps Ritz
+    # vectors, combinations of it): so every block is orthogonal to the block before it.
+    op = Recorded(outliers_and_bulk(200))
+    res = top_eigenpairs(op, 2, tol=1e-30, method="block", block_size=2, ncv=5, max_hvps=60)
+    assert res.restarts == 6 and len(op.blocks) == 30
+    for prev, X in zip(op.blocks, op.blocks[1:]):
+        torch.testing.assert_close(X @ X.T, torch.eye(2, dtype=torch.float64), atol=1e-12, rtol=0)
+        assert float((X @ prev.T).abs().max()) < 1e-12
+    # No restart before the basis would exceed ncv = 18: the first 9 blocks are one orthonormal basis,
+    # and the 10th, the first after the restart, is orthogonal to all of it.
+    first = torch.cat(op.blocks[:10])
+    torch.testing.assert_close(first @ first.T, torch.eye(20, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_start_block_puts_the_warm_rows_first_with_a_small_kick_and_keeps_the_seeded_fill() -> None:
+    # Two warm rows of small norm (0.01, 0.05: each is normalised first) into a block of 4: row i is
+    # v_i/|v_i| + 1e-3·f_i/|f_i|, f the block a cold start would have (row 0 of it is q0), and rows 2, 3
+    # are the cold start's rows. A float32 warm start gives the same block as its float64 copy.
+    dim, seed = 7, 3
+    q0 = torch.randn(dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    q0 = q0 / q0.norm()
+    cold = start_block(None, q0, 4, seed)
+    assert cold.shape == (4, dim) and torch.equal(cold[0], q0)
+    v0 = (torch.randn(2, dim, generator=torch.Generator().manual_seed(2)) * torch.tensor([[0.01], [0.05]])).float()
+    warm = start_block(v0, q0, 4, seed)
+    v = v0.double()
+    want = v / v.norm(dim=1, keepdim=True) + 1e-3 * cold[:2] / cold[:2].norm(dim=1, keepdim=True)
+    torch.testing.assert_close(warm[:2], want, atol=1e-15, rtol=0)
+    assert torch.equal(warm[2:], cold[2:])
+    assert torch.equal(warm, start_block(v, q0, 4, seed))
+    # The fill is seeded: another seed, another fill (row 0 is q0 either way).
+    other = start_block(None, q0, 4, seed + 1)
+    assert torch.equal(other[0], q0) and not torch.allclose(other[1:], cold[1:])
+
+
+def test_start_block_of_a_single_warm_vector_is_the_cold_block() -> None:
+    # One warm vector, flat or as a (1, dim) block, is already in q0 (top_eigenpairs's start vector):
+    # the block is q0 and the seeded fill, as without a warm start.
+    q0 = torch.eye(5, dtype=torch.float64)[2]
+    cold = start_block(None, q0, 3, 0)
+    v = torch.arange(5, dtype=torch.float64) + 1.0
+    assert torch.equal(start_block(v, q0, 3, 0), cold)
+    assert torch.equal(start_block(v[None], q0, 3, 0), cold)
+
+
+def test_orthonormal_block_of_no_rows_is_empty() -> None:
+    Q = torch.eye(4, dtype=torch.float64)[:2]
+    R = torch.zeros(0, 4, dtype=torch.float64)
+    out = orthonormal_block(R, Q, R.norm(dim=1), torch.Generator().manual_seed(0))
+    assert out.shape == (0, 4) and out.dtype == torch.float64
+
+
+def test_a_direction_vanishes_relative_to_its_size_before_the_projections() -> None:
+    # A row 1e6·(q_0 + q_1) + 1e-8·e_2 keeps 1e-8 after Q is projected out: below 1e-10 of its size, so it
+    # is rounding, not a direction, and a random one replaces it. The same 1e-8·e_2 on its own is kept.
+    Q = torch.eye(5, dtype=torch.float64)[:2]
+    e2 = torch.eye(5, dtype=torch.float64)[2]
+    big = (1e6 * (Q[0] + Q[1]) + 1e-8 * e2)[None]
+    X = orthonormal_block(big, Q, big.norm(dim=1), torch.Generator().manual_seed(0))
+    assert abs(float(X[0] @ e2)) < 0.99 and float((X @ Q.T).abs().max()) < 1e-12
+    small = (1e-8 * e2)[None]
+    X = orthonormal_block(small, Q, small.norm(dim=1), torch.Generator().manual_seed(0))
+    assert float(X[0] @ e2) == pytest.approx(1.0, abs=1e-12)
