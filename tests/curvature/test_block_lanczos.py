@@ -13,6 +13,7 @@ from bnlab.curvature import HessianOperator, dense_hessian, top_eigenpairs
 from bnlab.curvature.block_lanczos import DEFAULT_BLOCK, block_lanczos, orthonormal_block, start_block
 from bnlab.curvature.lanczos import EIG_METHODS
 from bnlab.curvature.linop import SymmetricOperator
+from conftest import requires_cuda
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -385,3 +386,34 @@ def test_a_direction_vanishes_relative_to_its_size_before_the_projections() -> N
     small = (1e-8 * e2)[None]
     X = orthonormal_block(small, Q, small.norm(dim=1), torch.Generator().manual_seed(0))
     assert float(X[0] @ e2) == pytest.approx(1.0, abs=1e-12)
+
+
+class OnDevice(Counted):
+    """Counted, held on `device`; its products insist on vectors already there (the solver's basis, its
+    Ritz combinations and the start block live on the operator's device: no host round trip per block)."""
+
+    def __init__(self, spectrum, device: str) -> None:
+        super().__init__(spectrum)
+        self.A = self.A.to(device)
+        self._device = self.A.device  # with its index: torch.device("cuda") != torch.device("cuda:0")
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        assert V.device == self._device, f"a product was asked on {V.device}"
+        return super().matmat(V)
+
+
+@requires_cuda
+def test_the_block_solver_works_on_the_operators_device() -> None:
+    # Cold, with restarts (ncv floor 2 + 8·2 = 18 on a 60-dim space), and from a warm block given on the CPU.
+    op = OnDevice(outliers_and_bulk(60), "cuda")
+    res = top_eigenpairs(op, 2, tol=1e-10, method="block", block_size=2, ncv=5, verify=True)
+    np.testing.assert_allclose(res.eigenvalues.cpu().numpy(), [30.0, 20.0], rtol=1e-9)
+    assert res.converged.tolist() == [True] * 2 and res.restarts > 0 and res.eigenvectors.device.type == "cpu"
+    v0 = torch.from_numpy(op.Q[:, :3].T.copy())
+    warm = top_eigenpairs(op, 3, tol=1e-10, method="block", block_size=3, v0=v0)
+    np.testing.assert_allclose(warm.eigenvalues.cpu().numpy(), [30.0, 20.0, 12.0], rtol=1e-9)
+    assert warm.converged.all()
