@@ -408,7 +408,8 @@ class OnDevice(Counted):
 
 @requires_cuda
 def test_the_block_solver_works_on_the_operators_device() -> None:
-    # Cold, with restarts (ncv floor 2 + 8·2 = 18 on a 60-dim space), and from a warm block given on the CPU.
+    # Cold, with restarts (ncv floor 2 + 8·2 = 18 on a 60-dim space), from a warm block given on the CPU,
+    # and through an invariant subspace.
     op = OnDevice(outliers_and_bulk(60), "cuda")
     res = top_eigenpairs(op, 2, tol=1e-10, method="block", block_size=2, ncv=5, verify=True)
     np.testing.assert_allclose(res.eigenvalues.cpu().numpy(), [30.0, 20.0], rtol=1e-9)
@@ -417,6 +418,10 @@ def test_the_block_solver_works_on_the_operators_device() -> None:
     warm = top_eigenpairs(op, 3, tol=1e-10, method="block", block_size=3, v0=v0)
     np.testing.assert_allclose(warm.eigenvalues.cpu().numpy(), [30.0, 20.0, 12.0], rtol=1e-9)
     assert warm.converged.all()
+    # Fresh random directions (an invariant subspace after 2 blocks) are drawn on the CPU and moved there.
+    null = OnDevice([0.0] * 4 + [1.0] * 4, "cuda")
+    res = top_eigenpairs(null, 1, which="SA", tol=1e-8, method="block", block_size=1)
+    assert res.hvp_count == 8 and abs(float(res.eigenvalues[0])) < 1e-12
 
 
 def test_fresh_directions_after_an_invariant_subspace_come_from_the_seed() -> None:
