@@ -117,7 +117,8 @@ def block_lanczos(op: SymmetricOperator, k: int, which: str, tol: float, start: 
             return EigenResult(lam, V.cpu(), resid, resid <= tol * lam.abs(), hvps, 0.0, which, tol, "block",
                                restarts, info={"ncv": ncv, "block_size": b, "passes": passes})
         R = AX - (AX @ Q.T) @ Q  # the next Lanczos block, before its orthonormalisation
-        if n + b > ncv:  # thick restart on the best Ritz vectors: their products are W's combinations
+        if n + min(b, dim - n, max_hvps - hvps) > ncv:  # thick restart on the best Ritz vectors (their products
+            # are W's combinations) when the next block, as cut to the space and the budget, would not fit
             nconv = int(np.sum(rel <= tol))
             keep = max(k, min(ncv - b, max(k + (ncv - b - k) // 2, nconv)))
             Yk = torch.from_numpy(np.ascontiguousarray(S[:, order[:keep]])).to(device)
