@@ -11,7 +11,9 @@ measured, not estimated, after every block, so the solver stops at the first blo
 wanted pairs meet ‖A v − λ v‖ ≤ tol·|λ| (the Lanczos solver's criterion). The next block is the
 new products with the basis projected out (twice, classical Gram-Schmidt); directions that vanish
 (an invariant subspace, a degenerate eigenvalue) are replaced by seeded random ones, so repeated
-eigenvalues are found with their multiplicity. When the basis would exceed ncv vectors it restarts
+eigenvalues are found with their multiplicity up to the block size b; an eigenvalue repeated more often
+can be missed when the Krylov space closes on an exactly invariant subspace first (e.g. {2 x4, 1 x4}
+from a rank-3 start: [2, 2, 2, 1]), as with any Krylov method. When the basis would exceed ncv vectors it restarts
 on the best Ritz vectors (their products are combinations of W: no products spent). The basis
 holds at least k + 8b vectors: with fewer, restarts come every block or two and convergence at a
 bulk edge stalls (measured on a 200-dim spectrum, k = 5, b = 8, tol 1e-4: basis 37 took 672
