@@ -9,6 +9,7 @@ mode, batches of 6 and 2 (weights n_b/N). Sharded products are checked in tests/
 """
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
@@ -93,12 +94,11 @@ def factors(p: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack([torch.sqrt(pi[k]) * (eye[k] - pi) for k in range(len(pi))], 1) for pi in p])
 
 
-@functools.cache
-def truth(kind: str, bn: bool, mode: str) -> dict[str, torch.Tensor]:
+def papyan_terms(model: nn.Module, batches, mode: str, classes: int = C) -> dict[str, torch.Tensor]:
     """G = Σ_b (n_b/N) Σ_i J_iᵀ H_i J_i; Papyan's three terms from the columns Φ_ik = J_iᵀ A_i e_k, their class
-    means Δ_ck (class c, column k) and deviations: class (k = c), cross-class (k ≠ c), within-class."""
-    model, batches = net(kind, bn), data(kind)
-    n = sum(SIZES)
+    means Δ_ck (class c, column k) and deviations: class (k = c), cross-class (k ≠ c), within-class. A class
+    without examples contributes nothing."""
+    n = sum(len(y) for _, y in batches)
     G = 0.0
     cols: list[tuple[int, torch.Tensor]] = []  # (class, Φ_i (dim, C)) per example
     for J, p, y in jacobians(model, batches, mode):
@@ -107,14 +107,22 @@ def truth(kind: str, bn: bool, mode: str) -> dict[str, torch.Tensor]:
             Hi = (torch.diag(p[i]) - torch.outer(p[i], p[i])) / nb
             G = G + (nb / n) * J[i].T @ Hi @ J[i]
             cols.append((int(y[i]), J[i].T @ A))
-    counts = torch.bincount(torch.tensor([c for c, _ in cols]), minlength=C).double()
-    means = [sum(phi for c_, phi in cols if c_ == c) / counts[c] for c in range(C)]  # (dim, C): Δ_ck in column k
-    Gcm = sum((counts[c] / n) * torch.outer(means[c][:, c], means[c][:, c]) for c in range(C))
+    counts = torch.bincount(torch.tensor([c for c, _ in cols]), minlength=classes).double()
+    present = [c for c in range(classes) if counts[c] > 0]
+    means = {c: sum(phi for c_, phi in cols if c_ == c) / counts[c] for c in present}  # Δ_ck in column k
+    Gcm = sum((counts[c] / n) * torch.outer(means[c][:, c], means[c][:, c]) for c in present)
     Gcross = sum((counts[c] / n) * torch.outer(means[c][:, k], means[c][:, k])
-                 for c in range(C) for k in range(C) if k != c)
+                 for c in present for k in range(classes) if k != c)
     Gwithin = sum((phi - means[c]) @ (phi - means[c]).T for c, phi in cols) / n
+    return {"G": G, "Gcm": Gcm, "Gcross": Gcross, "Gwithin": Gwithin, "counts": counts}
+
+
+@functools.cache
+def truth(kind: str, bn: bool, mode: str) -> dict[str, torch.Tensor]:
+    """`papyan_terms` of the test's net and batches, and the dense Hessian H."""
+    model, batches = net(kind, bn), data(kind)
     H = dense_hessian(model, batches, F.cross_entropy, mode)
-    return {"G": G, "H": H, "Gcm": Gcm, "Gcross": Gcross, "Gwithin": Gwithin}
+    return {**papyan_terms(model, batches, mode), "H": H}
 
 
 def dense(op) -> torch.Tensor:
@@ -282,6 +290,41 @@ def test_class_cross_class_and_within_terms_sum_to_g(kind: str, bn: bool, mode: 
     one = GGNOperator(model, [(x[y != 2], y[y != 2])], loss_fn=F.cross_entropy, bn_mode=mode)
     assert one.class_means().rank_bound == C - 1 and torch.isfinite(one.class_means().factor).all()
     assert one.cross_class_means().rank_bound == (C - 1) * (C - 1)
+
+
+def test_a_class_with_a_single_example_keeps_its_mean_terms() -> None:
+    """A class seen once has the mean of one example's columns (n_c = 1 is a class, not an empty one):
+    both mean terms against the dense truth of batches (6, 2) where class 2 occurs exactly once."""
+    model = net("mlp", True)
+    batches = [(x, torch.tensor(labels)) for (x, _), labels in zip(data("mlp"), ([0, 1, 0, 1, 0, 2], [1, 0]))]
+    t = papyan_terms(model, batches, "batch")
+    assert t["counts"].tolist() == [4.0, 3.0, 1.0]
+    G = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch")
+    cm, cross = G.class_means(), G.cross_class_means()
+    assert (cm.rank_bound, cross.rank_bound) == (C, C * (C - 1))
+    close(dense(cm), t["Gcm"])
+    close(dense(cross), t["Gcross"])
+    close(dense(G) - dense(cm) - dense(cross), t["Gwithin"])
+
+
+def test_half_precision_mean_terms_at_a_class_size_beyond_float16s_range() -> None:
+    """A float16 model with N·n_c = 300·260 > 65504 (float16's largest value): the weights n_c/N and 1/n_c are
+    formed in float64, not in the model's dtype (where N·n_c overflows and the class's term vanishes). Truth:
+    the dense terms of the same (float16-rounded) weights and inputs in float64; the tolerance is float16's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Softplus(), nn.Linear(4, C)).half()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 5, generator=g).half()
+    y = torch.tensor([0] * 260 + [1] * 20 + [2] * 20)[torch.randperm(300, generator=g)]
+    batches = [(x[:150], y[:150]), (x[150:], y[150:])]
+    t = papyan_terms(copy.deepcopy(model).double(), [(a.double(), b) for a, b in batches], "none")
+    G = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="none")
+    for term, want in ((G.class_means(), t["Gcm"]), (G.cross_class_means(), t["Gcross"])):
+        assert term.factor.dtype == torch.float64 and torch.isfinite(term.factor).all()
+        lam = term.eigenpairs()[0]
+        torch.testing.assert_close(lam, torch.linalg.eigvalsh(want).flip(0)[:len(lam)], rtol=2e-2,
+                                   atol=1e-3 * float(lam[0]))
+        torch.testing.assert_close(dense(term), want, rtol=0, atol=2e-2 * float(want.abs().max()))
 
 
 @pytest.mark.parametrize("kind,bn,mode", [CASES[0], CASES[5]])
