@@ -32,6 +32,7 @@ from bnlab.curvature.hessian import HessianOptions
 from bnlab.curvature.linop import DenseOperator, scaled
 from bnlab.curvature.params import FlatLayout, select_parameters
 from bnlab.errors import BnlabError
+from conftest import requires_cuda
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets (tests/conftest.py)
 
@@ -399,3 +400,35 @@ def test_a_rank_without_batches_sends_zeros_of_the_others_shape(cross: bool) -> 
     half._sum_over_ranks = lambda t: seen.append(t) or t
     assert getattr(half, term)().rank_bound == 0  # no class has an example anywhere: nothing left
     assert seen[0].dtype == torch.bfloat16 and seen[0].shape == (rows, half.dim + 1)
+
+
+def mean_terms_on(device: torch.device, cross: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One mean term of the test's net and batches on `device`: (the full set's term, dense; the term of a rank
+    that holds no batch, dense, reduced with the holder's block as in the idle-rank test; the two blocks the
+    ranks sent, stacked). The blocks stay on the model's device: NCCL reduces device tensors only."""
+    term = "cross_class_means" if cross else "class_means"
+    model = net("mlp", True).to(device)
+    batches = [(x.to(device), y.to(device)) for x, y in data("mlp")]
+    holder = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch")
+    sent: list[torch.Tensor] = []
+    holder._sum_over_ranks = lambda t: sent.append(t) or t
+    full = getattr(holder, term)()
+    assert full.factor.device == torch.device("cpu")  # small: returned on the CPU
+    idle = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch")
+    idle._shard = range(0, 0)
+    got: list[torch.Tensor] = []
+    idle._sum_over_ranks = lambda t: got.append(t) or t + sent[0]
+    reduced = getattr(idle, term)()
+    assert sent[0].device == got[0].device == model[0].weight.device
+    return dense(full), dense(reduced), torch.stack([sent[0].cpu(), got[0].cpu()])
+
+
+@requires_cuda
+@pytest.mark.parametrize("cross", [False, True])
+def test_mean_terms_of_a_model_on_cuda_equal_the_cpu_ones(cross: bool) -> None:
+    """A model on the GPU: the factors' helper tensors (eye, masks) on the logits' device, an idle rank's zero
+    block on the model's device, and the same terms as on the CPU (float64)."""
+    want = mean_terms_on(torch.device("cpu"), cross)
+    got = mean_terms_on(torch.device("cuda", 0), cross)
+    for g, w in zip(got, want):
+        close(g, w)
