@@ -350,6 +350,8 @@ def test_ggn_counts_blocks_and_describes_itself() -> None:
     R = ResidualOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="none", cache_graphs=False)
     assert R.describe()["matrix"] == "residual" and R.describe()["cache_graphs"] is False
     assert R.describe()["hvp_method"] == "double_backward" and R.quiet
+    # no decay given: none cancels, and the record says 0 (not a default decay that was never asked for)
+    assert R.describe()["weight_decay_cancels"] == 0.0 and R.describe()["weight_decay_term"] == 0.0
     assert "Gauss-Newton" in GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="none",
                                          loss_scale="batch-sum").settings["units"]
 
