@@ -356,6 +356,21 @@ def test_ggn_counts_blocks_and_describes_itself() -> None:
                                          loss_scale="batch-sum").settings["units"]
 
 
+def test_a_one_parameter_selection_takes_a_block_of_several_vectors() -> None:
+    """dim = 1 (only a BN scale selected) with m = 3 vectors: each row is its own product, g·v_i, against the
+    dense G's entry of that parameter (a shortcut for one vector must look at the number of rows, not columns)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 1), nn.BatchNorm1d(1), nn.Softplus(), nn.Linear(1, C)).double()
+    batches = data("mlp")
+    names = [n for n, _ in select_parameters(model, None)]
+    i = sum(p.numel() for n, p in model.named_parameters() if names.index(n) < names.index("1.weight"))
+    g = papyan_terms(model, batches, "batch")["G"][i, i]
+    G = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch", params=["1.weight"])
+    assert G.dim == 1 and g > 1e-6
+    V = torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64)
+    close(G.matmat(V), g * V)
+
+
 def test_float32_model_gives_float64_products() -> None:
     model, batches = net("mlp", True).float(), [(x.float(), y) for x, y in data("mlp")]
     G = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch")
