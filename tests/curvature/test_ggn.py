@@ -409,14 +409,14 @@ def test_a_rank_without_batches_sends_zeros_of_the_others_shape(cross: bool) -> 
     close(dense(getattr(idle, term)()), want)
     rows = C * (C - 1) if cross else C
     assert got[0].shape == sent[0].shape == (rows, holder.dim + 1) and not got[0].any()
-    # the block is in the model's dtype (the collective needs one dtype on every rank): bfloat16 here
+    # the block has one dtype on every rank (the collective needs it), float64 (exact counts) for any model dtype
     half = GGNOperator(net("mlp", True).to(torch.bfloat16), [(x.to(torch.bfloat16), y) for x, y in batches],
                        loss_fn=F.cross_entropy, bn_mode="batch")
     half._shard = range(0, 0)
     seen: list[torch.Tensor] = []
     half._sum_over_ranks = lambda t: seen.append(t) or t
     assert getattr(half, term)().rank_bound == 0  # no class has an example anywhere: nothing left
-    assert seen[0].dtype == torch.bfloat16 and seen[0].shape == (rows, half.dim + 1)
+    assert seen[0].dtype == torch.float64 and seen[0].shape == (rows, half.dim + 1)
 
 
 def mean_terms_on(device: torch.device, cross: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -449,3 +449,24 @@ def test_mean_terms_of_a_model_on_cuda_equal_the_cpu_ones(cross: bool) -> None:
     got = mean_terms_on(torch.device("cuda", 0), cross)
     for g, w in zip(got, want):
         close(g, w)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_class_counts_are_exact_in_a_half_precision_model(dtype: torch.dtype) -> None:
+    """n_c is a count: exact whatever the model's dtype. Here 2050 examples of class 0 over batches of 2048, 1
+    and 1 (plus one of class 1 to keep the classes): bfloat16 rounds integers above 256 and float16 above 2048,
+    so counts kept in the model's dtype would come out 2048. Truth: the labels' bincount."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2)).to(dtype)
+    x = torch.randn(2051, 3, generator=torch.Generator().manual_seed(0)).to(dtype)
+    y = torch.zeros(2051, dtype=torch.long)
+    y[-1] = 1
+    batches = [(x[:2048], y[:2048]), (x[2048:2049], y[2048:2049]), (x[2049:], y[2049:])]
+    G = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="none")
+    for term, rows in (("class_means", [(0, 0), (1, 1)]), ("cross_class_means", [(0, 1), (1, 0)])):
+        seen: list[torch.Tensor] = []
+        G._sum_over_ranks = lambda t, seen=seen: seen.append(t) or t
+        getattr(G, term)()
+        want = torch.bincount(y, minlength=2).double()[[c for c, _ in rows]]
+        assert seen[0].dtype == torch.float64
+        assert torch.equal(seen[0][:, -1], want), term
