@@ -131,7 +131,9 @@ class GGNOperator(DataOperator):
             c = self._num_classes()
             rows = c * (c - 1) if cross else c
             sums = torch.zeros(rows, self.dim, dtype=self.dtype, device=self.device)
-            counts = torch.zeros(rows, dtype=self.dtype, device=self.device)
+            counts = torch.zeros(rows, dtype=torch.float64, device=self.device)
+        # the counts are float64 (exact; the model's dtype rounds them, bfloat16 above 256): so is the block, on
+        # every rank (cat promotes the sums)
         packed = self._sum_over_ranks(torch.cat([sums, counts[:, None]], 1)).to(torch.float64)
         sums, counts = packed[:, :-1], packed[:, -1]
         # c·Σ (n_c/N)·δ δᵀ with δ = S/n_c  ->  rows S·sqrt(c/(N·n_c)); empty classes drop out
@@ -149,7 +151,8 @@ class GGNOperator(DataOperator):
 def _factor_sums(model: nn.Module, names: Sequence[str], params: Sequence[torch.Tensor], x: torch.Tensor,
                  y: torch.Tensor, cross: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums over one batch of the factor columns Φ_i e_k = J_iᵀ A_i e_k of the examples of class c, one row
-    per pair (c, k): k = c (C rows, class-major) or every k ≠ c (C(C−1) rows); and the count n_c of each row."""
+    per pair (c, k): k = c (C rows, class-major) or every k ≠ c (C(C−1) rows); and the count n_c of each row
+    (float64: exact in any model dtype)."""
     with torch.no_grad():
         z, pull, _, _ = _logits_map(model, names, params, x)
         p = torch.softmax(z, dim=1)
@@ -161,7 +164,7 @@ def _factor_sums(model: nn.Module, names: Sequence[str], params: Sequence[torch.
         c_idx, k_idx = torch.nonzero(~eye if cross else eye, as_tuple=True)
         # cotangent of pair (c, k): row i is A_i e_k for the examples of class c, 0 elsewhere
         cot = onehot.T[c_idx][:, :, None] * A[:, :, k_idx].permute(2, 0, 1)
-        return vmap(pull, chunk_size=C)(cot), onehot.sum(0)[c_idx]
+        return vmap(pull, chunk_size=C)(cot), onehot.sum(0, dtype=torch.float64)[c_idx]
 
 
 def linearised(loss_fn: LossFn) -> LossFn:

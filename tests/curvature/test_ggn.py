@@ -9,6 +9,7 @@ mode, batches of 6 and 2 (weights n_b/N). Sharded products are checked in tests/
 """
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
@@ -31,6 +32,7 @@ from bnlab.curvature.hessian import HessianOptions
 from bnlab.curvature.linop import DenseOperator, scaled
 from bnlab.curvature.params import FlatLayout, select_parameters
 from bnlab.errors import BnlabError
+from conftest import requires_cuda
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets (tests/conftest.py)
 
@@ -93,12 +95,11 @@ def factors(p: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack([torch.sqrt(pi[k]) * (eye[k] - pi) for k in range(len(pi))], 1) for pi in p])
 
 
-@functools.cache
-def truth(kind: str, bn: bool, mode: str) -> dict[str, torch.Tensor]:
+def papyan_terms(model: nn.Module, batches, mode: str, classes: int = C) -> dict[str, torch.Tensor]:
     """G = Σ_b (n_b/N) Σ_i J_iᵀ H_i J_i; Papyan's three terms from the columns Φ_ik = J_iᵀ A_i e_k, their class
-    means Δ_ck (class c, column k) and deviations: class (k = c), cross-class (k ≠ c), within-class."""
-    model, batches = net(kind, bn), data(kind)
-    n = sum(SIZES)
+    means Δ_ck (class c, column k) and deviations: class (k = c), cross-class (k ≠ c), within-class. A class
+    without examples contributes nothing."""
+    n = sum(len(y) for _, y in batches)
     G = 0.0
     cols: list[tuple[int, torch.Tensor]] = []  # (class, Φ_i (dim, C)) per example
     for J, p, y in jacobians(model, batches, mode):
@@ -107,14 +108,22 @@ def truth(kind: str, bn: bool, mode: str) -> dict[str, torch.Tensor]:
             Hi = (torch.diag(p[i]) - torch.outer(p[i], p[i])) / nb
             G = G + (nb / n) * J[i].T @ Hi @ J[i]
             cols.append((int(y[i]), J[i].T @ A))
-    counts = torch.bincount(torch.tensor([c for c, _ in cols]), minlength=C).double()
-    means = [sum(phi for c_, phi in cols if c_ == c) / counts[c] for c in range(C)]  # (dim, C): Δ_ck in column k
-    Gcm = sum((counts[c] / n) * torch.outer(means[c][:, c], means[c][:, c]) for c in range(C))
+    counts = torch.bincount(torch.tensor([c for c, _ in cols]), minlength=classes).double()
+    present = [c for c in range(classes) if counts[c] > 0]
+    means = {c: sum(phi for c_, phi in cols if c_ == c) / counts[c] for c in present}  # Δ_ck in column k
+    Gcm = sum((counts[c] / n) * torch.outer(means[c][:, c], means[c][:, c]) for c in present)
     Gcross = sum((counts[c] / n) * torch.outer(means[c][:, k], means[c][:, k])
-                 for c in range(C) for k in range(C) if k != c)
+                 for c in present for k in range(classes) if k != c)
     Gwithin = sum((phi - means[c]) @ (phi - means[c]).T for c, phi in cols) / n
+    return {"G": G, "Gcm": Gcm, "Gcross": Gcross, "Gwithin": Gwithin, "counts": counts}
+
+
+@functools.cache
+def truth(kind: str, bn: bool, mode: str) -> dict[str, torch.Tensor]:
+    """`papyan_terms` of the test's net and batches, and the dense Hessian H."""
+    model, batches = net(kind, bn), data(kind)
     H = dense_hessian(model, batches, F.cross_entropy, mode)
-    return {"G": G, "H": H, "Gcm": Gcm, "Gcross": Gcross, "Gwithin": Gwithin}
+    return {**papyan_terms(model, batches, mode), "H": H}
 
 
 def dense(op) -> torch.Tensor:
@@ -284,6 +293,41 @@ def test_class_cross_class_and_within_terms_sum_to_g(kind: str, bn: bool, mode: 
     assert one.cross_class_means().rank_bound == (C - 1) * (C - 1)
 
 
+def test_a_class_with_a_single_example_keeps_its_mean_terms() -> None:
+    """A class seen once has the mean of one example's columns (n_c = 1 is a class, not an empty one):
+    both mean terms against the dense truth of batches (6, 2) where class 2 occurs exactly once."""
+    model = net("mlp", True)
+    batches = [(x, torch.tensor(labels)) for (x, _), labels in zip(data("mlp"), ([0, 1, 0, 1, 0, 2], [1, 0]))]
+    t = papyan_terms(model, batches, "batch")
+    assert t["counts"].tolist() == [4.0, 3.0, 1.0]
+    G = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch")
+    cm, cross = G.class_means(), G.cross_class_means()
+    assert (cm.rank_bound, cross.rank_bound) == (C, C * (C - 1))
+    close(dense(cm), t["Gcm"])
+    close(dense(cross), t["Gcross"])
+    close(dense(G) - dense(cm) - dense(cross), t["Gwithin"])
+
+
+def test_half_precision_mean_terms_at_a_class_size_beyond_float16s_range() -> None:
+    """A float16 model with N·n_c = 300·260 > 65504 (float16's largest value): the weights n_c/N and 1/n_c are
+    formed in float64, not in the model's dtype (where N·n_c overflows and the class's term vanishes). Truth:
+    the dense terms of the same (float16-rounded) weights and inputs in float64; the tolerance is float16's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Softplus(), nn.Linear(4, C)).half()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 5, generator=g).half()
+    y = torch.tensor([0] * 260 + [1] * 20 + [2] * 20)[torch.randperm(300, generator=g)]
+    batches = [(x[:150], y[:150]), (x[150:], y[150:])]
+    t = papyan_terms(copy.deepcopy(model).double(), [(a.double(), b) for a, b in batches], "none")
+    G = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="none")
+    for term, want in ((G.class_means(), t["Gcm"]), (G.cross_class_means(), t["Gcross"])):
+        assert term.factor.dtype == torch.float64 and torch.isfinite(term.factor).all()
+        lam = term.eigenpairs()[0]
+        torch.testing.assert_close(lam, torch.linalg.eigvalsh(want).flip(0)[:len(lam)], rtol=2e-2,
+                                   atol=1e-3 * float(lam[0]))
+        torch.testing.assert_close(dense(term), want, rtol=0, atol=2e-2 * float(want.abs().max()))
+
+
 @pytest.mark.parametrize("kind,bn,mode", [CASES[0], CASES[5]])
 def test_lanczos_on_g_finds_the_dense_top_eigenvalues(kind: str, bn: bool, mode: str) -> None:
     t = truth(kind, bn, mode)
@@ -306,8 +350,25 @@ def test_ggn_counts_blocks_and_describes_itself() -> None:
     R = ResidualOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="none", cache_graphs=False)
     assert R.describe()["matrix"] == "residual" and R.describe()["cache_graphs"] is False
     assert R.describe()["hvp_method"] == "double_backward" and R.quiet
+    # no decay given: none cancels, and the record says 0 (not a default decay that was never asked for)
+    assert R.describe()["weight_decay_cancels"] == 0.0 and R.describe()["weight_decay_term"] == 0.0
     assert "Gauss-Newton" in GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="none",
                                          loss_scale="batch-sum").settings["units"]
+
+
+def test_a_one_parameter_selection_takes_a_block_of_several_vectors() -> None:
+    """dim = 1 (only a BN scale selected) with m = 3 vectors: each row is its own product, g·v_i, against the
+    dense G's entry of that parameter (a shortcut for one vector must look at the number of rows, not columns)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 1), nn.BatchNorm1d(1), nn.Softplus(), nn.Linear(1, C)).double()
+    batches = data("mlp")
+    names = [n for n, _ in select_parameters(model, None)]
+    i = sum(p.numel() for n, p in model.named_parameters() if names.index(n) < names.index("1.weight"))
+    g = papyan_terms(model, batches, "batch")["G"][i, i]
+    G = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch", params=["1.weight"])
+    assert G.dim == 1 and g > 1e-6
+    V = torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64)
+    close(G.matmat(V), g * V)
 
 
 def test_float32_model_gives_float64_products() -> None:
@@ -348,11 +409,64 @@ def test_a_rank_without_batches_sends_zeros_of_the_others_shape(cross: bool) -> 
     close(dense(getattr(idle, term)()), want)
     rows = C * (C - 1) if cross else C
     assert got[0].shape == sent[0].shape == (rows, holder.dim + 1) and not got[0].any()
-    # the block is in the model's dtype (the collective needs one dtype on every rank): bfloat16 here
+    # the block has one dtype on every rank (the collective needs it), float64 (exact counts) for any model dtype
     half = GGNOperator(net("mlp", True).to(torch.bfloat16), [(x.to(torch.bfloat16), y) for x, y in batches],
                        loss_fn=F.cross_entropy, bn_mode="batch")
     half._shard = range(0, 0)
     seen: list[torch.Tensor] = []
     half._sum_over_ranks = lambda t: seen.append(t) or t
     assert getattr(half, term)().rank_bound == 0  # no class has an example anywhere: nothing left
-    assert seen[0].dtype == torch.bfloat16 and seen[0].shape == (rows, half.dim + 1)
+    assert seen[0].dtype == torch.float64 and seen[0].shape == (rows, half.dim + 1)
+
+
+def mean_terms_on(device: torch.device, cross: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One mean term of the test's net and batches on `device`: (the full set's term, dense; the term of a rank
+    that holds no batch, dense, reduced with the holder's block as in the idle-rank test; the two blocks the
+    ranks sent, stacked). The blocks stay on the model's device: NCCL reduces device tensors only."""
+    term = "cross_class_means" if cross else "class_means"
+    model = net("mlp", True).to(device)
+    batches = [(x.to(device), y.to(device)) for x, y in data("mlp")]
+    holder = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch")
+    sent: list[torch.Tensor] = []
+    holder._sum_over_ranks = lambda t: sent.append(t) or t
+    full = getattr(holder, term)()
+    assert full.factor.device == torch.device("cpu")  # small: returned on the CPU
+    idle = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch")
+    idle._shard = range(0, 0)
+    got: list[torch.Tensor] = []
+    idle._sum_over_ranks = lambda t: got.append(t) or t + sent[0]
+    reduced = getattr(idle, term)()
+    assert sent[0].device == got[0].device == model[0].weight.device
+    return dense(full), dense(reduced), torch.stack([sent[0].cpu(), got[0].cpu()])
+
+
+@requires_cuda
+@pytest.mark.parametrize("cross", [False, True])
+def test_mean_terms_of_a_model_on_cuda_equal_the_cpu_ones(cross: bool) -> None:
+    """A model on the GPU: the factors' helper tensors (eye, masks) on the logits' device, an idle rank's zero
+    block on the model's device, and the same terms as on the CPU (float64)."""
+    want = mean_terms_on(torch.device("cpu"), cross)
+    got = mean_terms_on(torch.device("cuda", 0), cross)
+    for g, w in zip(got, want):
+        close(g, w)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_class_counts_are_exact_in_a_half_precision_model(dtype: torch.dtype) -> None:
+    """n_c is a count: exact whatever the model's dtype. Here 2050 examples of class 0 over batches of 2048, 1
+    and 1 (plus one of class 1 to keep the classes): bfloat16 rounds integers above 256 and float16 above 2048,
+    so counts kept in the model's dtype would come out 2048. Truth: the labels' bincount."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2)).to(dtype)
+    x = torch.randn(2051, 3, generator=torch.Generator().manual_seed(0)).to(dtype)
+    y = torch.zeros(2051, dtype=torch.long)
+    y[-1] = 1
+    batches = [(x[:2048], y[:2048]), (x[2048:2049], y[2048:2049]), (x[2049:], y[2049:])]
+    G = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="none")
+    for term, rows in (("class_means", [(0, 0), (1, 1)]), ("cross_class_means", [(0, 1), (1, 0)])):
+        seen: list[torch.Tensor] = []
+        G._sum_over_ranks = lambda t, seen=seen: seen.append(t) or t
+        getattr(G, term)()
+        want = torch.bincount(y, minlength=2).double()[[c for c, _ in rows]]
+        assert seen[0].dtype == torch.float64
+        assert torch.equal(seen[0][:, -1], want), term

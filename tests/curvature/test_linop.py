@@ -13,6 +13,7 @@ import torch
 
 from bnlab.curvature.linop import DenseOperator, ProjectedOperator, SymmetricOperator
 from bnlab.errors import BnlabError
+from conftest import requires_cuda
 
 DIM = 6
 
@@ -138,3 +139,51 @@ def test_low_rank_eigenpairs_in_closed_form_rank_zero_and_one() -> None:
     lam, vecs = LowRankOperator(F2).eigenpairs()
     torch.testing.assert_close(vecs.norm(dim=1), torch.ones(2, dtype=torch.float64), rtol=1e-12, atol=0)
     torch.testing.assert_close(lam, torch.linalg.eigvalsh(F2.T @ F2).flip(0)[:2], rtol=1e-9, atol=1e-18)
+
+
+def products_on_devices(other: torch.device) -> dict[str, torch.Tensor]:
+    """Every combinator with its data on one device and the vectors on the other: each product must come back
+    float64 on its vectors' device (the interface's promise), whichever device the operator computes on."""
+    from bnlab.curvature.linop import LowRankOperator, SumOperator
+
+    cpu = torch.device("cpu")
+    g = torch.Generator().manual_seed(6)
+    M = torch.randn(DIM, DIM, dtype=torch.float64, generator=g)
+    M = M + M.T
+    Q = torch.linalg.qr(torch.randn(DIM, 2, dtype=torch.float64, generator=g))[0]
+    F_ = torch.randn(2, DIM, dtype=torch.float64, generator=g)
+    V = torch.randn(3, DIM, generator=g)  # float32, as a caller may hand them
+    out = {}
+    for where, dev in (("op_there", other), ("vectors_there", cpu)):
+        Vd = V if dev == other else V.to(other)  # the vectors on the device the operator is not on
+        ops = {"dense": DenseOperator(M.to(dev)),
+               "projected": ProjectedOperator(DenseOperator(M.to(dev)), Q.to(dev)),
+               "low_rank": LowRankOperator(F_.to(dev)),
+               "sum": SumOperator([(1.0, DenseOperator(M.to(dev))), (-2.0, LowRankOperator(F_.to(dev)))])}
+        for name, op in ops.items():
+            r = op.matmat(Vd)
+            assert (r.device, r.dtype, r.shape) == (Vd.device, torch.float64, (3, DIM)), (where, name)
+            out[f"{where}_{name}"] = r
+        assert ops["low_rank"].factor.device == cpu  # small: kept on the CPU, moved to the vectors per product
+        for v in (Vd, Vd.select(0, 0)):  # a block and one vector, the basis on the other device (select:
+            # fake CUDA tensors refuse Python indexing on a build without CUDA)
+            assert ops["projected"].project_out(v).device == Vd.device
+    return out
+
+
+def test_products_come_back_on_the_vectors_device_with_the_operator_elsewhere() -> None:
+    """The device half of the interface without a GPU: torch's fake tensors carry a CUDA device (and dtype and
+    shape) through every op, and refuse to mix devices as CUDA does, but hold no values. So a product left on
+    the operator's device, or a CPU-held basis or factor not moved to the vectors, shows here."""
+    fake = pytest.importorskip("torch._subclasses.fake_tensor")
+    with fake.FakeTensorMode():
+        products_on_devices(torch.device("cuda", 0))
+
+
+@requires_cuda
+def test_products_on_cuda_equal_the_cpu_ones() -> None:
+    """The same on a real GPU, with values: each product equals the all-CPU one."""
+    got = products_on_devices(torch.device("cuda", 0))
+    want = products_on_devices(torch.device("cpu"))
+    for key, w in want.items():
+        torch.testing.assert_close(got[key].cpu(), w, rtol=1e-10, atol=1e-10, msg=key)
