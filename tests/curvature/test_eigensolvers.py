@@ -473,3 +473,55 @@ def test_residual_norms_are_taken_on_the_products_device() -> None:
     V = torch.empty(2, 12, dtype=torch.float64, device="meta")
     r = residual_norms(MetaProducts(), torch.tensor([1.0, 2.0], dtype=torch.float64), V)
     assert r.device == torch.device("meta") and r.shape == (2,)
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_the_zero_operator_is_solved_and_converged(verify: bool) -> None:
+    # H = 0 (e.g. a block of parameters the loss does not see): every product is exactly 0, so the eigenvalues
+    # and residuals are exactly 0 and ‖Hv − λv‖ ≤ tol·|λ| holds with equality: the pairs are converged
+    op = Sym(np.zeros(10))
+    assert not op.A.any()
+    res = top_eigenpairs(op, 2, tol=1e-6, verify=verify)
+    assert res.eigenvalues.tolist() == [0.0, 0.0] and res.residuals.tolist() == [0.0, 0.0]
+    assert res.converged.tolist() == [True, True]
+    V = res.eigenvectors.numpy()
+    np.testing.assert_allclose(V @ V.T, np.eye(2), atol=1e-12)
+
+
+def _first_cycles(k: int, ncv: int, tol: float) -> list[tuple[int, np.ndarray]]:
+    seen: list[tuple[int, np.ndarray]] = []
+    top_eigenpairs(Sym(spectrum_mixed(200)), k, tol=tol, ncv=ncv, max_hvps=ncv + 6,
+                   callback=lambda h, rel: seen.append((h, rel.copy())))
+    return seen
+
+
+def test_the_stopping_rule_and_the_restart_count_converged_pairs_at_equality() -> None:
+    # "converged" is rel ≤ tol, equality included. The first cycle does not depend on tol, so a second run
+    # with tol set to one of its relative residuals meets that residual exactly.
+    first = _first_cycles(3, 8, 1e-300)[0][1]
+    assert len(set(first.tolist())) == 3 and np.all(first > 0)
+    # tol = the largest: every wanted pair is converged after the first cycle, and the run stops there
+    res = top_eigenpairs(Sym(spectrum_mixed(200)), 3, tol=float(first.max()), ncv=8)
+    assert res.hvp_count == 8 and res.restarts == 0
+    # tol = the middle one at ncv 6: 2 converged pairs make the restart keep min(ncv - 1, k + max(1, 2)) = 5
+    # Ritz vectors (1 product in the next cycle); counted without equality it would keep 4 (2 products)
+    first6 = _first_cycles(3, 6, 1e-300)[0][1]
+    seen = _first_cycles(3, 6, float(np.sort(first6)[1]))
+    assert np.array_equal(seen[0][1], first6) and [h for h, _ in seen[:2]] == [6, 7]
+
+
+@pytest.mark.parametrize("shape", [(30,), (2, 30)])
+def test_a_half_precision_warm_start_is_normalised_in_float64(shape: tuple[int, ...]) -> None:
+    # eigenvectors kept in the model's dtype (bfloat16) as a warm start: the start vector is the formula
+    # (normalised rows, summed, normalised, + 1e-3 kick) applied to their exact float64 values, not computed in
+    # bfloat16 (whose rounding, ~4e-3, is larger than the kick)
+    from bnlab.curvature.lanczos import _start_vector
+
+    v0 = torch.randn(*shape, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    exact = v0.double()
+    if exact.dim() == 2:
+        exact = (exact / exact.norm(dim=1, keepdim=True)).sum(0)
+    rnd = torch.randn(30, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    want = exact / exact.norm() + 1e-3 * rnd / rnd.norm()
+    torch.testing.assert_close(_start_vector(v0, 30, 5, torch.device("cpu")), want / want.norm(), rtol=1e-12,
+                               atol=1e-14)
