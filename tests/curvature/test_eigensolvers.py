@@ -377,6 +377,20 @@ def test_the_solver_works_on_the_operators_device(method: str) -> None:
     assert res.converged.tolist() == [True] * 3
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
+@pytest.mark.parametrize("case", ["restarts", "fresh directions"])
+def test_restarts_and_fresh_directions_stay_on_the_operators_device(device: str, case: str) -> None:
+    # the vectors a thick restart builds (SLOW at ncv 10: many restarts) and the fresh directions drawn when a
+    # Krylov space closes (three distinct eigenvalues, each 10 times) are made on the operator's device too;
+    # OnDevice refuses a product of vectors anywhere else (on the CPU this runs the same checks, device-blind)
+    spectrum, k, expect = {"restarts": (SLOW, 2, [1.0, 0.97]),
+                           "fresh directions": (np.repeat([5.0, 2.0, -1.0], 10), 3, [5.0, 5.0, 5.0])}[case]
+    res = top_eigenpairs(OnDevice(spectrum, device), k, tol=1e-8, ncv=10, verify=True)
+    np.testing.assert_allclose(res.eigenvalues.numpy(), expect, rtol=1e-7)
+    assert res.converged.all() and res.eigenvectors.device == torch.device("cpu")
+    assert res.restarts >= 2 if case == "restarts" else res.hvp_count == 10
+
+
 class Recording(Sym):
     """Sym that also records how many vectors each product block holds."""
 
