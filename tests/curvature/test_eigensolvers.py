@@ -375,3 +375,167 @@ def test_the_solver_works_on_the_operators_device(method: str) -> None:
     res = top_eigenpairs(op, 3, tol=1e-10, method=method, verify=True)
     np.testing.assert_allclose(res.eigenvalues.cpu().numpy(), [30.0, 20.0, 12.0], rtol=1e-9)
     assert res.converged.tolist() == [True] * 3
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
+@pytest.mark.parametrize("case", ["restarts", "fresh directions"])
+def test_restarts_and_fresh_directions_stay_on_the_operators_device(device: str, case: str) -> None:
+    # the vectors a thick restart builds (SLOW at ncv 10: many restarts) and the fresh directions drawn when a
+    # Krylov space closes (three distinct eigenvalues, each 10 times) are made on the operator's device too;
+    # OnDevice refuses a product of vectors anywhere else (on the CPU this runs the same checks, device-blind)
+    spectrum, k, expect = {"restarts": (SLOW, 2, [1.0, 0.97]),
+                           "fresh directions": (np.repeat([5.0, 2.0, -1.0], 10), 3, [5.0, 5.0, 5.0])}[case]
+    res = top_eigenpairs(OnDevice(spectrum, device), k, tol=1e-8, ncv=10, verify=True)
+    np.testing.assert_allclose(res.eigenvalues.numpy(), expect, rtol=1e-7)
+    assert res.converged.all() and res.eigenvectors.device == torch.device("cpu")
+    assert res.restarts >= 2 if case == "restarts" else res.hvp_count == 10
+
+
+class Recording(Sym):
+    """Sym that also records how many vectors each product block holds."""
+
+    def __init__(self, spectrum, seed: int = 0) -> None:
+        super().__init__(spectrum, seed)
+        self.blocks: list[int] = []
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        self.blocks.append(V.shape[0])
+        return super().matmat(V)
+
+
+@pytest.mark.parametrize("block_size", [None, 2])
+def test_the_block_method_multiplies_block_size_vectors_per_pass(block_size: int | None) -> None:
+    # top_eigenpairs(method="block") hands the problem to bnlab.curvature.block_lanczos: every product is a
+    # block of b vectors (default 4), the callback comes after every pass, and LA means LA (LM would be
+    # 30, -25, 20 here)
+    op = Recording(spectrum_mixed())
+    seen: list[int] = []
+    res = top_eigenpairs(op, 3, which="LA", tol=1e-8, method="block", block_size=block_size,
+                         callback=lambda h, rel: seen.append(h))
+    b = block_size or 4
+    assert res.method == "block" and res.info["block_size"] == b
+    np.testing.assert_allclose(res.eigenvalues.numpy(), [30.0, 20.0, 12.0], rtol=1e-8)
+    V = res.eigenvectors.numpy()
+    direct = np.linalg.norm(V @ op.A.numpy() - res.eigenvalues.numpy()[:, None] * V, axis=1)
+    assert res.converged.all() and np.all(direct <= 1e-8 * 12.0 * (1 + 1e-6))
+    assert len(op.blocks) > 1 and set(op.blocks) == {b}  # never one vector at a time, as the Lanczos method does
+    assert res.hvp_count == op.products and seen == [b * (i + 1) for i in range(len(op.blocks))]
+
+
+def test_the_block_method_keeps_the_budget_and_the_krylov_size() -> None:
+    # a budget of 10 products in blocks of 4: two full blocks and one cut to the 2 products left
+    op = Recording(SLOW)
+    res = top_eigenpairs(op, 2, tol=1e-14, method="block", max_hvps=10)
+    assert op.blocks == [4, 4, 2] and res.hvp_count == 10 and not res.converged.all()
+    # a Krylov size above the block solver's minimum (k + 8 b) is the one it uses
+    assert top_eigenpairs(Sym(SLOW), 2, tol=1e-4, method="block", ncv=50).info["ncv"] == 50
+
+
+def test_a_block_warm_start_gives_the_block_method_its_rows() -> None:
+    # a warm start of m rows (the previous checkpoint's eigenvectors) starts the block method from the rows
+    # themselves (each with a 1e-3 kick), not only from their sum: after its first pass of 3 products the
+    # basis holds the exact top eigenvectors up to the kick, so the relative residuals are ~1e-3 (from the sum
+    # and two random directions they are O(1))
+    op = Sym(spectrum_mixed(), seed=1)
+    top = torch.from_numpy(op.vectors([0, 1, 2]).T.copy())
+    seen: list[tuple[int, np.ndarray]] = []
+    res = top_eigenpairs(op, 3, tol=1e-10, v0=top * 3.0, method="block", block_size=3,
+                         callback=lambda h, rel: seen.append((h, rel.copy())))
+    assert seen[0][0] == 3 and np.all(seen[0][1] < 1e-2)
+    np.testing.assert_allclose(res.eigenvalues.numpy(), [30.0, 20.0, 12.0], rtol=1e-9)
+
+
+class _AskedOn(Exception):
+    """Raised by OnMeta's first product with the device of the vectors it was asked to multiply."""
+
+
+class OnMeta(SymmetricOperator):
+    """An operator on PyTorch's meta device (tensors with shapes but no data). No solver runs on it to the
+    end (there are no numbers to read), but its first product shows where the solver built its start
+    vector and basis, and meta tensors refuse to mix with host tensors (as CUDA ones do)."""
+
+    dim = 12
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("meta")
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        raise _AskedOn(V.device)
+
+
+@pytest.mark.parametrize("start", ["none", "vector", "block"])
+def test_the_first_product_is_asked_on_the_operators_device(start: str) -> None:
+    # the CPU-observable part of the device contract (the full run is the CUDA test above): the start vector,
+    # from the seed or from a warm start given on the host (float32 for the block), and the Lanczos basis
+    # live on the operator's device
+    g = torch.Generator().manual_seed(0)
+    v0 = {"none": None, "vector": torch.randn(12, generator=g, dtype=torch.float64),
+          "block": torch.randn(3, 12, generator=g)}[start]
+    with pytest.raises(_AskedOn) as asked:
+        top_eigenpairs(OnMeta(), 2, tol=1e-6, v0=v0)
+    assert asked.value.args[0] == torch.device("meta")
+
+
+def test_residual_norms_are_taken_on_the_products_device() -> None:
+    # eigenvalues given on the host are moved to the products' device (meta here, CUDA in use)
+    class MetaProducts(OnMeta):
+        def matmat(self, V: torch.Tensor) -> torch.Tensor:
+            assert V.device == torch.device("meta")
+            return torch.empty_like(V)
+
+    V = torch.empty(2, 12, dtype=torch.float64, device="meta")
+    r = residual_norms(MetaProducts(), torch.tensor([1.0, 2.0], dtype=torch.float64), V)
+    assert r.device == torch.device("meta") and r.shape == (2,)
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_the_zero_operator_is_solved_and_converged(verify: bool) -> None:
+    # H = 0 (e.g. a block of parameters the loss does not see): every product is exactly 0, so the eigenvalues
+    # and residuals are exactly 0 and ‖Hv − λv‖ ≤ tol·|λ| holds with equality: the pairs are converged
+    op = Sym(np.zeros(10))
+    assert not op.A.any()
+    res = top_eigenpairs(op, 2, tol=1e-6, verify=verify)
+    assert res.eigenvalues.tolist() == [0.0, 0.0] and res.residuals.tolist() == [0.0, 0.0]
+    assert res.converged.tolist() == [True, True]
+    V = res.eigenvectors.numpy()
+    np.testing.assert_allclose(V @ V.T, np.eye(2), atol=1e-12)
+
+
+def _first_cycles(k: int, ncv: int, tol: float) -> list[tuple[int, np.ndarray]]:
+    seen: list[tuple[int, np.ndarray]] = []
+    top_eigenpairs(Sym(spectrum_mixed(200)), k, tol=tol, ncv=ncv, max_hvps=ncv + 6,
+                   callback=lambda h, rel: seen.append((h, rel.copy())))
+    return seen
+
+
+def test_the_stopping_rule_and_the_restart_count_converged_pairs_at_equality() -> None:
+    # "converged" is rel ≤ tol, equality included. The first cycle does not depend on tol, so a second run
+    # with tol set to one of its relative residuals meets that residual exactly.
+    first = _first_cycles(3, 8, 1e-300)[0][1]
+    assert len(set(first.tolist())) == 3 and np.all(first > 0)
+    # tol = the largest: every wanted pair is converged after the first cycle, and the run stops there
+    res = top_eigenpairs(Sym(spectrum_mixed(200)), 3, tol=float(first.max()), ncv=8)
+    assert res.hvp_count == 8 and res.restarts == 0
+    # tol = the middle one at ncv 6: 2 converged pairs make the restart keep min(ncv - 1, k + max(1, 2)) = 5
+    # Ritz vectors (1 product in the next cycle); counted without equality it would keep 4 (2 products)
+    first6 = _first_cycles(3, 6, 1e-300)[0][1]
+    seen = _first_cycles(3, 6, float(np.sort(first6)[1]))
+    assert np.array_equal(seen[0][1], first6) and [h for h, _ in seen[:2]] == [6, 7]
+
+
+@pytest.mark.parametrize("shape", [(30,), (2, 30)])
+def test_a_half_precision_warm_start_is_normalised_in_float64(shape: tuple[int, ...]) -> None:
+    # eigenvectors kept in the model's dtype (bfloat16) as a warm start: the start vector is the formula
+    # (normalised rows, summed, normalised, + 1e-3 kick) applied to their exact float64 values, not computed in
+    # bfloat16 (whose rounding, ~4e-3, is larger than the kick)
+    from bnlab.curvature.lanczos import _start_vector
+
+    v0 = torch.randn(*shape, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    exact = v0.double()
+    if exact.dim() == 2:
+        exact = (exact / exact.norm(dim=1, keepdim=True)).sum(0)
+    rnd = torch.randn(30, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    want = exact / exact.norm() + 1e-3 * rnd / rnd.norm()
+    torch.testing.assert_close(_start_vector(v0, 30, 5, torch.device("cpu")), want / want.norm(), rtol=1e-12,
+                               atol=1e-14)
