@@ -68,7 +68,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "curvature.ggn": (["bnlab/curvature/ggn.py", "bnlab/curvature/linop.py"], ["tests/curvature/test_ggn.py",
                                                                               "tests/curvature/test_linop.py",
                                                                               "tests/distributed/test_subgroups.py"]),
-    "curvature.hvp": (["bnlab/curvature/hvp.py"], ["tests/curvature/test_operator.py"]),
+    "curvature.hvp": (["bnlab/curvature/hvp.py"], ["tests/curvature/test_operator.py", "tests/curvature/test_hvp.py"]),
     "curvature.lanczos": (["bnlab/curvature/lanczos.py"], ["tests/curvature/test_eigensolvers.py"]),
     "curvature.block_lanczos": (["bnlab/curvature/block_lanczos.py"], ["tests/curvature/test_block_lanczos.py"]),
     "curvature.trace": (["bnlab/curvature/trace.py"], ["tests/curvature/test_estimators.py"]),
