@@ -9,8 +9,10 @@ a different, wrong Hessian; the tests check that it differs).
 from __future__ import annotations
 
 import functools
+import gc
 import math
 import os
+import weakref
 
 import numpy as np
 import pytest
@@ -299,7 +301,10 @@ def test_cached_graphs_are_built_once_and_rebuilt_after_an_update(cache: bool | 
         net[3].bias.add_(0.1)  # in place: the cached graphs are stale
     op.matvec(v)
     assert len(built) == 2 * len(batches)
-    op.clear_cache()  # e.g. to free memory between uses: the next product builds them again
+    held = [weakref.ref(g) for g in op._cache]
+    op.clear_cache()  # e.g. to free memory between uses: the graphs are released, the next product builds them again
+    gc.collect()
+    assert op._cache is None and all(r() is None for r in held)
     op.matvec(v)
     assert len(built) == 3 * len(batches)
 
@@ -316,6 +321,43 @@ def test_available_memory_reads_meminfo(tmp_path) -> None:
     pages = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     free = available_memory(torch.device("cpu"), str(tmp_path / "missing"))
     assert free is not None and abs(free - pages) < 0.2 * pages
+
+
+def test_available_memory_by_default_is_memavailable_not_the_free_pages(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path) -> None:
+    # MemAvailable counts reclaimable page cache, the free pages do not; on an idle machine the two can
+    # be within a few percent, so the free pages are faked to a tiny, distinct number: the default
+    # (no meminfo argument) must still read /proc/meminfo, and only a missing file falls back to them.
+    with open("/proc/meminfo") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+    pages = {"SC_PAGE_SIZE": 4096, "SC_AVPHYS_PAGES": 3}
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    got = available_memory(torch.device("cpu"))
+    assert got is not None and abs(got - kib * 1024) < 0.05 * kib * 1024
+    assert available_memory(torch.device("cpu"), str(tmp_path / "missing")) == 3 * 4096
+
+    def unsupported(name: str) -> int:  # a platform without these sysconf names
+        raise ValueError(f"unrecognized configuration name {name}")
+
+    monkeypatch.setattr(os, "sysconf", unsupported)
+    assert available_memory(torch.device("cpu"), str(tmp_path / "missing")) is None  # unknown, not 0
+
+
+def test_available_memory_on_cuda_is_the_free_memory_of_the_device_asked_about(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch.cuda.mem_get_info(device) returns (free, total) bytes of that device. Faked here (two devices
+    # with different numbers, so a CPU machine sees which device is asked and which number is read);
+    # the real call is checked on a GPU by the requires_cuda tests below.
+    info = {0: (111, 1000), 1: (222, 2000)}
+    asked = []
+
+    def mem_get_info(device=None):  # noqa: ANN001, ANN202 - torch's signature
+        asked.append(device)
+        return info[0 if device is None else torch.device(device).index]
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    assert available_memory(torch.device("cuda", 1)) == 222
+    assert available_memory(torch.device("cuda", 0)) == 111
+    assert asked == [torch.device("cuda", 1), torch.device("cuda", 0)]
 
 
 def test_graph_cache_budget_default_and_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -370,12 +412,18 @@ def test_float32_model_returns_float64_vectors_without_graphs() -> None:
         torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-3, atol=1e-4 * float((H @ v).abs().max()))
 
 
-@pytest.mark.parametrize("method,cache", [("func", "auto"), ("double_backward", False), ("double_backward", True)])
+@pytest.mark.parametrize("method,cache", [("func", "auto"), ("func_compiled", "auto"), ("double_backward", False),
+                                          ("double_backward", True)])
 def test_the_hvp_method_asked_for_is_the_one_that_runs(method: str, cache: bool | str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import bnlab.curvature.hvp as hvp_module
     import bnlab.curvature.operator as operator_module
 
-    calls = {"func_block": 0, "double_backward_block": 0}
+    # func_compiled gives the same numbers as func, so only counting the calls tells them apart. Its
+    # torch.compile (tens of seconds on CPU) is replaced by the plain func_block, called through
+    # compiled_func_block's own cache of the compiled function, so the operator's dispatch is the real one.
+    monkeypatch.setattr(hvp_module, "_compiled", [hvp_module.func_block])
+    calls = {"func_block": 0, "compiled_func_block": 0, "double_backward_block": 0}
     for name in calls:
         real = getattr(operator_module, name)
         monkeypatch.setattr(operator_module, name,
@@ -385,8 +433,9 @@ def test_the_hvp_method_asked_for_is_the_one_that_runs(method: str, cache: bool 
     op = HessianOperator(mlp(), data(), loss_fn=F.cross_entropy, bn_mode="batch", method=method, cache_graphs=cache)
     v = torch.randn(op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
     close(op.matvec(v), H @ v)
-    assert calls == ({"func_block": 2, "double_backward_block": 0} if method == "func" else
-                     {"func_block": 0, "double_backward_block": 2})
+    expect = {"func_block": 0, "compiled_func_block": 0, "double_backward_block": 0}
+    expect[{"func": "func_block", "func_compiled": "compiled_func_block"}.get(method, "double_backward_block")] = 2
+    assert calls == expect  # one call per batch, all of them by the method asked for
 
 
 def test_graph_building_is_quiet_unless_asked(capsys: pytest.CaptureFixture[str]) -> None:
@@ -417,6 +466,34 @@ def test_a_model_on_cuda_takes_and_returns_vectors_on_their_device() -> None:
     assert op.loss() == pytest.approx(loss + 0.01 * float(theta @ theta), rel=1e-12)
     free, total = torch.cuda.mem_get_info()
     assert abs(available_memory(torch.device("cuda")) - free) < 0.1 * total
+
+
+@requires_cuda
+def test_available_memory_on_a_real_gpu_follows_its_free_memory() -> None:
+    # Free, not total: taking a fifth of the free memory must show up in the answer.
+    device = torch.device("cuda", torch.cuda.current_device())
+    before = available_memory(device)
+    free, total = torch.cuda.mem_get_info(device)
+    block = torch.empty(int(0.2 * free), dtype=torch.uint8, device=device)
+    after = available_memory(device)
+    now_free, _ = torch.cuda.mem_get_info(device)
+    del block
+    assert abs(after - now_free) < 0.02 * total
+    assert before - after > 0.15 * free
+
+
+def test_the_record_keeps_the_provenance_and_names_the_hessian() -> None:
+    # settings is what result files store: the data's provenance given to the operator must be in it,
+    # next to what the operator itself describes, in the units of the loss asked for.
+    net, batches = mlp(), data()
+    where = {"checkpoint": "run/final.pt", "eval_set": "test[0:8]"}
+    op = HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch", provenance=where,
+                         loss_scale="batch-sum", params=["1.*"])
+    s = op.settings
+    assert {k: s[k] for k in where} == where and op.provenance == where
+    assert (s["matrix"], s["params"], s["hvp_method"], s["dim"]) == ("hessian", ["1.*"], "double_backward", 8)
+    assert s["units"] == "loss summed over a batch of 6 (= 6 x mean-loss Hessian)"
+    assert HessianOperator(net, batches, loss_fn=F.cross_entropy, bn_mode="batch").provenance == {}
 
 
 def test_bad_arguments() -> None:
