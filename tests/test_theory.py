@@ -252,3 +252,10 @@ def test_correlated_angle_vs_simulation(corr: float) -> None:
 def test_a_bad_autocorrelation_is_refused(rho: list) -> None:
     with pytest.raises(BnlabError, match="rho must be"):
         theory.correlation_sums(0.9, True, np.array(rho))
+
+
+def test_the_filter_refuses_nesterov_without_momentum() -> None:
+    with pytest.raises(BnlabError, match="Nesterov needs momentum > 0"):
+        theory.filter_coefficients(0.0, True, 4)
+    assert theory.filter_coefficients(0.0, False, 3) == pytest.approx([1.0, 0.0, 0.0])
+    assert theory.filter_coefficients(0.5, True, 3) == pytest.approx([1.5, 0.25, 0.125])
