@@ -88,3 +88,22 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "run"
     train(tiny_config(epochs=1, synthetic_train=512, batch_size=128), out, quiet=True)
     return out
+
+
+class HeldOn:
+    """Mixin for a test operator with a dense `self.A` built from a spectrum: held on `device`, its products
+    insist on vectors already there (a solver's basis lives on the operator's device: no host round trip per
+    product). Use as `class OnDevice(HeldOn, SomeOperator)`."""
+
+    def __init__(self, spectrum, device: str) -> None:
+        super().__init__(spectrum)
+        self.A = self.A.to(device)
+        self._device = self.A.device  # with its index: torch.device("cuda") != torch.device("cuda:0")
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        assert V.device == self._device, f"a product was asked on {V.device}"
+        return super().matmat(V)

@@ -13,7 +13,7 @@ from bnlab.curvature import HessianOperator, dense_hessian, top_eigenpairs
 from bnlab.curvature.block_lanczos import DEFAULT_BLOCK, block_lanczos, orthonormal_block, start_block
 from bnlab.curvature.lanczos import EIG_METHODS
 from bnlab.curvature.linop import SymmetricOperator
-from conftest import requires_cuda
+from conftest import HeldOn, requires_cuda
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -388,22 +388,8 @@ def test_a_direction_vanishes_relative_to_its_size_before_the_projections() -> N
     assert float(X[0] @ e2) == pytest.approx(1.0, abs=1e-12)
 
 
-class OnDevice(Counted):
-    """Counted, held on `device`; its products insist on vectors already there (the solver's basis, its
-    Ritz combinations and the start block live on the operator's device: no host round trip per block)."""
-
-    def __init__(self, spectrum, device: str) -> None:
-        super().__init__(spectrum)
-        self.A = self.A.to(device)
-        self._device = self.A.device  # with its index: torch.device("cuda") != torch.device("cuda:0")
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    def matmat(self, V: torch.Tensor) -> torch.Tensor:
-        assert V.device == self._device, f"a product was asked on {V.device}"
-        return super().matmat(V)
+class OnDevice(HeldOn, Counted):
+    """Counted held on `device` (conftest.HeldOn)."""
 
 
 @requires_cuda

@@ -14,7 +14,7 @@ import torch
 from bnlab.curvature import EigenResult, residual_norms, top_eigenpairs
 from bnlab.curvature.linop import SymmetricOperator
 from bnlab.errors import BnlabError
-from conftest import requires_cuda
+from conftest import HeldOn, requires_cuda
 
 
 class Sym(SymmetricOperator):
@@ -350,22 +350,8 @@ def test_arpack_budget_and_partial_convergence() -> None:
     assert 0 < len(part.eigenvalues) < 3 and not part.converged.any()
 
 
-class OnDevice(Sym):
-    """Sym held on `device`; its products insist on vectors already there (the solver's basis lives on
-    the operator's device: no host round trip per product)."""
-
-    def __init__(self, spectrum, device: str) -> None:
-        super().__init__(spectrum)
-        self.A = self.A.to(device)
-        self._device = self.A.device  # with its index: torch.device("cuda") != torch.device("cuda:0")
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    def matmat(self, V: torch.Tensor) -> torch.Tensor:
-        assert V.device == self._device, f"a product was asked on {V.device}"
-        return super().matmat(V)
+class OnDevice(HeldOn, Sym):
+    """Sym held on `device` (conftest.HeldOn)."""
 
 
 @requires_cuda
