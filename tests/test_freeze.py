@@ -8,20 +8,23 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+import bnlab.freeze as freeze_module
 from bnlab import load_checkpoint
-from bnlab.checkpoint import save_checkpoint
-from bnlab.config import make_config
+from bnlab.checkpoint import Checkpoint, save_checkpoint
+from bnlab.config import TrainConfig, make_config
 from bnlab.data import CIFAR_MEAN, CIFAR_STD, load_data
 from bnlab.errors import BnlabError
-from bnlab.freeze import freeze_checkpoint, refresh_bn_statistics
-from bnlab.models import build_model
+from bnlab.freeze import freeze_checkpoint, frozen_copy, refresh_bn_statistics
+from bnlab.models import ModelSpec, build_model
 from bnlab.norms import FrozenNorm, GhostBatchNorm, batch_norm_layers
 from conftest import requires_cuda
 
@@ -147,6 +150,83 @@ def test_freeze_on_cuda_equals_cpu(tmp_path: Path) -> None:
     a, b = (load_checkpoint(tmp_path / f).model.state_dict() for f in ("cpu.pt", "gpu.pt"))
     for k, v in a.items():
         torch.testing.assert_close(b[k].cpu(), v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_the_frozen_copy_is_made_on_the_models_device(tmp_path: Path) -> None:
+    # PyTorch's meta device stands in for a GPU: a copy built on the CPU and left there would show here
+    ck = load_checkpoint(make_ckpt(tmp_path / "ck.pt", "bn"))
+    frozen, config = frozen_copy(ck.model.to("meta"), ck)
+    assert {t.device.type for t in frozen.state_dict().values()} == {"meta"}
+    assert config.variant == "frozen_bn" and config.model.norm == "frozen" and not frozen.training
+
+
+def test_the_named_device_reaches_the_checkpoint_the_data_and_the_evaluation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # on a CPU every device looks alike, so each step records the device it is handed (the CUDA twin above
+    # checks the numbers)
+    seen: dict[str, object] = {}
+
+    def spy(name: str, fn: Callable[..., Any], position: int) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            seen[name] = kwargs["device"] if "device" in kwargs else args[position]
+            return fn(*args, **kwargs)
+        return wrapped
+
+    for name, position in (("load_checkpoint", 1), ("load_data", 1), ("evaluate", 3)):
+        monkeypatch.setattr(freeze_module, name, spy(name, getattr(freeze_module, name), position))
+    freeze_checkpoint(make_ckpt(tmp_path / "ck.pt", "bn"), tmp_path / "f.pt", device="cpu")
+    assert seen == {"load_checkpoint": "cpu", "load_data": "cpu", "evaluate": torch.device("cpu")}
+
+
+def test_the_frozen_copy_takes_its_affine_from_the_model_not_the_config(tmp_path: Path) -> None:
+    # a config made in a notebook leaves affine at None ("the norm's default"): frozen's default would add a
+    # gamma and beta that the post's simple net (bn_fixed_affine) does not have
+    spec = ModelSpec(model="simple", norm="bn_fixed_affine", width=2)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    ck = Checkpoint(model, TrainConfig(variant="bn", model=spec), {}, tmp_path / "none.pt")
+    assert ck.config.model.affine is None
+    frozen, config = frozen_copy(model, ck)
+    assert config.model.affine is False and not any(m.affine for m in frozen.modules() if isinstance(m, FrozenNorm))
+    state = frozen.state_dict()
+    for k, v in model.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(state[k], v), k
+
+
+def test_ema_weights_are_the_ones_frozen_and_recorded(tmp_path: Path) -> None:
+    parent = make_ckpt(tmp_path / "ck.pt", "bn")
+    payload = torch.load(parent, weights_only=True)
+    ema = {k: v + 0.25 if v.is_floating_point() else v for k, v in payload["model"].items()}
+    save_checkpoint(parent, {k: v for k, v in payload.items() if k not in ("format", "format_version", "versions")}
+                    | {"ema": ema})
+    raw = freeze_checkpoint(parent, tmp_path / "raw.pt")
+    averaged = freeze_checkpoint(parent, tmp_path / "ema.pt", weights="ema")
+    assert (raw["weights"], averaged["weights"]) == ("raw", "ema")
+    convs = [k for k in ema if k.endswith("conv.weight")]
+    assert convs
+    for name, want in (("raw.pt", payload["model"]), ("ema.pt", ema)):
+        state = load_checkpoint(tmp_path / name).model.state_dict()
+        for k in convs:
+            assert torch.equal(state[k], want[k]), (name, k)
+
+
+def test_without_data_dir_the_recorded_folder_is_used(tmp_path: Path, cifar_folder: Path) -> None:
+    cfg = make_config("bn", width=2, dataset="cifar10", data_dir=str(cifar_folder), batch_size=BATCH, subset=100)
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "ck.pt", {"config": cfg.to_dict(), "model": build_model(cfg.model).state_dict()})
+    summary = freeze_checkpoint(tmp_path / "ck.pt", tmp_path / "f.pt")
+    assert summary["bn_refresh_batches"] == 100 // BATCH
+    assert load_checkpoint(tmp_path / "f.pt").config.data.data_dir == str(cifar_folder)
+
+
+def test_an_output_over_its_checkpoint_or_a_tiny_batch_is_refused_by_name(tmp_path: Path) -> None:
+    parent = make_ckpt(tmp_path / "ck.pt", "bn")
+    with pytest.raises(BnlabError, match=r"^the output \S+ is the checkpoint \S+, an input; "):
+        freeze_checkpoint(parent, parent, force=True)
+    with pytest.raises(BnlabError, match=r"^--batch-size must be at least 2, got 1$"):
+        freeze_checkpoint(parent, tmp_path / "f.pt", batch_size=1)
+    assert load_checkpoint(parent).config.variant == "bn" and not (tmp_path / "f.pt").exists()
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
