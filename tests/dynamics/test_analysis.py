@@ -19,6 +19,7 @@ import pytest
 
 from bnlab.config import make_config
 from bnlab.dynamics import analyse_run
+from bnlab.dynamics.analysis import Hyper, _correlated
 
 LR, WD, MU = 0.1, 5e-3, 0.9
 L = 4e-4  # ||g||^2 ||w||^2
@@ -777,3 +778,31 @@ def test_no_autocorrelation_where_the_window_has_none(tmp_path: Path) -> None:
     r = analyse_run(tmp_path / "b", check_checkpoint=False).layer(INV)
     assert r.grad_autocorr is None and r.corr_factor is None and r.ratio_corr is None
     assert r.norm_corr_factor is None and r.norm_ratio_corr is None
+
+
+def test_a_dozen_lags_come_back_in_lag_order_each_tensor_its_own(tmp_path: Path) -> None:
+    """gcos_10.. sort after gcos_9 (by number, not as text), and each tensor reads only its own rows."""
+    t = write_run(tmp_path / "run", np.full(200, LR))
+    inv = [0.01 * k * (-1) ** k for k in range(1, 13)]
+    clf = [0.5 * v for v in inv]
+    write_gradcorr(tmp_path / "run", t["step"], {INV: inv, CLF: clf})
+    rep = analyse_run(tmp_path / "run", check_checkpoint=False)
+    assert rep.layer(INV).grad_autocorr == pytest.approx(inv, abs=1e-12)
+    assert rep.layer(CLF).grad_autocorr == pytest.approx(clf, abs=1e-12)
+
+
+def test_a_run_of_one_logged_step_is_analysed(tmp_path: Path) -> None:
+    write_run(tmp_path / "run", np.full(1, LR))
+    r = analyse_run(tmp_path / "run", check_checkpoint=False).layer(INV)
+    assert (r.numel, r.logged_steps) == (100, 1)
+
+
+def test_the_correction_leaves_a_missing_ratio_missing() -> None:
+    """Where the window has no prediction (lr 0 at the end of a schedule: ratio None), only the factors exist."""
+    hyper = Hyper(wd=WD, momentum=MU, nesterov=True)
+    out = _correlated([-0.3], None, None, hyper, True)
+    assert out["ratio_corr"] is None and out["norm_ratio_corr"] is None
+    assert out["corr_factor"] > 1 and 0 < out["norm_corr_factor"] < 1
+    both = _correlated([-0.3], 1.2, 0.9, hyper, True)
+    assert both["ratio_corr"] == pytest.approx(1.2 / out["corr_factor"])
+    assert both["norm_ratio_corr"] == pytest.approx(0.9 / out["norm_corr_factor"])
