@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+import bnlab.curvature.density as density_module
+import bnlab.curvature.trace as trace_module
 from bnlab.curvature import hutchinson_trace, hutchpp_trace, slq_density
 from bnlab.curvature._probe import rademacher
 from bnlab.curvature.density import DensityResult, _block_lanczos_tridiag
@@ -293,6 +295,14 @@ def test_a_run_that_closes_early_leaves_the_others_running() -> None:
     assert a[0, 0] == pytest.approx(spec[4]) and np.all(a[0, 1:] == 0) and np.all(b[0] == 0)
 
 
+class OnCpu(Dense):
+    """Dense that names its device (the CPU), as a model's operator does."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+
 class OnCuda(Dense):
     """Dense held on the GPU; its products insist on vectors already there (the estimators keep their
     probes and bases on the operator's device)."""
@@ -308,6 +318,41 @@ class OnCuda(Dense):
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         assert V.device == self.A.device, f"a product was asked on {V.device}"
         return super().matmat(V)
+
+
+def test_probes_are_drawn_for_the_operators_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    # on a CPU every device looks alike, so the probe source records the device it is asked for (the CUDA twin
+    # below checks the values on a GPU)
+    asked = []
+
+    def spy(n: int, dim: int, seed: int, device: torch.device) -> torch.Tensor:
+        asked.append(device)
+        return rademacher(n, dim, seed, device)
+
+    for module in (trace_module, density_module):
+        monkeypatch.setattr(module, "rademacher", spy)
+    op = OnCpu(rotated(DIAG, seed=3))
+    hutchinson_trace(op, num_probes=4)
+    hutchpp_trace(op, num_matvecs=9)
+    slq_density(op, num_probes=2, lanczos_steps=4)
+    assert asked == [op.device] * 4  # Hutchinson 1, Hutch++ 2 (sketch, residual), SLQ 1
+
+
+def test_the_slq_basis_lives_on_the_start_vectors_device() -> None:
+    # PyTorch's meta device stands in for a GPU (shapes and devices, no values): the first product must be
+    # asked on the start vectors' device, so the basis was made there
+    class Stop(Exception):
+        pass
+
+    class Records(Dense):
+        def matmat(self, V: torch.Tensor) -> torch.Tensor:
+            self.device_asked = V.device
+            raise Stop
+
+    op = Records(np.eye(4))
+    with pytest.raises(Stop):
+        _block_lanczos_tridiag(op, torch.zeros(2, 4, dtype=torch.float64, device="meta"), 3)
+    assert op.device_asked.type == "meta"
 
 
 @requires_cuda
