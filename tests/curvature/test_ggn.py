@@ -28,6 +28,7 @@ from bnlab.curvature import (
     dense_hessian,
     top_eigenpairs,
 )
+from bnlab.curvature.ggn import _factor_sums
 from bnlab.curvature.hessian import HessianOptions
 from bnlab.curvature.linop import DenseOperator, scaled
 from bnlab.curvature.params import FlatLayout, select_parameters
@@ -438,6 +439,39 @@ def mean_terms_on(device: torch.device, cross: bool) -> tuple[torch.Tensor, torc
     reduced = getattr(idle, term)()
     assert sent[0].device == got[0].device == model[0].weight.device
     return dense(full), dense(reduced), torch.stack([sent[0].cpu(), got[0].cpu()])
+
+
+class _Sent(Exception):
+    """Stops a mean term once its block is handed to the reduction."""
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_mean_terms_stay_on_the_models_device(cross: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyTorch's meta device stands in for a GPU (devices and shapes, no values): the factor sums come back on the
+    logits' device (their identity made there), and an idle rank's zero block is made on the model's device (NCCL
+    reduces device tensors only). The CUDA twin below checks the values."""
+    import torch.fx.experimental._config as fx_config
+    if not hasattr(fx_config, "meta_nonzero_assume_all_nonzero"):
+        pytest.skip("this torch has no data-independent nonzero on the meta device")
+    monkeypatch.setattr(fx_config, "meta_nonzero_assume_all_nonzero", True)  # nonzero's shape is data-dependent
+    meta = torch.device("meta")
+    model = net("mlp", True).to(meta)
+    batches = [(x.to(meta), y.to(meta)) for x, y in data("mlp")]
+    names, params = zip(*model.named_parameters())
+    sums, counts = _factor_sums(model, names, params, *batches[0], cross)
+    assert sums.device == counts.device == meta
+    idle = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch")
+    idle._shard = range(0, 0)
+    sent: list[torch.Tensor] = []
+
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        sent.append(t)
+        raise _Sent
+
+    idle._sum_over_ranks = reduce
+    with pytest.raises(_Sent):
+        idle.cross_class_means() if cross else idle.class_means()
+    assert sent[0].device == meta and sent[0].dtype == torch.float64
 
 
 @requires_cuda
