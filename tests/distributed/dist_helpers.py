@@ -160,7 +160,6 @@ def hessian_products(net: torch.nn.Module, batches: list) -> dict:
 def group_products(group: object, sizes: tuple[int, ...] = (8, 8, 8, 8, 3)) -> dict:
     """Products, gradient, loss and output-statistic gradients of the tiny net over batches of `sizes`,
     sharded over `group` (None: this process alone, the reference)."""
-    from bnlab import distributed
 
     net, batches = tiny_net(), tiny_batches(sizes)
     out: dict = {}
@@ -179,6 +178,16 @@ def group_products(group: object, sizes: tuple[int, ...] = (8, 8, 8, 8, 3)) -> d
     out["cross_class_means"] = ggn.cross_class_means().factor
     res = ResidualOperator(net, batches, loss_fn=LOSS, bn_mode="batch", weight_decay=1e-3, process_group=group)
     out["residual"] = res.matmat(probe_vectors(res.dim))
+    return out | group_stats(group, sizes)
+
+
+def group_stats(group: object, sizes: tuple[int, ...]) -> dict:
+    """The output-statistic gradients of the tiny net over batches of `sizes` (per-batch and pooled), sharded over
+    `group`, and how many collectives they made."""
+    from bnlab import distributed
+
+    net, batches = tiny_net(), tiny_batches(sizes)
+    out: dict = {}
     calls = distributed.COMM.calls
     for moments in ("per-batch", "pooled"):
         sg = stat_gradients(net, batches, stats=("mean", "var"), moments=moments, mode="batch", process_group=group)
@@ -188,8 +197,9 @@ def group_products(group: object, sizes: tuple[int, ...] = (8, 8, 8, 8, 3)) -> d
 
 
 def subgroup_sequence(group: object) -> dict:
-    """What ranks 1 and 2 compute on their sub-group: 5 batches over 2 ranks, then 1 batch (rank 2 has none)."""
-    return {"five": group_products(group), "one": group_products(group, (8,))}
+    """What ranks 1 and 2 compute on their sub-group: 5 batches over 2 ranks, then 1 batch (rank 2 has none), then
+    the statistics of 2 batches (as many as the sub-group's ranks, fewer than the world's: still sharded)."""
+    return {"five": group_products(group), "one": group_products(group, (8,)), "two": group_stats(group, (8, 3))}
 
 
 def world_sequence(group: object) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from dist_helpers import REPO, group_products, subgroup_sequence, world_sequence
+from dist_helpers import REPO, group_products, group_stats, subgroup_sequence, world_sequence
 
 WORKER = Path(__file__).with_name("subgroup_worker.py")
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
@@ -59,7 +59,7 @@ def rank1(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="module")
 def reference() -> dict:
     return {"five": group_products(None), "one": group_products(None, (8,)),
-            "three": group_products(None, (8, 8, 3))}
+            "three": group_products(None, (8, 8, 3)), "two": group_stats(None, (8, 3))}
 
 
 def assert_same(got: dict, want: dict) -> None:
@@ -67,6 +67,10 @@ def assert_same(got: dict, want: dict) -> None:
                 "cross_class_means"):
         torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-12, msg=key)
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-13)  # the partial losses are summed in float64
+    assert_same_stats(got, want)
+
+
+def assert_same_stats(got: dict, want: dict) -> None:
     for moments in ("per-batch", "pooled"):
         for g, w in zip(got[f"stats_{moments}"], want[f"stats_{moments}"]):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12, msg=moments)
@@ -87,6 +91,10 @@ def test_sharding_over_a_sub_group_and_over_the_world(rank1: dict, reference: di
     assert got["graph_cache_auto"] == {"mode": "auto", "cached": False, "estimated_bytes": 0, "budget_bytes": 0}
     assert got["cache_graphs_auto"] is False
     assert got["stat_collectives"] == 0  # fewer batches than ranks: every rank computes all of them itself
+
+    got = rank1["sub"]["two"]  # 2 batches over the sub-group's 2 ranks (fewer than the world's 3): still sharded
+    assert_same_stats(got, reference["two"])
+    assert got["stat_collectives"] > 0
 
     got = rank1["world"]  # 3 batches over the 3 ranks of the world: still sharded
     assert_same(got, reference["three"])

@@ -10,6 +10,7 @@ from torch.func import functional_call, jacrev
 
 from bnlab.bnmode import bn_mode
 from bnlab.curvature import DenseOperator, ProjectedOperator, top_eigenpairs
+from bnlab.errors import BnlabError
 from bnlab.models import ModelSpec, build_model
 from bnlab.outstats import (
     Target,
@@ -348,3 +349,54 @@ def test_project_k_is_checked() -> None:
     OutstatsOptions(project=True, project_k=1).validate()
     with pytest.raises(BnlabError, match="--project-k"):
         OutstatsOptions(project=True, project_k=-1).validate()
+
+
+def test_pooled_moments_are_taken_about_the_full_sets_mean() -> None:
+    """Channels far from zero: raw moments about 0 would cancel (E[x²] − E[x]² loses every digit of a variance of
+    ~1 at a mean of 1e8 in float64); about the pre-pass mean the pooled statistics stay exact."""
+    model = tiny("simple", "none")
+    with torch.no_grad():
+        model.layer1.conv.bias.add_(1e8)  # softplus is the identity up there: the offset passes through
+    batches = make_batches(3, 4)
+    sg = stat_gradients(model, batches, stats=STATS, target=Target("layer1"), moments="pooled")
+    values, _ = reference(model, batches, Target("layer1"), "none", "pooled")
+    assert values[0].min() > 5e7 and 1e-3 < values[1].min()
+    torch.testing.assert_close(sg.values, values, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("moments, passes", [("per-batch", 1), ("pooled", 2)])
+def test_only_pooled_moments_take_a_pre_pass(moments: str, passes: int) -> None:
+    model, batches = tiny("simple", "bn"), make_batches(3, 4)
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        stat_gradients(model, batches, stats=("mean", "var"), moments=moments, mode="batch")
+    finally:
+        hook.remove()
+    assert len(calls) == passes * len(batches)
+
+
+def test_defaults_and_the_result_names_what_was_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    model, batches = tiny("simple", "none"), make_batches()
+    sg = stat_gradients(model, batches)
+    assert (sg.stats, sg.target, sg.moments, sg.bn_mode) == (("mean",), Target(), "per-batch", "none")
+    assert capsys.readouterr().err == ""  # quiet unless asked
+    layer = Target("layer1", (1,))
+    assert stat_gradients(model, batches, target=layer).target == layer
+
+
+@pytest.mark.parametrize("stats", [("mean", "kurtosis"), (), ("var", "var")])
+def test_unknown_missing_or_repeated_statistics_are_refused(stats: tuple[str, ...]) -> None:
+    with pytest.raises(BnlabError, match=r"^--stats must be distinct names from mean,var,skew"):
+        stat_gradients(tiny("simple", "none"), make_batches(), stats=stats)
+
+
+@pytest.mark.parametrize("moments", ["per-batch", "pooled"])
+def test_the_sums_are_kept_on_the_models_device(moments: str) -> None:
+    # PyTorch's meta device stands in for a GPU (devices and shapes, no values); the CUDA twin above checks values
+    meta = torch.device("meta")
+    model = tiny("simple", "bn").to(meta)
+    batches = [(x.to(meta), y.to(meta)) for x, y in make_batches()]
+    sg = stat_gradients(model, batches, stats=STATS, target=Target("layer1"), moments=moments, mode="batch")
+    assert sg.values.device == sg.grads.device == meta
+    assert sg.grads.shape == (3, 2, sum(p.numel() for p in model.parameters()))
