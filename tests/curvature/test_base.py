@@ -90,3 +90,42 @@ def test_the_record_names_the_matrix_params_and_provenance() -> None:
     assert sub.provenance == {"checkpoint": "x.pt"}
     summed = make(loss_scale="batch-sum")
     assert summed.units == "loss summed over a batch of 6 (= 6 x mean-loss identity)"
+
+
+class SeesDevices(Identity):
+    """Identity that also records the device of every block it is handed."""
+
+    def batch_product(self, x: torch.Tensor, y: torch.Tensor, weight: float, V: torch.Tensor) -> torch.Tensor:
+        self.devices = [*getattr(self, "devices", []), V.device]
+        return super().batch_product(x, y, weight, V)
+
+
+def test_blocks_go_to_the_models_device_and_products_come_back_to_the_vectors() -> None:
+    """FakeTensorMode stands in for a GPU on a CPU (devices and shapes through every op, mixing refused as on
+    CUDA, no values): the model on "cuda", a block of vectors on either device, with a decay term (its mask lives
+    on the CPU). One block is called directly: fake CUDA views (matmat's slicing into blocks) need a CUDA build.
+    The CUDA tests of test_operator.py check the values."""
+    fake = pytest.importorskip("torch._subclasses.fake_tensor")
+    cuda = torch.device("cuda", 0)
+    model, data = net32(), batches()
+    with fake.FakeTensorMode(allow_non_fake_inputs=True):
+        op = SeesDevices(model.to(cuda), [(x.to(cuda), y.to(cuda)) for x, y in data], loss_fn=F.cross_entropy,
+                         bn_mode="none", weight_decay=0.5)
+        for device in (torch.device("cpu"), cuda):
+            assert op._block(torch.zeros(3, op.dim, dtype=torch.float64, device=device)).device == device
+        assert set(op.devices) == {cuda}
+
+
+def test_no_vectors_give_an_empty_answer_on_their_device() -> None:
+    meta = torch.device("meta")  # a device other than the model's, as a GPU would be
+    op = make()
+    out = op.matmat(torch.zeros(0, op.dim, dtype=torch.float64, device=meta))
+    assert out.device == meta and out.shape == (0, op.dim) and op.passes == 0
+
+
+def test_the_gradient_is_kept_on_the_models_device() -> None:
+    # PyTorch's meta device stands in for a GPU here (autograd runs on it; FakeTensorMode's CUDA does not)
+    meta = torch.device("meta")
+    op = Identity(net32().to(meta), [(x.to(meta), y.to(meta)) for x, y in batches()], loss_fn=F.cross_entropy,
+                  bn_mode="none", weight_decay=0.5)
+    assert op.gradient().device == meta
