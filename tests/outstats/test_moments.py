@@ -53,3 +53,20 @@ def test_per_batch_statistics_one_at_a_time_and_channel_helpers() -> None:
     assert channel_count(out) == 5 * 4
     assert channel_view(torch.arange(5.0)).shape == (5, 1, 1)  # a (B,) output is one channel
     assert channel_count(torch.arange(5.0)) == 5
+
+
+@pytest.mark.parametrize("stats, orders", [(("mean",), 1), (("mean", "var"), 2), (("skew",), 3), (("var",), 2)])
+def test_pooled_terms_hold_only_the_orders_the_statistics_need(stats: tuple[str, ...], orders: int) -> None:
+    # every row is a gradient to take (one backward pass per channel and row): none beyond the highest order asked
+    out = torch.randn(4, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    terms = batch_terms(out, stats, "pooled", 1.0, shift=torch.zeros(3, dtype=torch.float64))
+    assert terms.shape == (orders, 3)
+
+
+def test_pooled_terms_keep_the_outputs_dtype() -> None:
+    # the shift is float64 (from the pre-pass); a float32 model's terms stay float32, as its autograd graph is
+    out = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(1))
+    shift = torch.full((3,), 0.25, dtype=torch.float64)
+    terms = batch_terms(out, ("mean", "var"), "pooled", 1.0, shift=shift)
+    assert terms.dtype == torch.float32
+    torch.testing.assert_close(terms[0], (out - 0.25).mean(dim=(0, 2)))

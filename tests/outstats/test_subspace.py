@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from bnlab.outstats.subspace import orthonormal_basis, random_overlaps
+from bnlab.outstats.subspace import orthonormal_basis, overlaps, random_overlaps
 from conftest import requires_cuda
 
 
@@ -37,3 +37,27 @@ def test_random_overlaps_on_the_basis_device() -> None:
     got = random_overlaps(basis, 200, seed=1)
     assert got.device.type == "cuda" and got.dtype == torch.float64
     assert abs(float(got.mean()) - 0.3) < 0.05
+
+
+def test_no_span_is_an_empty_basis_of_the_rows_length() -> None:
+    basis, kept = orthonormal_basis(torch.zeros(3, 7, dtype=torch.float64))
+    assert basis.shape == (7, 0) and basis.dtype == torch.float64 and kept == []
+    assert torch.equal(overlaps(basis, torch.ones(7, 2, dtype=torch.float64)), torch.zeros(2, dtype=torch.float64))
+
+
+def test_an_exactly_dependent_row_is_dropped_even_at_rtol_zero() -> None:
+    e = torch.eye(4, dtype=torch.float64)
+    basis, kept = orthonormal_basis(torch.stack([e[0], 3 * e[0], e[1]]), rtol=0.0)  # remainder exactly 0
+    assert kept == [0, 2] and torch.isfinite(basis).all()
+
+
+def test_overlaps_take_a_basis_of_any_dtype() -> None:
+    basis = orthonormal_basis(torch.eye(5)[:2])[0].float()  # e.g. read back from a float32 file
+    got = overlaps(basis, torch.tensor([[3.0], [0.0], [4.0], [0.0], [0.0]], dtype=torch.float64))
+    torch.testing.assert_close(got, torch.tensor([9 / 25], dtype=torch.float64))
+
+
+def test_random_overlaps_are_those_of_float64_normal_vectors_from_the_seed() -> None:
+    basis, _ = orthonormal_basis(torch.eye(6, dtype=torch.float64)[:2])
+    v = torch.randn(6, 20, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.equal(random_overlaps(basis, 20, seed=3), overlaps(basis, v))
