@@ -42,7 +42,10 @@ def overlaps(basis: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
 
 
 def random_overlaps(basis: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
-    """Overlaps of `n` isotropic random vectors: the baseline, about r/P in expectation."""
-    g = torch.Generator(device=basis.device).manual_seed(seed)
-    v = torch.randn(basis.shape[0], n, generator=g, device=basis.device, dtype=torch.float64)
+    """Overlaps of `n` isotropic random vectors: the baseline, about r/P in expectation.
+
+    The vectors are drawn on the CPU and moved to the basis' device, so a seed gives the same baseline on any
+    device (as the curvature probes do)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(basis.shape[0], n, generator=g, dtype=torch.float64).to(basis.device)
     return overlaps(basis, v)

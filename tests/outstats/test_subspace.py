@@ -31,12 +31,20 @@ def test_random_overlaps_are_seeded_and_float64() -> None:
     assert abs(float(one.mean()) - 0.3) < 0.1  # r / P in expectation
 
 
+def test_random_overlaps_are_computed_on_the_basis_device() -> None:
+    # PyTorch's meta device stands in for a GPU (devices and shapes, no values): vectors left on the CPU would
+    # pull the basis back there
+    basis = orthonormal_basis(torch.eye(10, dtype=torch.float64)[:3])[0].to("meta")
+    got = random_overlaps(basis, 20, seed=1)
+    assert got.device.type == "meta" and got.shape == (20,) and got.dtype == torch.float64
+
+
 @requires_cuda
 def test_random_overlaps_on_the_basis_device() -> None:
-    basis, _ = orthonormal_basis(torch.eye(10, dtype=torch.float64, device="cuda")[:3])
-    got = random_overlaps(basis, 200, seed=1)
+    basis, _ = orthonormal_basis(torch.eye(10, dtype=torch.float64)[:3])
+    got = random_overlaps(basis.cuda(), 200, seed=1)
     assert got.device.type == "cuda" and got.dtype == torch.float64
-    assert abs(float(got.mean()) - 0.3) < 0.05
+    torch.testing.assert_close(got.cpu(), random_overlaps(basis, 200, seed=1))  # the same baseline on any device
 
 
 def test_no_span_is_an_empty_basis_of_the_rows_length() -> None:
