@@ -61,14 +61,14 @@ def perturbation_table(model: nn.Module, batches: Batches, mean_grads: torch.Ten
     num_classes = _num_classes(model, batches, mode)
     step = delta * theta.double().norm().item()
     frac0, loss0, mean0 = evaluate_shifted(model, batches, mode, num_classes)
-    gen = torch.Generator(device=theta.device).manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)  # drawn on the CPU: the same directions on any device
     rows = []
     for c, g in zip(classes, mean_grads):
         g = g.to(theta.device).double()
         if g.norm() == 0:
             raise BnlabError(f"the mean gradient of class {c} is zero; no direction to step along")
         frac_g, loss_g, mean_g = evaluate_shifted(model, batches, mode, num_classes, g / g.norm() * step)
-        r = torch.randn(theta.numel(), generator=gen, device=theta.device, dtype=torch.float64)
+        r = torch.randn(theta.numel(), generator=gen, dtype=torch.float64).to(theta.device)
         frac_r, loss_r, mean_r = evaluate_shifted(model, batches, mode, num_classes, r / r.norm() * step)
         rows.append({"class": c, "frac_before": frac0[c].item(), "frac_after_grad": frac_g[c].item(),
                      "frac_after_random": frac_r[c].item(), "loss_before": loss0, "loss_after_grad": loss_g,
