@@ -446,19 +446,20 @@ class _Sent(Exception):
 
 
 @pytest.mark.parametrize("cross", [False, True])
-def test_mean_terms_stay_on_the_models_device(cross: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mean_terms_stay_on_the_models_device(cross: bool) -> None:
     """PyTorch's meta device stands in for a GPU (devices and shapes, no values): the factor sums come back on the
     logits' device (their identity made there), and an idle rank's zero block is made on the model's device (NCCL
     reduces device tensors only). The CUDA twin below checks the values."""
     import torch.fx.experimental._config as fx_config
     if not hasattr(fx_config, "meta_nonzero_assume_all_nonzero"):
         pytest.skip("this torch has no data-independent nonzero on the meta device")
-    monkeypatch.setattr(fx_config, "meta_nonzero_assume_all_nonzero", True)  # nonzero's shape is data-dependent
     meta = torch.device("meta")
     model = net("mlp", True).to(meta)
     batches = [(x.to(meta), y.to(meta)) for x, y in data("mlp")]
     names, params = zip(*model.named_parameters())
-    sums, counts = _factor_sums(model, names, params, *batches[0], cross)
+    # nonzero's shape is data-dependent; torch's own patch restores its config (monkeypatch may delete the entry)
+    with fx_config.patch(meta_nonzero_assume_all_nonzero=True):
+        sums, counts = _factor_sums(model, names, params, *batches[0], cross)
     assert sums.device == counts.device == meta
     idle = GGNOperator(model, batches, loss_fn=F.cross_entropy, bn_mode="batch")
     idle._shard = range(0, 0)
