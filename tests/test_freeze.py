@@ -34,8 +34,9 @@ N_TRAIN, BATCH = 300, 64  # 4 full batches (256 images); the last 44 images are 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets (tests/conftest.py)
 
 
-def make_ckpt(path: Path, variant: str, **opts: object) -> Path:
-    """An untrained checkpoint with arbitrary (non-default) BN buffers and affine parameters."""
+def make_ckpt(path: Path, variant: str, ema_shift: float | None = None, **opts: object) -> Path:
+    """An untrained checkpoint with arbitrary (non-default) BN buffers and affine parameters; with `ema_shift`,
+    also "EMA" weights: every float tensor shifted by it."""
     cfg = make_config(variant, width=2, dataset="synthetic", synthetic_train=N_TRAIN, synthetic_test=60,
                       batch_size=BATCH, **opts)
     torch.manual_seed(0)
@@ -48,8 +49,11 @@ def make_ckpt(path: Path, variant: str, **opts: object) -> Path:
             if m.affine:
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
-    save_checkpoint(path, {"config": cfg.to_dict(), "model": model.state_dict(), "epoch": 3, "step": 12,
-                           "metrics": [{"epoch": 3, "test_acc": 0.25}]})
+    state = model.state_dict()
+    ema = {} if ema_shift is None else {"ema": {k: v + ema_shift if v.is_floating_point() else v
+                                                for k, v in state.items()}}
+    save_checkpoint(path, {"config": cfg.to_dict(), "model": state, "epoch": 3, "step": 12,
+                           "metrics": [{"epoch": 3, "test_acc": 0.25}], **ema})
     return path
 
 
@@ -195,11 +199,9 @@ def test_the_frozen_copy_takes_its_affine_from_the_model_not_the_config(tmp_path
 
 
 def test_ema_weights_are_the_ones_frozen_and_recorded(tmp_path: Path) -> None:
-    parent = make_ckpt(tmp_path / "ck.pt", "bn")
+    parent = make_ckpt(tmp_path / "ck.pt", "bn", ema_shift=0.25)
     payload = torch.load(parent, weights_only=True)
-    ema = {k: v + 0.25 if v.is_floating_point() else v for k, v in payload["model"].items()}
-    save_checkpoint(parent, {k: v for k, v in payload.items() if k not in ("format", "format_version", "versions")}
-                    | {"ema": ema})
+    ema = payload["ema"]
     raw = freeze_checkpoint(parent, tmp_path / "raw.pt")
     averaged = freeze_checkpoint(parent, tmp_path / "ema.pt", weights="ema")
     assert (raw["weights"], averaged["weights"]) == ("raw", "ema")

@@ -95,8 +95,12 @@ def test_the_record_names_the_matrix_params_and_provenance() -> None:
 class SeesDevices(Identity):
     """Identity that also records the device of every block it is handed."""
 
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.devices: list[torch.device] = []
+
     def batch_product(self, x: torch.Tensor, y: torch.Tensor, weight: float, V: torch.Tensor) -> torch.Tensor:
-        self.devices = [*getattr(self, "devices", []), V.device]
+        self.devices.append(V.device)
         return super().batch_product(x, y, weight, V)
 
 

@@ -295,14 +295,6 @@ def test_a_run_that_closes_early_leaves_the_others_running() -> None:
     assert a[0, 0] == pytest.approx(spec[4]) and np.all(a[0, 1:] == 0) and np.all(b[0] == 0)
 
 
-class OnCpu(Dense):
-    """Dense that names its device (the CPU), as a model's operator does."""
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-
 class OnCuda(Dense):
     """Dense held on the GPU; its products insist on vectors already there (the estimators keep their
     probes and bases on the operator's device)."""
@@ -331,7 +323,7 @@ def test_probes_are_drawn_for_the_operators_device(monkeypatch: pytest.MonkeyPat
 
     for module in (trace_module, density_module):
         monkeypatch.setattr(module, "rademacher", spy)
-    op = OnCpu(rotated(DIAG, seed=3))
+    op = Dense(rotated(DIAG, seed=3))  # its device is SymmetricOperator's default, the CPU
     hutchinson_trace(op, num_probes=4)
     hutchpp_trace(op, num_matvecs=9)
     slq_density(op, num_probes=2, lanczos_steps=4)

@@ -160,7 +160,6 @@ def hessian_products(net: torch.nn.Module, batches: list) -> dict:
 def group_products(group: object, sizes: tuple[int, ...] = (8, 8, 8, 8, 3)) -> dict:
     """Products, gradient, loss and output-statistic gradients of the tiny net over batches of `sizes`,
     sharded over `group` (None: this process alone, the reference)."""
-
     net, batches = tiny_net(), tiny_batches(sizes)
     out: dict = {}
     for cache in (True, False, "auto"):
